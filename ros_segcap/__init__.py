@@ -1,0 +1,1 @@
+"""ros_segcap: segment and caption camera frames from plain-language commands."""
