@@ -82,6 +82,21 @@ def _class_table(data: dict, path: str) -> tuple[dict[int, int], list[dict]]:
     return {c['id']: k for k, c in enumerate(cats)}, cats
 
 
+def _segments(infos: list, to_contig: dict[int, int], include_crowd: bool, path: str,
+              where: str) -> tuple[list[int], list[int]]:
+    seg_ids, classes = [], []
+    for j, seg in enumerate(infos):
+        require(seg, ('id', 'category_id'), path, f'{where} segment #{j}')
+        if seg['category_id'] not in to_contig:
+            raise DataFormatError(path, f'{where} segment {seg["id"]} has unknown category '
+                                        f'{seg["category_id"]}')
+        if seg.get('iscrowd', 0) and not include_crowd:
+            continue
+        seg_ids.append(int(seg['id']))
+        classes.append(to_contig[seg['category_id']])
+    return seg_ids, classes
+
+
 def load_coco_panoptic(json_path: str, png_root: str, image_root: str, *,
                        include_crowd: bool = False,
                        name: Optional[str] = None) -> PanopticSamples:
@@ -105,16 +120,8 @@ def load_coco_panoptic(json_path: str, png_root: str, image_root: str, *,
         if img is None:
             raise DataFormatError(json_path, f'annotations[{i}] is for image {ann["image_id"]}, '
                                              f'which "images" lacks')
-        seg_ids, classes = [], []
-        for j, seg in enumerate(ann['segments_info']):
-            require(seg, ('id', 'category_id'), json_path, f'annotations[{i}] segment #{j}')
-            if seg['category_id'] not in to_contig:
-                raise DataFormatError(json_path, f'annotations[{i}] segment {seg["id"]} has '
-                                                 f'unknown category {seg["category_id"]}')
-            if seg.get('iscrowd', 0) and not include_crowd:
-                continue
-            seg_ids.append(int(seg['id']))
-            classes.append(to_contig[seg['category_id']])
+        seg_ids, classes = _segments(ann['segments_info'], to_contig, include_crowd,
+                                     json_path, f'annotations[{i}]')
         records.append(PanopticRecord(
             os.path.join(image_root, img['file_name']), os.path.join(png_root, ann['file_name']),
             int(img['height']), int(img['width']), tuple(seg_ids), tuple(classes),
