@@ -1,0 +1,353 @@
+"""`segcap demo`: camera and node as separate processes, one command, the answer and overlay.
+
+The demo process starts the camera publisher and segcap_node as children (their output goes
+to <out>/camera.log and <out>/node.log, and is printed if one fails), waits until the node
+is on the graph and frames flow, publishes the command, waits for the caption (and the
+overlay), prints the answer and the end-to-end latency, writes overlay.png and mask.png,
+and stops the children. With --serve it also streams to a Foxglove websocket until Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Mapping, Optional
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from ros_segcap.ros.commands import add_demo_arguments
+
+PACKAGE = 'ros_segcap'
+OVERLAY_GRACE = 3.0  # seconds to wait for the overlay once the caption is in
+CLEAN_EXIT_CODES = (0, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT)
+
+
+class DemoError(RuntimeError):
+    """The demo cannot go on; the message says what happened and what to try."""
+
+
+def find_share_file(relative: str) -> Optional[Path]:
+    """Find config/ or launch/ files in the source tree, share/ros_segcap or the ament index."""
+    for root in (Path(__file__).resolve().parents[2], Path(sys.prefix) / 'share' / PACKAGE):
+        if (root / relative).is_file():
+            return root / relative
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        path = Path(get_package_share_directory(PACKAGE)) / relative
+    except (ImportError, LookupError, OSError, ValueError):
+        return None
+    return path if path.is_file() else None
+
+
+def ros_environment(base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """Environment for the demo's processes: a private domain, localhost discovery, SHM.
+
+    ROS_DOMAIN_ID is drawn at random (1-100) unless set, so two demos do not talk to each
+    other; a Fast DDS profile with a large shared-memory segment is used if config has one.
+    """
+    env = dict(os.environ if base is None else base)
+    env.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(1, 100)))
+    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    env.setdefault('PYTHONUNBUFFERED', '1')
+    profile = find_share_file('config/fastdds_shm.xml')
+    if profile is not None and 'FASTDDS_DEFAULT_PROFILES_FILE' not in env:
+        env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(profile)
+        env.setdefault('FASTRTPS_DEFAULT_PROFILES_FILE', str(profile))
+    return env
+
+
+def source_arguments(args: argparse.Namespace) -> list[str]:
+    """Turn the camera options of `args` into arguments for the camera process."""
+    argv = ['--rate', f'{args.rate:g}']
+    for option in ('images', 'video', 'bag'):
+        value = getattr(args, option)
+        if value is not None:
+            argv += [f'--{option}', str(Path(value).resolve())]
+    return argv
+
+
+def node_command(args: argparse.Namespace) -> list[str]:
+    """Build the command line of segcap_node with the demo's parameters."""
+    cmd = [sys.executable, '-m', 'ros_segcap.ros.node', '--ros-args']
+    params = find_share_file('config/segcap.yaml')
+    if params is not None:
+        cmd += ['--params-file', str(params)]
+    for name, value in (('model', args.model), ('backend', args.backend),
+                        ('publish_overlay', 'true')):
+        cmd += ['-p', f'{name}:={value}']
+    return cmd
+
+
+@dataclass
+class Child:
+    """A child process whose output goes to a log file."""
+
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+    log_file: IO[bytes] = field(repr=False)
+
+    def log_tail(self, lines: int = 30) -> str:
+        """Return the last lines of the child's output, prefixed with its name."""
+        self.log_file.flush()
+        text = self.log_path.read_text(errors='replace').rstrip().splitlines()
+        return '\n'.join(f'  [{self.name}] {line}' for line in text[-lines:])
+
+    def last_line(self) -> str:
+        """Return the child's latest non-empty output line (for progress messages)."""
+        tail = self.log_path.read_text(errors='replace').strip().splitlines()
+        return tail[-1].strip()[:100] if tail else ''
+
+
+def start_child(name: str, cmd: list[str], env: Mapping[str, str], out: Path) -> Child:
+    """Start `cmd` in its own session (Ctrl-C reaches it only through stop_children)."""
+    log_path = out / f'{name}.log'
+    log_file = open(log_path, 'wb')
+    process = subprocess.Popen(cmd, env=dict(env), stdin=subprocess.DEVNULL, stdout=log_file,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    return Child(name, process, log_path, log_file)
+
+
+def check_children(children: list[Child]) -> None:
+    """Raise DemoError with the child's output if one of them has exited."""
+    for child in children:
+        code = child.process.poll()
+        if code is not None:
+            raise DemoError(f'the {child.name} process exited with code {code} '
+                            f'(log: {child.log_path}):\n{child.log_tail()}')
+
+
+def stop_children(children: list[Child], timeout: float = 10.0) -> list[str]:
+    """SIGINT each child, then SIGTERM / SIGKILL if needed; return problems found."""
+    problems = []
+    for child in children:
+        process = child.process
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if process.poll() is not None:
+                break
+            process.send_signal(sig)
+            try:
+                process.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        code = process.wait()
+        child.log_file.close()
+        if code not in CLEAN_EXIT_CODES:
+            problems.append(f'the {child.name} process ended with code {code} '
+                            f'(log: {child.log_path})')
+    return problems
+
+
+class DemoClient(Node):
+    """The demo's own node: sends the command, watches frames, caption, overlay and mask."""
+
+    def __init__(self) -> None:
+        super().__init__('segcap_demo')
+        self.command_pub = self.create_publisher(String, 'command', QoSProfile(depth=10))
+        self.images = 0
+        self.sent_at: Optional[float] = None
+        self.caption: Optional[tuple[float, str]] = None
+        self.overlay: Optional[Image] = None
+        self.mask: Optional[Image] = None
+        self.create_subscription(Image, 'image', self._on_image, qos_profile_sensor_data)
+        self.create_subscription(String, 'segcap/caption', self._on_caption, QoSProfile(depth=10))
+        self.create_subscription(Image, 'segcap/overlay', self._on_overlay, QoSProfile(depth=2))
+        self.create_subscription(Image, 'segcap/mask', self._on_mask, QoSProfile(depth=2))
+
+    def _on_image(self, msg: Image) -> None:
+        self.images += 1
+
+    def _on_caption(self, msg: String) -> None:
+        if self.sent_at is not None and self.caption is None:
+            self.caption = (time.monotonic(), msg.data)
+
+    def _on_overlay(self, msg: Image) -> None:
+        if self.sent_at is not None:
+            self.overlay = msg
+
+    def _on_mask(self, msg: Image) -> None:
+        if self.sent_at is not None:
+            self.mask = msg
+
+    def node_ready(self) -> bool:
+        """Tell whether segcap_node listens to `command` and publishes `segcap/caption`."""
+        return (self.command_pub.get_subscription_count() > 0
+                and self.count_publishers('segcap/caption') > 0)
+
+    def send(self, command: str) -> None:
+        """Publish the command and start the latency clock."""
+        self.sent_at = time.monotonic()
+        self.command_pub.publish(String(data=command))
+
+
+def spin_until(client: DemoClient, children: list[Child], done, timeout: float,
+               progress=None, every: float = 5.0) -> bool:
+    """Spin until done() or timeout; check the children and call progress(elapsed)."""
+    start = last = time.monotonic()
+    while not done():
+        now = time.monotonic()
+        if now - start > timeout:
+            return False
+        if progress is not None and now - last >= every:
+            progress(now - start)
+            last = now
+        check_children(children)
+        rclpy.spin_once(client, timeout_sec=0.1)
+    return True
+
+
+def wait_ready(client: DemoClient, children: list[Child], args: argparse.Namespace) -> None:
+    """Wait for frames and for the node to come up, printing progress while the model loads."""
+    node = next(c for c in children if c.name == 'node')
+
+    def progress(elapsed: float) -> None:
+        state = 'node up' if client.node_ready() else f'loading model {args.model!r}'
+        print(f'  ... {elapsed:4.0f} s  {state}, {client.images} frames  | {node.last_line()}',
+              flush=True)
+
+    if not spin_until(client, children, lambda: client.node_ready() and client.images > 0,
+                      args.timeout, progress):
+        what = 'no camera frames' if client.images == 0 else 'segcap_node did not come up'
+        raise DemoError(f'{what} within --timeout {args.timeout:g} s (logs in {args.out}):\n'
+                        f'{node.log_tail()}')
+    seen = client.images  # make sure the node has had a frame before the command
+    spin_until(client, children, lambda: client.images >= seen + 2, 5.0)
+
+
+def wait_result(client: DemoClient, children: list[Child], args: argparse.Namespace) -> None:
+    """Wait for the caption, then briefly for the overlay; DemoError on timeout."""
+    def progress(elapsed: float) -> None:
+        print(f'  ... {elapsed:4.0f} s  waiting for the answer', flush=True)
+
+    if not spin_until(client, children, lambda: client.caption is not None, args.timeout,
+                      progress):
+        node = next(c for c in children if c.name == 'node')
+        raise DemoError(f'no answer on segcap/caption within --timeout {args.timeout:g} s '
+                        f'(logs in {args.out}):\n{node.log_tail()}')
+    spin_until(client, children, lambda: client.overlay is not None, OVERLAY_GRACE)
+
+
+def image_array(msg: Image) -> np.ndarray:
+    """Pixels of an 8-bit rgb8/bgr8/mono8 image as RGB or gray, honouring step padding."""
+    channels = {'rgb8': 3, 'bgr8': 3, 'mono8': 1, '8UC1': 1}.get(msg.encoding)
+    if channels is None:
+        raise DemoError(f'cannot save a {msg.encoding!r} image')
+    rows = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.step)
+    pixels = rows[:, :msg.width * channels].reshape(msg.height, msg.width, channels)
+    return pixels[..., ::-1] if msg.encoding == 'bgr8' else pixels
+
+
+def save_png(msg: Image, path: Path) -> Path:
+    """Write an Image message as PNG."""
+    import cv2
+    pixels = image_array(msg)
+    bgr = pixels[..., ::-1] if pixels.shape[2] == 3 else pixels
+    if not cv2.imwrite(str(path), np.ascontiguousarray(bgr)):
+        raise DemoError(f'could not write {path}')
+    return path
+
+
+def report(client: DemoClient, args: argparse.Namespace) -> None:
+    """Print the answer and the latency, write overlay.png and mask.png."""
+    received, answer = client.caption
+    print(f'command: {args.command}')
+    print(f'answer:  {answer}')
+    print(f'latency: {(received - client.sent_at) * 1e3:.0f} ms end to end '
+          '(command published -> caption received, through ROS)')
+    for name, msg in (('overlay', client.overlay), ('mask', client.mask)):
+        if msg is not None:
+            print(f'{name}: {save_png(msg, args.out / f"{name}.png")}')
+        elif name == 'overlay':
+            print(f'overlay: none received within {OVERLAY_GRACE:g} s of the caption')
+
+
+def serve_forever(client: DemoClient, children: list[Child]) -> None:
+    """Keep streaming to Foxglove until Ctrl-C (the bridge was started with the demo)."""
+    print('serving until Ctrl-C ...', flush=True)
+    spin_until(client, children, lambda: False, float('inf'))
+
+
+def _demo(client: DemoClient, children: list[Child], args: argparse.Namespace) -> None:
+    print(f'waiting for camera frames and segcap_node (model {args.model!r}, '
+          f'backend {args.backend!r}) ...', flush=True)
+    wait_ready(client, children, args)
+    print(f'node ready; sending {args.command!r}', flush=True)
+    client.send(args.command)
+    wait_result(client, children, args)
+    report(client, args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; return 0 on success, 1 with a message on failure, 130 on Ctrl-C."""
+    args.out = Path(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = ros_environment()
+    os.environ.update({k: env[k] for k in env if k.startswith(('ROS_', 'FAST'))})
+    children: list[Child] = []
+    code = 0
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    client = DemoClient()
+    bridge = None
+    try:
+        children.append(start_child('camera', [sys.executable, '-m', 'ros_segcap.ros.camera']
+                                    + source_arguments(args), env, args.out))
+        children.append(start_child('node', node_command(args), env, args.out))
+        print(f'camera and node started (ROS_DOMAIN_ID={env["ROS_DOMAIN_ID"]}, logs in '
+              f'{args.out})', flush=True)
+        if args.serve:
+            bridge = start_bridge(client, args.port)
+        _demo(client, children, args)
+        if bridge is not None:
+            serve_forever(client, children)
+    except DemoError as error:
+        print(f'segcap demo: {error}', file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        code = 0 if bridge is not None and client.caption is not None else 130
+    finally:
+        code = _shutdown(client, children, bridge, code)
+    return code
+
+
+def start_bridge(client: DemoClient, port: int):
+    """Start the Foxglove websocket bridge on the demo's node and print where to connect."""
+    from ros_segcap.ros.foxglove_bridge import FoxgloveBridge
+    bridge = FoxgloveBridge(client, host='127.0.0.1', port=port)
+    print(f'Foxglove: open {bridge.app_url}\n          (or connect Foxglove to {bridge.ws_url}; '
+          'panels: Image on /segcap/overlay, Raw Messages on /segcap/caption)', flush=True)
+    return bridge
+
+
+def _shutdown(client: DemoClient, children: list[Child], bridge, code: int) -> int:
+    problems = stop_children(children)
+    for problem in problems:
+        print(f'segcap demo: {problem}', file=sys.stderr)
+    if bridge is not None:
+        bridge.close()
+    client.destroy_node()
+    rclpy.try_shutdown()
+    return 1 if problems and code == 0 else code
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of `python -m ros_segcap.ros.demo`."""
+    parser = argparse.ArgumentParser(prog='segcap demo', description=__doc__.splitlines()[0])
+    add_demo_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == '__main__':
+    sys.exit(main())
