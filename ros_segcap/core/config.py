@@ -1,0 +1,128 @@
+"""Model configurations: frozen dataclasses and a registry of named builds.
+
+`segcap-tiny` is the default runnable model (EfficientNet-Lite0 + SmolLM2-135M-Instruct,
+512x512 input). `omg-llava-7b` holds the paper's sizes (ConvNeXt-L CLIP, 1024x1024, 9 decoder
+layers, InternLM2-7B) and is only instantiated on the meta device to check shapes.
+`tiny-random` is a small randomly initialised model for fast tests.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+# Five special tokens with their own embedding rows, plus the visual-block placeholder whose
+# positions are always overwritten by visual tokens (its own embedding is never used).
+SEG_TOKEN = '[SEG]'
+P_OPEN = '<p>'
+P_CLOSE = '</p>'
+REGION_TOKEN = '<region>'
+MARK_TOKEN = '<mark>'
+SPECIAL_TOKENS = (SEG_TOKEN, P_OPEN, P_CLOSE, REGION_TOKEN, MARK_TOKEN)
+IMAGE_TOKEN = '<image>'
+
+# Panoptic vocabulary of the tabletop world: thing kinds, then stuff (table, background).
+TABLETOP_CLASSES = ('cup', 'mug', 'bowl', 'bottle', 'box', 'ball', 'can', 'block',
+                    'table', 'background')
+
+
+@dataclass(frozen=True)
+class SegCapConfig:
+    """Every size of a SegCap model. Shapes in comments are for segcap-tiny."""
+
+    name: str
+    image_size: int = 512  # S: input side after pad-to-square + resize
+    backbone: str = 'efficientnet-lite0'  # or 'convnext-large'
+    backbone_pretrained: bool = True
+    backbone_channels: tuple[int, int, int] = (40, 112, 1280)  # strides 8, 16, 32
+    shuffle: int = 2  # space-to-depth ratio r of the pixel-centric tokens
+    dim: int = 128  # D: decoder width
+    num_queries: int = 32  # Nq learnable object queries
+    class_names: tuple[str, ...] = TABLETOP_CLASSES  # K classes (+1 void in the head)
+    decoder_layers: int = 6  # L
+    num_heads: int = 8
+    ffn_dim: int = 512
+    mask_stride: int = 8  # stride of the mask features
+    llm: str = 'smollm2-135m-instruct'  # asset name, or 'random' (uses llm_config)
+    llm_hidden: int = 576  # H
+    llm_config: Optional[dict[str, Any]] = None  # LlamaConfig kwargs for a random LLM
+    system_prompt: str = 'You segment and describe images.'
+    max_object_tokens: int = 32  # cap on object-centric tokens fed to the LLM
+    lora_rank: int = 16
+    lora_alpha: int = 32
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def token_grid(self) -> int:
+        """Side of the pixel-token grid: S / 32 / r."""
+        return self.image_size // 32 // self.shuffle
+
+    @property
+    def pixel_token_dim(self) -> int:
+        """4C: dim of one pixel-centric token after space-to-depth."""
+        return self.backbone_channels[2] * self.shuffle * self.shuffle
+
+    @property
+    def mask_size(self) -> int:
+        return self.image_size // self.mask_stride
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> 'SegCapConfig':
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f'unknown config keys {unknown}; known keys: {sorted(known)}')
+        data = dict(data)
+        for key in ('backbone_channels', 'class_names'):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> 'SegCapConfig':
+        return dataclasses.replace(self, **changes)
+
+
+TINY_RANDOM_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       tie_word_embeddings=True, rms_norm_eps=1e-5)
+
+_REGISTRY: dict[str, SegCapConfig] = {
+    'segcap-tiny': SegCapConfig(name='segcap-tiny'),
+    'tiny-random': SegCapConfig(
+        name='tiny-random', image_size=128, backbone_pretrained=False, dim=32,
+        num_queries=8, decoder_layers=2, num_heads=4, ffn_dim=64, llm='random', llm_hidden=64,
+        llm_config=TINY_RANDOM_LLM, max_object_tokens=8),
+    'omg-llava-7b': SegCapConfig(
+        name='omg-llava-7b', image_size=1024, backbone='convnext-large',
+        backbone_pretrained=False, backbone_channels=(384, 768, 1536), dim=256,
+        num_queries=300, class_names=tuple(f'class{i}' for i in range(133)), decoder_layers=9,
+        ffn_dim=2048, mask_stride=4, llm='random', llm_hidden=4096,
+        llm_config=dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                        num_attention_heads=32, num_key_value_heads=8, vocab_size=92544,
+                        max_position_embeddings=32768),
+        max_object_tokens=300),
+}
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_config(name: str) -> SegCapConfig:
+    """Return the registered config `name`; raises KeyError listing the known names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f'unknown model {name!r}; known models: {", ".join(model_names())}') \
+            from None
+
+
+def register(config: SegCapConfig) -> None:
+    _REGISTRY[config.name] = config
+

@@ -1,0 +1,192 @@
+"""The LLM: tokenizer with the special tokens, chat template, visual-block ids, generation.
+
+Generation is a lean greedy / sampling loop over the inner decoder with a KV cache. Each
+generated [SEG] token is fed back once more, and its last-layer hidden state at that
+position (the same position the training loss sees) is captured for mask decoding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import time
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .config import IMAGE_TOKEN, SPECIAL_TOKENS, SEG_TOKEN, SegCapConfig
+
+
+@dataclass
+class Generation:
+    """What one generation produced."""
+
+    token_ids: list[int]
+    text: str  # with special tokens
+    seg_hidden: torch.Tensor  # (n_seg, H) last-layer hidden state at each [SEG]
+    cancelled: bool = False
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def load_tokenizer(config: SegCapConfig):
+    """The SmolLM2 tokenizer (also used by random test LLMs) with our special tokens added."""
+    from transformers import AutoTokenizer
+
+    from .assets import llm_dir
+
+    name = config.llm if config.llm != 'random' else 'smollm2-135m-instruct'
+    tok = AutoTokenizer.from_pretrained(llm_dir(name), local_files_only=True)
+    tok.add_tokens(list(SPECIAL_TOKENS) + [IMAGE_TOKEN], special_tokens=True)
+    return tok
+
+
+def build_language_model(config: SegCapConfig, vocab_size: int, pretrained: bool = True,
+                         device: str | torch.device = 'cpu') -> nn.Module:
+    """A LlamaForCausalLM: the converted asset (pretrained) or random from config.llm_config."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from .assets import llm_dir
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+    if config.llm == 'random' or not pretrained:
+        if config.llm_config is None:  # the asset's architecture with random weights
+            cfg = LlamaConfig.from_pretrained(llm_dir(config.llm))
+            cfg.vocab_size = vocab_size
+        else:
+            cfg = LlamaConfig(vocab_size=vocab_size, **config.llm_config)
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+    else:
+        model = LlamaForCausalLM.from_pretrained(llm_dir(config.llm), dtype=torch.float32,
+                                                 local_files_only=True)
+        old = model.get_input_embeddings().weight.shape[0]
+        if vocab_size > old:
+            # New rows start at the mean embedding (their own rows, trained in stages 1-2).
+            emb = model.get_input_embeddings().weight
+            mean = emb.detach().mean(0)
+            model.resize_token_embeddings(vocab_size, mean_resizing=False)
+            with torch.no_grad():
+                model.get_input_embeddings().weight[old:] = mean
+                if not model.config.tie_word_embeddings:
+                    model.get_output_embeddings().weight[old:] = 0.0
+    if model.config.hidden_size != config.llm_hidden:
+        raise ValueError(f'config {config.name}: llm_hidden={config.llm_hidden} but the LLM '
+                         f'has hidden size {model.config.hidden_size}')
+    return model.eval()
+
+
+class LanguageModel(nn.Module):
+    """Causal LM + tokenizer + the ids of our special tokens."""
+
+    def __init__(self, config: SegCapConfig, tokenizer, lm: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.lm = lm
+        ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS) + [IMAGE_TOKEN])
+        self.special_ids = dict(zip(list(SPECIAL_TOKENS) + [IMAGE_TOKEN], ids))
+        self.seg_id = self.special_ids[SEG_TOKEN]
+        if ids != list(range(self.seg_id, self.seg_id + len(ids))):
+            raise ValueError(f'special tokens must have consecutive new ids, got {ids}')
+        self.image_id = self.special_ids[IMAGE_TOKEN]
+        end = tokenizer.convert_tokens_to_ids('<|im_end|>')
+        self.stop_ids = {i for i in (tokenizer.eos_token_id, end) if isinstance(i, int)}
+
+    # ----- prompt construction -------------------------------------------------------------
+
+    def prompt_text(self, question: str) -> str:
+        """Chat-templated text up to the assistant turn; the image placeholder starts it."""
+        messages = [{'role': 'system', 'content': self.config.system_prompt},
+                    {'role': 'user', 'content': f'{IMAGE_TOKEN}\n{question}'}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)['input_ids']
+
+    def prompt_ids(self, question: str, num_visual: int, answer: Optional[str] = None
+                   ) -> tuple[list[int], list[int]]:
+        """Token ids with the placeholder expanded to `num_visual` ids, and training labels.
+
+        labels are -100 except over the answer and its end token (when an answer is given).
+        """
+        ids = self.encode(self.prompt_text(question))
+        if ids.count(self.image_id) != 1:
+            raise ValueError(f'the question must not contain {IMAGE_TOKEN!r} itself')
+        at = ids.index(self.image_id)
+        ids = ids[:at] + [self.image_id] * num_visual + ids[at + 1:]
+        labels = [-100] * len(ids)
+        if answer is not None:
+            target = self.encode(answer + '<|im_end|>')
+            ids = ids + target
+            labels = labels + target
+        return ids, labels
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    # ----- forward and generation ----------------------------------------------------------
+
+    def hidden(self, embeds: torch.Tensor, attention_mask=None, cache=None) -> torch.Tensor:
+        """Last-layer hidden states (B, T, H) after the final norm."""
+        out = self.lm.model(inputs_embeds=embeds, attention_mask=attention_mask,
+                            past_key_values=cache, use_cache=cache is not None)
+        return out.last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm.lm_head(hidden)
+
+    @torch.no_grad()
+    def generate(self, embeds: torch.Tensor, *, max_new_tokens: int = 48,
+                 temperature: float = 0.0, on_text: Optional[Callable[[str], bool]] = None,
+                 generator: Optional[torch.Generator] = None) -> Generation:
+        """Generate from prompt embeddings (1, T, H); stops at the end token.
+
+        on_text(piece) receives new text as it appears; returning False cancels.
+        """
+        from transformers import DynamicCache
+
+        t0 = time.perf_counter()
+        cache = DynamicCache()
+        h = self.hidden(embeds, cache=cache)[:, -1]
+        t1 = time.perf_counter()
+        tokens: list[int] = []
+        seg_hidden: list[torch.Tensor] = []
+        shown = ''
+        cancelled = False
+        for step in range(max_new_tokens):
+            tok = self._pick(self.logits(h)[0], temperature, generator)
+            if tok in self.stop_ids:
+                break
+            tokens.append(tok)
+            last = step == max_new_tokens - 1
+            if tok == self.seg_id or not last:
+                h = self.hidden(self.embed(torch.tensor([[tok]], device=embeds.device)),
+                                cache=cache)[:, -1]
+                if tok == self.seg_id:
+                    seg_hidden.append(h[0])
+            if on_text is not None:
+                text = self.decode(tokens)
+                if len(text) > len(shown) and not text.endswith('\ufffd'):
+                    piece, shown = text[len(shown):], text
+                    if on_text(piece) is False:
+                        cancelled = True
+                        break
+        hidden = (torch.stack(seg_hidden) if seg_hidden
+                  else embeds.new_zeros((0, embeds.shape[-1])))
+        t2 = time.perf_counter()
+        stats = {'prefill_ms': (t1 - t0) * 1000, 'decode_ms': (t2 - t1) * 1000,
+                 'prompt_tokens': embeds.shape[1], 'new_tokens': len(tokens)}
+        return Generation(tokens, self.decode(tokens), hidden, cancelled, stats)
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, temperature: float, generator) -> int:
+        if temperature <= 0:
+            return int(logits.argmax())
+        probs = (logits / temperature).softmax(-1)
+        return int(torch.multinomial(probs, 1, generator=generator))

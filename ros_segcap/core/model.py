@@ -1,0 +1,147 @@
+"""SegCapModel: backbone -> pixel decoder -> OMG decoder -> prior + projectors -> LLM -> masks.
+
+The vision half (`encode`) runs once per frame and its outputs are kept in FrameFeatures;
+prompt queries and [SEG] queries reuse them (`decode_queries`) without re-encoding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from .config import MARK_TOKEN, REGION_TOKEN, SegCapConfig
+from .backbone import pixel_shuffle_tokens
+from .decoder import DecoderOutput, OMGDecoder
+from .encoder import PixelDecoder, build_backbone, normalize_image
+from .llm import LanguageModel, build_language_model, load_tokenizer
+from .prior import foreground_queries, perception_prior, query_scores
+from .projectors import Projectors
+
+
+@dataclass
+class FrameFeatures:
+    """Vision outputs of one frame (batch 1). Shapes for segcap-tiny in brackets."""
+
+    pixel_tokens: torch.Tensor  # (1, T, 4C) [1, 64, 5120]
+    mask_features: torch.Tensor  # (1, D, Hm, Wm) [1, 128, 64, 64]
+    memories: list[torch.Tensor]  # (1, h_i*w_i, D) for strides 32, 16, 8
+    memory_pos: list[torch.Tensor]  # (h_i*w_i, D)
+    class_logits: torch.Tensor  # (1, Nq, K+1) last layer
+    mask_logits: torch.Tensor  # (1, Nq, Hm, Wm) last layer
+    query_feat: torch.Tensor  # (1, Nq, D)
+    query_pos: torch.Tensor  # (1, Nq, D)
+
+
+class SegCapModel(nn.Module):
+    def __init__(self, config: SegCapConfig, *, tokenizer=None, lm: Optional[nn.Module] = None,
+                 pretrained: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = build_backbone(config, pretrained=pretrained and
+                                       config.backbone_pretrained)
+        self.pixel_decoder = PixelDecoder(config)
+        self.decoder = OMGDecoder(config)
+        self.projectors = Projectors(config)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config)
+        if lm is None:
+            lm = build_language_model(config, len(tokenizer), pretrained=pretrained)
+        self.llm = LanguageModel(config, tokenizer, lm)
+        self.trained = False  # set by weights.load_model from the model directory
+
+    # ----- vision -------------------------------------------------------------------------
+
+    def encode(self, image: torch.Tensor) -> FrameFeatures:
+        """(B, 3, S, S) float RGB 0..255 -> FrameFeatures."""
+        feats = self.backbone.forward_features(normalize_image(self.config, image))
+        tokens = pixel_shuffle_tokens(feats['s32'], self.config.shuffle)  # (B, T, 4C)
+        mask_features, memories, memory_pos = self.pixel_decoder(feats)
+        feat, pos = self.decoder.learnable_queries(image.shape[0])
+        out = self.decoder(feat, pos, mask_features, memories, memory_pos)
+        return FrameFeatures(tokens, mask_features, memories, memory_pos,
+                             out.class_logits[-1], out.mask_logits[-1], out.query_feat,
+                             out.query_pos)
+
+    def decode_queries(self, frame: FrameFeatures, feat: torch.Tensor, pos: torch.Tensor,
+                       restrict: Optional[torch.Tensor] = None) -> DecoderOutput:
+        """Run independent queries (B, N, D) against a frame's cached features."""
+        b = feat.shape[0]
+        mem = [m.expand(b, -1, -1) for m in frame.memories]
+        mf = frame.mask_features.expand(b, -1, -1, -1)
+        return self.decoder(feat, pos, mf, mem, frame.memory_pos, restrict, independent=True)
+
+    def decode_prompts(self, frame: FrameFeatures, kinds: torch.Tensor, boxes: torch.Tensor,
+                       restrict: torch.Tensor) -> DecoderOutput:
+        """Prompt queries: kinds (1, N), boxes (1, N, 4) cxcywh, restrict (1, N, Hm, Wm)."""
+        feat, pos = self.decoder.prompt_queries(kinds, boxes)
+        return self.decode_queries(frame, feat, pos, restrict)
+
+    def decode_seg(self, frame: FrameFeatures, hidden: torch.Tensor) -> DecoderOutput:
+        """[SEG] hidden states (N, H) -> decoder output for N queries (batch 1)."""
+        feat, pos = self.projectors.to_queries(hidden[None])
+        return self.decode_queries(frame, feat, pos)
+
+    # ----- vision -> LLM ------------------------------------------------------------------
+
+    def visual_block(self, frame: FrameFeatures) -> torch.Tensor:
+        """[pixel tokens ; separator ; object tokens] of one frame: (T_vis, H)."""
+        prior = perception_prior(frame.class_logits, frame.mask_logits, frame.query_feat,
+                                 frame.query_pos, self.config.token_grid)
+        pixel = self.projectors.pixel_tokens(frame.pixel_tokens, prior)[0]  # (T, H)
+        fg = foreground_queries(frame.class_logits, frame.mask_logits)[0]
+        order = torch.argsort(query_scores(frame.class_logits)[0], descending=True)
+        keep = order[fg[order]][:self.config.max_object_tokens]
+        keep = keep.sort().values  # stable query order
+        objects = self.projectors.object_tokens(frame.query_feat[0, keep], frame.query_pos[0, keep])
+        sep = self.projectors.separator[None]
+        return torch.cat([pixel, sep, objects], 0)
+
+    def prompt_tokens(self, prompt_out: DecoderOutput) -> torch.Tensor:
+        """Object tokens (N, H) of prompt queries, for the <region> / <mark> positions."""
+        return self.projectors.object_tokens(prompt_out.query_feat[0], prompt_out.query_pos[0])
+
+    def build_embeds(self, ids: torch.Tensor, visual: torch.Tensor,
+                     region_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """ids (T,) with placeholders -> embeddings (1, T, H) with visual / region rows in place.
+
+        Raises ValueError naming both counts when placeholders and tokens disagree.
+        """
+        embeds = self.llm.embed(ids[None])  # (1, T, H)
+        image_pos = ids == self.llm.image_id
+        n_ph = int(image_pos.sum())
+        if n_ph != visual.shape[0]:
+            raise ValueError(f'visual block has {visual.shape[0]} tokens but the prompt has '
+                             f'{n_ph} image placeholders')
+        embeds = embeds.masked_scatter(image_pos[None, :, None].expand_as(embeds),
+                                       visual.to(embeds.dtype))
+        ids_region = (ids == self.llm.special_ids[REGION_TOKEN]) | \
+            (ids == self.llm.special_ids[MARK_TOKEN])
+        n_regions = int(ids_region.sum())
+        n_given = 0 if region_tokens is None else region_tokens.shape[0]
+        if n_regions != n_given:
+            raise ValueError(f'the question has {n_regions} <region>/<mark> tokens but '
+                             f'{n_given} visual prompts were given')
+        if n_regions:
+            embeds = embeds.masked_scatter(ids_region[None, :, None].expand_as(embeds),
+                                           region_tokens.to(embeds.dtype))
+        return embeds
+
+    def prompt_embeds(self, frame: FrameFeatures, question: str,
+                      region_tokens: Optional[torch.Tensor] = None,
+                      answer: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings (1, T, H) and labels (T,) for a question (and a training answer)."""
+        visual = self.visual_block(frame)
+        ids, labels = self.llm.prompt_ids(question, visual.shape[0], answer)
+        device = visual.device
+        ids_t = torch.tensor(ids, device=device)
+        return self.build_embeds(ids_t, visual, region_tokens), torch.tensor(labels, device=device)
+
+    def trainable_prefixes(self) -> Sequence[str]:
+        return ('pixel_decoder.', 'decoder.', 'projectors.')
+
+
+def build_model(config: SegCapConfig, *, pretrained: bool = True,
+                device: str | torch.device = 'cpu') -> SegCapModel:
+    """A SegCapModel with its asset weights (backbone, LLM) and untrained new parts."""
+    return SegCapModel(config, pretrained=pretrained).to(device).eval()

@@ -1,0 +1,182 @@
+"""Runtime: preprocess -> vision -> prompts -> LLM -> [SEG] masks -> postprocess.
+
+Encoder outputs are cached per frame key (a small LRU), so several commands on one frame
+encode it once. Each Pipeline owns its cache: two cameras need two pipelines or two keys.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+import threading
+import time
+from typing import Callable, Hashable, Optional
+
+import numpy as np
+import torch
+
+from .answer import parse_answer
+from .config import MARK_TOKEN, REGION_TOKEN
+from .model import FrameFeatures, SegCapModel
+from .preprocess import Letterbox, check_image, letterbox, prompt_queries, unletterbox
+from .types import InputError, SegCapResult, Timing, VisualPrompt
+
+MAX_PROMPT_CHARS = 2000
+LIVE_OPTIONS = ('max_new_tokens', 'temperature', 'mask_threshold')
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    model: str = 'segcap-tiny'  # registry name or model directory
+    backend: str = 'torch'  # torch | onnxruntime | tensorrt | auto
+    device: str = 'cpu'
+    max_new_tokens: int = 48
+    temperature: float = 0.0
+    mask_threshold: float = 0.5
+    cache_frames: int = 4  # frames whose encoder outputs are kept (LRU)
+    allow_pickle: bool = False
+
+
+class Pipeline:
+    """Encode a frame once, answer many commands on it."""
+
+    def __init__(self, config: PipelineConfig = PipelineConfig(),
+                 model: Optional[SegCapModel] = None) -> None:
+        from .weights import load_model
+
+        if config.backend not in ('torch', 'auto'):
+            raise ValueError(f'backend {config.backend!r} is not available in this build; '
+                             'use torch')
+        self.config = config
+        self.model = model if model is not None else load_model(
+            config.model, device=config.device, allow_pickle=config.allow_pickle)
+        self.device = torch.device(config.device)
+        self._frames: OrderedDict[Hashable, tuple[FrameFeatures, Letterbox]] = OrderedDict()
+        self._lock = threading.RLock()
+        self.encode_count = 0
+
+    @property
+    def trained(self) -> bool:
+        return self.model.trained
+
+    def set_option(self, name: str, value) -> Optional[str]:
+        """Change a live option; returns None when applied, else why it cannot apply live."""
+        if name not in LIVE_OPTIONS:
+            return f'{name} cannot change at run time (restart the node to change it)'
+        try:
+            self.config = replace(self.config, **{name: type(getattr(self.config, name))(value)})
+        except (TypeError, ValueError) as exc:
+            return f'{name}: {exc}'
+        return None
+
+    # ----- stages -------------------------------------------------------------------------
+
+    @staticmethod
+    @contextmanager
+    def _timed(timing: Timing, stage: str):
+        t0 = time.perf_counter()
+        yield
+        timing.add(stage, (time.perf_counter() - t0) * 1000.0)
+
+    def encode(self, image: np.ndarray, frame_key: Optional[Hashable] = None,
+               timing: Optional[Timing] = None) -> tuple[FrameFeatures, Letterbox]:
+        """Vision outputs of a frame, from the cache when frame_key was seen."""
+        timing = timing or Timing()
+        with self._lock:
+            if frame_key is not None and frame_key in self._frames:
+                self._frames.move_to_end(frame_key)
+                return self._frames[frame_key]
+            with self._timed(timing, 'preprocess'):
+                tensor, box = letterbox(image, self.model.config.image_size)
+            with self._timed(timing, 'vision'), torch.no_grad():
+                frame = self.model.encode(tensor.to(self.device))
+            self.encode_count += 1
+            if frame_key is not None:
+                self._frames[frame_key] = (frame, box)
+                while len(self._frames) > max(1, self.config.cache_frames):
+                    self._frames.popitem(last=False)
+            return frame, box
+
+    def run(self, image: np.ndarray, prompt: str, visual_prompt: Optional[VisualPrompt] = None,
+            frame_key: Optional[Hashable] = None,
+            on_text: Optional[Callable[[str], bool]] = None) -> SegCapResult:
+        """Answer one command on one frame. Raises InputError for bad input."""
+        question = self._check(image, prompt, visual_prompt)
+        timing = Timing()
+        with self._lock, torch.no_grad():
+            frame, box = self.encode(image, frame_key, timing)
+            regions = None
+            if visual_prompt is not None:
+                with self._timed(timing, 'prompt_decode'):
+                    q = prompt_queries([visual_prompt], box, self.model.config.mask_size)
+                    out = self.model.decode_prompts(frame, q.kinds.to(self.device),
+                                                    q.boxes.to(self.device),
+                                                    q.restrict.to(self.device))
+                    regions = self.model.prompt_tokens(out)
+            with self._timed(timing, 'prior_projectors'):
+                embeds, _ = self.model.prompt_embeds(frame, question, regions)
+            gen = self._generate(embeds, timing, on_text)
+            return self._finish(gen, frame, box, timing)
+
+    def _check(self, image, prompt: str, visual_prompt: Optional[VisualPrompt]) -> str:
+        check_image(image)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError('empty prompt: say what to segment or ask a question')
+        prompt = prompt.strip()
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise InputError(f'prompt is {len(prompt)} characters; the limit is '
+                             f'{MAX_PROMPT_CHARS}')
+        n_tokens = prompt.count(REGION_TOKEN) + prompt.count(MARK_TOKEN)
+        if visual_prompt is None:
+            if n_tokens:
+                raise InputError('the prompt has <region>/<mark> but no visual prompt was given')
+            return prompt
+        visual_prompt.validate(image.shape[0], image.shape[1])
+        if n_tokens > 1:
+            raise InputError(f'the prompt has {n_tokens} <region>/<mark> tokens; one visual '
+                             'prompt was given')
+        if n_tokens == 0:
+            tag = MARK_TOKEN if visual_prompt.kind == 'point' else REGION_TOKEN
+            prompt = f'{tag} {prompt}'
+        return prompt
+
+    def _generate(self, embeds: torch.Tensor, timing: Timing, on_text):
+        gen = self.model.llm.generate(embeds, max_new_tokens=self.config.max_new_tokens,
+                                      temperature=self.config.temperature, on_text=on_text)
+        timing.add('llm_prefill', gen.stats['prefill_ms'])
+        timing.add('llm_decode', gen.stats['decode_ms'])
+        return gen
+
+    def _finish(self, gen, frame: FrameFeatures, box: Letterbox, timing: Timing
+                ) -> SegCapResult:
+        parsed = parse_answer(gen.text)
+        result = SegCapResult(answer=parsed.text, raw_text=gen.text, timing=timing,
+                              model=self.model.config.name)
+        if gen.cancelled:
+            result.status = 'cancelled'
+        n = gen.seg_hidden.shape[0]
+        if n == 0:
+            return result
+        with self._timed(timing, 'mask_decode'):
+            out = self.model.decode_seg(frame, gen.seg_hidden)
+            logits = unletterbox(out.mask_logits[-1][0], box)  # (n, H, W)
+            probs = logits.sigmoid()
+            masks = (probs > self.config.mask_threshold).cpu().numpy()
+            probs = probs.cpu().numpy()
+        phrases = parsed.phrases + [''] * (n - len(parsed.phrases))
+        for i in range(n):
+            m = masks[i]
+            result.masks.append(m)
+            result.phrases.append(phrases[i])
+            result.scores.append(float(probs[i][m].mean()) if m.any() else 0.0)
+            result.boxes.append(mask_box(m))
+        return result
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2) inclusive pixel box of a mask; (0, 0, -1, -1) when empty."""
+    ys = np.flatnonzero(mask.any(1))
+    xs = np.flatnonzero(mask.any(0))
+    if len(xs) == 0:
+        return (0, 0, -1, -1)
+    return (int(xs[0]), int(ys[0]), int(xs[-1]), int(ys[-1]))

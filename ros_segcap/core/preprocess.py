@@ -1,0 +1,135 @@
+"""Image geometry: pad to a square, resize to S, map masks back; visual prompts to queries."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .decoder import POINT_HALF_SIZE, PROMPT_KIND_IDS
+from .types import InputError, VisualPrompt
+
+MEAN_RGB = (124, 116, 104)  # pad colour (ImageNet mean, 0..255)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an (height, width) image sits in the S x S model input (top-left, scaled)."""
+
+    height: int
+    width: int
+    size: int  # S
+    scale: float  # S / max(height, width)
+
+    def to_unit(self, x: float, y: float) -> tuple[float, float]:
+        """Original pixel coordinates -> 0..1 coordinates of the padded square."""
+        return x * self.scale / self.size, y * self.scale / self.size
+
+
+def check_image(image: np.ndarray) -> None:
+    """Raise InputError unless image is (H, W, 3) uint8 with H, W > 0."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f'image must be a numpy array, got {type(image).__name__}')
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f'image must be (H, W, 3) RGB, got shape {image.shape}')
+    if image.dtype != np.uint8:
+        raise InputError(f'image must be uint8, got {image.dtype}')
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError('image is empty (zero width or height)')
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[torch.Tensor, Letterbox]:
+    """(H, W, 3) uint8 RGB -> (1, 3, S, S) float32 in 0..255 and its Letterbox."""
+    check_image(image)
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (nw, nh), interpolation=interp)
+    canvas = np.empty((size, size, 3), np.uint8)
+    canvas[:] = MEAN_RGB
+    canvas[:nh, :nw] = resized
+    tensor = torch.from_numpy(canvas).permute(2, 0, 1)[None].float()
+    return tensor, Letterbox(h, w, size, scale)
+
+
+def unletterbox(mask_logits: torch.Tensor, box: Letterbox) -> torch.Tensor:
+    """(N, Hm, Wm) logits on the padded square -> (N, H, W) logits on the original image."""
+    hm = mask_logits.shape[-1]
+    valid_h = max(1, round(box.height * box.scale / box.size * hm))
+    valid_w = max(1, round(box.width * box.scale / box.size * hm))
+    crop = mask_logits[:, :valid_h, :valid_w]
+    return F.interpolate(crop[None], size=(box.height, box.width), mode='bilinear',
+                         align_corners=False)[0]
+
+
+@dataclass
+class PromptQueries:
+    """Decoder inputs for N visual prompts."""
+
+    kinds: torch.Tensor  # (1, N) int64
+    boxes: torch.Tensor  # (1, N, 4) cx, cy, w, h in 0..1 of the padded square
+    restrict: torch.Tensor  # (1, N, Hm, Wm) bool: where each query may attend
+
+
+def _innermost_point(mask: np.ndarray) -> tuple[float, float]:
+    """(x, y) of the mask pixel farthest from the background (distance transform)."""
+    dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return float(x) + 0.5, float(y) + 0.5
+
+
+def _box_region(x0: float, y0: float, x1: float, y1: float, hm: int) -> np.ndarray:
+    """(hm, hm) bool: grid cells whose centres are in the unit box; the centre cell at least."""
+    centres = (np.arange(hm) + 0.5) / hm
+    inside_x = (centres >= x0) & (centres <= x1)
+    inside_y = (centres >= y0) & (centres <= y1)
+    region = inside_y[:, None] & inside_x[None, :]
+    cx = min(hm - 1, int((x0 + x1) / 2 * hm))
+    cy = min(hm - 1, int((y0 + y1) / 2 * hm))
+    region[cy, cx] = True
+    return region
+
+
+def prompt_queries(prompts: Sequence[VisualPrompt], box: Letterbox, mask_size: int
+                   ) -> PromptQueries:
+    """Turn visual prompts (original pixel coordinates) into decoder query inputs."""
+    n, hm = len(prompts), mask_size
+    kinds = torch.zeros((1, n), dtype=torch.long)
+    boxes = torch.zeros((1, n, 4))
+    restrict = torch.ones((1, n, hm, hm), dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        p.validate(box.height, box.width)
+        kinds[0, i] = PROMPT_KIND_IDS[p.kind]
+        if p.kind == 'box':
+            x0, y0 = box.to_unit(p.box[0], p.box[1])
+            x1, y1 = box.to_unit(p.box[2], p.box[3])
+            boxes[0, i] = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
+            restrict[0, i] = torch.from_numpy(_box_region(x0, y0, x1, y1, hm))
+            continue
+        if p.kind == 'mask':
+            mask = np.asarray(p.mask, dtype=bool)
+            x, y = box.to_unit(*_innermost_point(mask))
+            small = _mask_to_grid(mask, box, hm)
+            restrict[0, i] = torch.from_numpy(small)
+        else:
+            x, y = box.to_unit(*p.point)
+        s = POINT_HALF_SIZE
+        boxes[0, i] = torch.tensor([x, y, 2 * s, 2 * s])
+    return PromptQueries(kinds, boxes, restrict)
+
+
+def _mask_to_grid(mask: np.ndarray, box: Letterbox, hm: int) -> np.ndarray:
+    """Original-size bool mask -> (hm, hm) bool on the padded square (any pixel counts)."""
+    vh = max(1, round(box.height * box.scale / box.size * hm))
+    vw = max(1, round(box.width * box.scale / box.size * hm))
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    small = F.adaptive_max_pool2d(t, (vh, vw))[0, 0].numpy() > 0
+    grid = np.zeros((hm, hm), bool)
+    grid[:vh, :vw] = small
+    if not grid.any():
+        raise InputError('mask prompt vanishes at the model resolution')
+    return grid

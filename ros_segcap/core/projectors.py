@@ -1,0 +1,43 @@
+"""Projectors between the vision space and the LLM space.
+
+pixel:        (4C + 2D) -> H -> H       pixel tokens with their perception prior
+object:       2D -> 4C (query_proj), then 4C -> H -> H, shared by learnable and prompt queries
+separator:    one learned H-dim embedding between pixel and object tokens
+text2vision:  H -> 2D -> 2D, split into (query feature, query position) for the decoder
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import SegCapConfig
+
+
+def mlp2(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
+
+
+class Projectors(nn.Module):
+    def __init__(self, config: SegCapConfig) -> None:
+        super().__init__()
+        c4, d2, h = config.pixel_token_dim, 2 * config.dim, config.llm_hidden
+        self.dim = config.dim
+        self.pixel = mlp2(c4 + d2, h, h)
+        self.query_proj = nn.Linear(d2, c4)
+        self.object = mlp2(c4, h, h)
+        self.separator = nn.Parameter(torch.zeros(h))
+        nn.init.normal_(self.separator, std=0.02)
+        self.text2vision = mlp2(h, d2, d2)
+
+    def pixel_tokens(self, tokens: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T, 4C), prior (B, T, 2D) -> (B, T, H)."""
+        return self.pixel(torch.cat([tokens, prior], -1))
+
+    def object_tokens(self, query_feat: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+        """(..., D), (..., D) -> (..., H)."""
+        return self.object(self.query_proj(torch.cat([query_feat, query_pos], -1)))
+
+    def to_queries(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """LLM hidden states (..., H) -> decoder query (feature (..., D), position (..., D))."""
+        out = self.text2vision(hidden)
+        return out[..., :self.dim], out[..., self.dim:]
