@@ -3,10 +3,13 @@
 Numpy and OpenCV only (no torch, no ROS): the runtime's demo camera renders from it and the
 training data (training/data/tabletop.py) maps its scenes into Samples.
 """
+from ros_segcap.world.annotate import TASKS, Annotation, PromptSpec, annotate
+from ros_segcap.world.camera import TabletopCamera
 from ros_segcap.world.layout import (ObjectSpec, SceneSpec, SPLITS, sample_scene, seed_split,
                                      split_seed)
 from ros_segcap.world.palette import CLASS_NAMES, COLOUR_NAMES, KINDS
 from ros_segcap.world.render import Scene, render
 
-__all__ = ['CLASS_NAMES', 'COLOUR_NAMES', 'KINDS', 'ObjectSpec', 'SPLITS', 'Scene', 'SceneSpec',
-           'render', 'sample_scene', 'seed_split', 'split_seed']
+__all__ = ['Annotation', 'CLASS_NAMES', 'COLOUR_NAMES', 'KINDS', 'ObjectSpec', 'PromptSpec',
+           'SPLITS', 'Scene', 'SceneSpec', 'TASKS', 'TabletopCamera', 'annotate', 'render',
+           'sample_scene', 'seed_split', 'split_seed']

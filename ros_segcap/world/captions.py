@@ -97,7 +97,7 @@ def grounded_caption(spec: SceneSpec) -> tuple[str, list[int]]:
             lead = ''
         sentences.append(capitalise(lead + body) + '.')
         ids += [FIRST_OBJECT_ID + i for i in pair]
-    everything = 'Both stand' if len(order) == 2 else 'They all stand'
+    everything = 'Both are' if len(order) == 2 else 'They are all'
     sentences.append(f'{everything} on a {table}.')
     return ' '.join(sentences), ids + [TABLE_ID]
 

@@ -123,8 +123,8 @@ def _shadows(spec: SceneSpec, h: int, w: int, s: float) -> np.ndarray:
     return 1.0 - occ
 
 
-def _add_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> None:
-    """Add zero-mean noise in place: the difference of two uniform k-bit draws."""
+def add_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> None:
+    """Add zero-mean sensor noise to a uint8 image in place (difference of two k-bit draws)."""
     bits = 2 if sigma < 2.0 else 3 if sigma < 4.0 else 4
     r = rng.integers(0, 256, size=image.shape, dtype=np.uint8)
     m = np.uint8((1 << bits) - 1)
@@ -173,5 +173,5 @@ def render(spec: SceneSpec, height: int, width: int, *, noise: bool = True,
         _paste(image, panoptic, o, FIRST_OBJECT_ID + i, spec)
     if noise:
         seed = spec.seed if noise_seed is None else noise_seed
-        _add_noise(image, spec.noise, np.random.default_rng([seed, 104729]))
+        add_noise(image, spec.noise, np.random.default_rng([seed, 104729]))
     return Scene(spec=spec, image=image, panoptic=panoptic)

@@ -132,13 +132,14 @@ def draw_bottle(c: Canvas) -> None:
     sh = 0.42 * h
     nw = 0.36 * w
     n0, n1 = (w - nw) / 2, (w + nw) / 2
-    c.poly([(0, sh), (w, sh), (w, h - ry), (0, h - ry)], body)
-    c.ellipse(w / 2, h - ry, w / 2, ry, body, 0, 180)
-    c.ellipse(w / 2, sh, w / 2, 0.13 * h, body, 180, 360)
+    # neck and cap first: the shoulders are drawn over the neck's lower end
     c.poly([(n0, 0.08 * h), (n1, 0.08 * h), (n1, sh), (n0, sh)], c.cylinder(n0, n1))
     cw = 0.44 * w
     c.poly([((w - cw) / 2, 0), ((w + cw) / 2, 0), ((w + cw) / 2, 0.1 * h),
             ((w - cw) / 2, 0.1 * h)], c.cylinder((w - cw) / 2, (w + cw) / 2, 0.7))
+    c.ellipse(w / 2, sh, w / 2, 0.13 * h, body, 180, 360)
+    c.poly([(0, sh), (w, sh), (w, h - ry), (0, h - ry)], body)
+    c.ellipse(w / 2, h - ry, w / 2, ry, body, 0, 180)
 
 
 def draw_can(c: Canvas) -> None:
