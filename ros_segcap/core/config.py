@@ -125,4 +125,3 @@ def get_config(name: str) -> SegCapConfig:
 
 def register(config: SegCapConfig) -> None:
     _REGISTRY[config.name] = config
-

@@ -93,7 +93,8 @@ class SegCapModel(nn.Module):
         order = torch.argsort(query_scores(frame.class_logits)[0], descending=True)
         keep = order[fg[order]][:self.config.max_object_tokens]
         keep = keep.sort().values  # stable query order
-        objects = self.projectors.object_tokens(frame.query_feat[0, keep], frame.query_pos[0, keep])
+        objects = self.projectors.object_tokens(frame.query_feat[0, keep],
+                                                frame.query_pos[0, keep])
         sep = self.projectors.separator[None]
         return torch.cat([pixel, sep, objects], 0)
 

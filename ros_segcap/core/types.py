@@ -29,7 +29,8 @@ class VisualPrompt:
     def validate(self, height: int, width: int) -> None:
         """Raise InputError with a one-line reason if the prompt does not fit the image."""
         if self.kind not in PROMPT_KINDS:
-            raise InputError(f'visual prompt kind must be one of {PROMPT_KINDS}, got {self.kind!r}')
+            raise InputError(f'visual prompt kind must be one of {PROMPT_KINDS}, '
+                             f'got {self.kind!r}')
         if self.kind == 'point':
             if self.point is None:
                 raise InputError('point prompt without a point')
@@ -41,7 +42,8 @@ class VisualPrompt:
                 raise InputError('box prompt without a box')
             x1, y1, x2, y2 = self.box
             if x2 < x1 or y2 < y1:
-                raise InputError(f'box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) needs x2 >= x1 and y2 >= y1')
+                raise InputError(f'box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) needs x2 >= x1 '
+                                 'and y2 >= y1')
             if x2 < 0 or y2 < 0 or x1 >= width or y1 >= height:
                 raise InputError(f'box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) is outside the '
                                  f'{width}x{height} image')
