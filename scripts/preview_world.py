@@ -27,7 +27,7 @@ def overlay(scene, seg_ids) -> np.ndarray:
         mask = scene.panoptic == sid
         hue = int(180 * k / max(len(ids), 1))
         tint = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0]
-        out[mask] = 0.5 * out[mask] + 0.5 * tint
+        out[mask] = 0.6 * out[mask] + 0.4 * tint
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
                                        cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, (255, 255, 255), 1)

@@ -296,6 +296,8 @@ def test_samples_check_for_every_task(split):
 
 
 def test_sample_for_one_task_and_bad_task():
+    from training.data.sample import TASKS as SAMPLE_TASKS
+    assert TASKS == SAMPLE_TASKS
     s = tabletop_sample('test', 3, 64, task='gcg')
     assert s.task == 'gcg' and s.source == f'tabletop/test/{SPLITS["test"][0] + 3}/gcg'
     with pytest.raises(ValueError):

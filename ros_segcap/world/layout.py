@@ -145,8 +145,12 @@ def layout_ok(objects: list[ObjectSpec]) -> bool:
 
 
 def _jitter_rgb(rng: np.random.Generator, colour: str) -> tuple[int, int, int]:
+    """Vary a colour a little; white and black only in brightness, so they stay neutral."""
     base = np.array(COLOURS[colour], dtype=np.int64)
-    out = np.clip(base + rng.integers(-14, 15, size=3), 0, 255)
+    step = rng.integers(-10, 11, size=3)
+    if colour in ('white', 'black'):
+        step[:] = step[0]
+    out = np.clip(base + step, 0, 255)
     return int(out[0]), int(out[1]), int(out[2])
 
 

@@ -2,9 +2,10 @@
 
 Sample `i` of a split is scene `split_seed(split, seed_offset + i)` (train [0, 1e6),
 val [1e6, 1e6 + 1e4), test [2e6, 2e6 + 1e4): never overlapping) with the task
-`tasks[i % len(tasks)]`. Train samples use paraphrased questions and random prompt points;
-val/test use the paper's fixed questions and inner-most prompt points. Every sample also
-carries the scene's panoptic segments (for stage 0).
+`tasks[i % len(tasks)]`. Train samples mix the paper's fixed questions with paraphrases and
+use random prompt points; val/test use only the fixed questions and inner-most prompt points.
+A region sample on a scene with nothing big enough to prompt (tiny images) becomes a caption.
+Every sample also carries the scene's panoptic segments (for stage 0).
 """
 from __future__ import annotations
 
