@@ -12,7 +12,7 @@ import itertools
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import rclpy
@@ -108,18 +108,21 @@ def bag_frames(path: Path) -> Iterator[np.ndarray]:
 
 
 def photo_frames() -> list[np.ndarray]:
-    """Real photos from scikit-image: the fallback scene while the tabletop world is absent."""
+    """Real photos from scikit-image: the fallback scene when the tabletop world is absent."""
     from skimage import data
     return [data.coffee()]
 
 
-def tabletop_frames(seed: int) -> Iterable[np.ndarray]:
-    """Frames of a procedural tabletop scene (ros_segcap.world), or photos if it is absent."""
+def tabletop_frames(args: argparse.Namespace) -> Iterator[np.ndarray]:
+    """Endless frames of a procedural tabletop scene (ros_segcap.world), or of a photo."""
     try:
-        from ros_segcap.world import TabletopCamera  # type: ignore[attr-defined]
+        from ros_segcap.world import TabletopCamera
     except ImportError:
-        return photo_frames()
-    return TabletopCamera(seed=seed).frames()
+        return itertools.cycle(photo_frames())
+    width, height = args.size
+    period = round(args.scene_seconds * args.rate) if args.scene_seconds > 0 else 2 ** 62
+    camera = TabletopCamera(height, width, seed=args.seed, scene_period=max(period, 1))
+    return camera.frames()
 
 
 def open_source(args: argparse.Namespace) -> Iterator[np.ndarray]:
@@ -130,7 +133,7 @@ def open_source(args: argparse.Namespace) -> Iterator[np.ndarray]:
         return video_frames(args.video)
     if args.bag is not None:
         return bag_frames(args.bag)
-    return itertools.cycle(tabletop_frames(args.seed))
+    return tabletop_frames(args)
 
 
 class CameraPublisher(Node):

@@ -51,26 +51,64 @@ def find_share_file(relative: str) -> Optional[Path]:
     return path if path.is_file() else None
 
 
-def ros_environment(base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+SHM_PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Fast DDS: a 64 MiB shared-memory segment (the default 512 KiB drops large best-effort
+     frames: 640x480 at 30 Hz arrives at ~3 Hz) plus UDP for everything else. -->
+<profiles xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">
+  <transport_descriptors>
+    <transport_descriptor>
+      <transport_id>segcap_shm</transport_id>
+      <type>SHM</type>
+      <segment_size>67108864</segment_size>
+    </transport_descriptor>
+    <transport_descriptor>
+      <transport_id>segcap_udp</transport_id>
+      <type>UDPv4</type>
+    </transport_descriptor>
+  </transport_descriptors>
+  <participant profile_name="segcap_participant" is_default_profile="true">
+    <rtps>
+      <userTransports>
+        <transport_id>segcap_shm</transport_id>
+        <transport_id>segcap_udp</transport_id>
+      </userTransports>
+      <useBuiltinTransports>false</useBuiltinTransports>
+    </rtps>
+  </participant>
+</profiles>
+"""
+
+
+def shm_profile(out: Path) -> Path:
+    """Return config/fastdds_shm.xml if the package has one, else write SHM_PROFILE to out/."""
+    path = find_share_file('config/fastdds_shm.xml')
+    if path is None:
+        path = out / 'fastdds_shm.xml'
+        path.write_text(SHM_PROFILE)
+    return path
+
+
+def ros_environment(base: Optional[Mapping[str, str]] = None,
+                    profile: Optional[Path] = None) -> dict[str, str]:
     """Environment for the demo's processes: a private domain, localhost discovery, SHM.
 
     ROS_DOMAIN_ID is drawn at random (1-100) unless set, so two demos do not talk to each
-    other; a Fast DDS profile with a large shared-memory segment is used if config has one.
+    other; `profile` (a Fast DDS XML file) is used unless one is set already.
     """
     env = dict(os.environ if base is None else base)
     env.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(1, 100)))
     env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     env.setdefault('PYTHONUNBUFFERED', '1')
-    profile = find_share_file('config/fastdds_shm.xml')
-    if profile is not None and 'FASTDDS_DEFAULT_PROFILES_FILE' not in env:
+    if profile is not None and not env.get('FASTDDS_DEFAULT_PROFILES_FILE'):
         env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(profile)
-        env.setdefault('FASTRTPS_DEFAULT_PROFILES_FILE', str(profile))
     return env
 
 
 def source_arguments(args: argparse.Namespace) -> list[str]:
     """Turn the camera options of `args` into arguments for the camera process."""
-    argv = ['--rate', f'{args.rate:g}']
+    width, height = args.size
+    argv = ['--rate', f'{args.rate:g}', '--seed', str(args.seed), '--size', f'{width}x{height}',
+            '--scene-seconds', f'{args.scene_seconds:g}']
     for option in ('images', 'video', 'bag'):
         value = getattr(args, option)
         if value is not None:
@@ -293,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; return 0 on success, 1 with a message on failure, 130 on Ctrl-C."""
     args.out = Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
-    env = ros_environment()
+    env = ros_environment(profile=shm_profile(args.out))
     os.environ.update({k: env[k] for k in env if k.startswith(('ROS_', 'FAST'))})
     children: list[Child] = []
     code = 0
