@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .config import IMAGE_TOKEN, SPECIAL_TOKENS, SEG_TOKEN, SegCapConfig
+
+if TYPE_CHECKING:
+    from .fastlm import FastLlama
 
 
 @dataclass
@@ -93,6 +96,8 @@ class LanguageModel(nn.Module):
         self.image_id = self.special_ids[IMAGE_TOKEN]
         end = tokenizer.convert_tokens_to_ids('<|im_end|>')
         self.stop_ids = {i for i in (tokenizer.eos_token_id, end) if isinstance(i, int)}
+        self.decode_path = 'fast'  # or 'reference' (Hugging Face forward with DynamicCache)
+        self._fast = None
 
     # ----- prompt construction -------------------------------------------------------------
 
@@ -141,35 +146,63 @@ class LanguageModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm.lm_head(hidden)
 
+    def fast(self) -> 'FastLlama':
+        """The lean decoder over the current weights (rebuilt when they change)."""
+        from .fastlm import FastLlama
+
+        if self._fast is None or self._fast.is_stale():
+            self._fast = None  # free the old snapshot before building the new one
+            self._fast = FastLlama(self.lm)
+        return self._fast
+
+    def _stepper(self, embeds: torch.Tensor, prefix_len: int, prefix_key):
+        """(first hidden (H,), step(token) -> hidden (H,)) for the chosen decode path."""
+        if self.decode_path == 'fast':
+            fast = self.fast()
+            h = fast.prefill(embeds[0], prefix_len, prefix_key)
+            table = self.lm.get_input_embeddings().weight
+            return h, lambda tok: fast.step(table[tok]), fast.logits
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        h = self.hidden(embeds, cache=cache)[0, -1]
+
+        def step(tok: int) -> torch.Tensor:
+            ids = torch.tensor([[tok]], device=embeds.device)
+            return self.hidden(self.embed(ids), cache=cache)[0, -1]
+        return h, step, self.logits
+
     @torch.no_grad()
     def generate(self, embeds: torch.Tensor, *, max_new_tokens: int = 48,
                  temperature: float = 0.0, on_text: Optional[Callable[[str], bool]] = None,
-                 generator: Optional[torch.Generator] = None) -> Generation:
+                 on_seg: Optional[Callable[[torch.Tensor], None]] = None,
+                 generator: Optional[torch.Generator] = None, prefix_len: int = 0,
+                 prefix_key=None) -> Generation:
         """Generate from prompt embeddings (1, T, H); stops at the end token.
 
-        on_text(piece) receives new text as it appears; returning False cancels.
+        on_text(piece) receives new text as it appears; returning False cancels. on_seg(h)
+        receives each [SEG] hidden state (H,) as soon as it exists. With the fast path, the
+        first prefix_len positions are reused from the previous call with the same
+        prefix_key (e.g. the system prompt + visual block of one frame).
         """
-        from transformers import DynamicCache
-
         t0 = time.perf_counter()
-        cache = DynamicCache()
-        h = self.hidden(embeds, cache=cache)[:, -1]
+        h, step, to_logits = self._stepper(embeds, prefix_len, prefix_key)
         t1 = time.perf_counter()
         tokens: list[int] = []
         seg_hidden: list[torch.Tensor] = []
         shown = ''
         cancelled = False
-        for step in range(max_new_tokens):
-            tok = self._pick(self.logits(h)[0], temperature, generator)
+        for i in range(max_new_tokens):
+            tok = self._pick(to_logits(h), temperature, generator)
             if tok in self.stop_ids:
                 break
             tokens.append(tok)
-            last = step == max_new_tokens - 1
-            if tok == self.seg_id or not last:
-                h = self.hidden(self.embed(torch.tensor([[tok]], device=embeds.device)),
-                                cache=cache)[:, -1]
+            if tok == self.seg_id or i < max_new_tokens - 1:
+                h = step(tok)
                 if tok == self.seg_id:
-                    seg_hidden.append(h[0])
+                    seg_hidden.append(h)
+                    if on_seg is not None:
+                        on_seg(h)
             if on_text is not None:
                 text = self.decode(tokens)
                 if len(text) > len(shown) and not text.endswith('\ufffd'):
@@ -177,12 +210,17 @@ class LanguageModel(nn.Module):
                     if on_text(piece) is False:
                         cancelled = True
                         break
-        hidden = (torch.stack(seg_hidden) if seg_hidden
+        hidden = (torch.stack(seg_hidden).float() if seg_hidden
                   else embeds.new_zeros((0, embeds.shape[-1])))
         t2 = time.perf_counter()
         stats = {'prefill_ms': (t1 - t0) * 1000, 'decode_ms': (t2 - t1) * 1000,
                  'prompt_tokens': embeds.shape[1], 'new_tokens': len(tokens)}
         return Generation(tokens, self.decode(tokens), hidden, cancelled, stats)
+
+    def prefix_length(self, num_visual: int) -> int:
+        """Tokens up to the end of the visual block (the same for every question)."""
+        ids = self.encode(self.prompt_text('x'))
+        return ids.index(self.image_id) + num_visual
 
     @staticmethod
     def _pick(logits: torch.Tensor, temperature: float, generator) -> int:

@@ -114,8 +114,13 @@ class Pipeline:
                                                     q.restrict.to(self.device))
                     regions = self.model.prompt_tokens(out)
             with self._timed(timing, 'prior_projectors'):
-                embeds, _ = self.model.prompt_embeds(frame, question, regions)
-            gen = self._generate(embeds, timing, on_text)
+                visual = self.model.visual_block(frame)
+                ids, _ = self.model.llm.prompt_ids(question, visual.shape[0])
+                embeds = self.model.build_embeds(torch.tensor(ids, device=self.device),
+                                                 visual, regions)
+            prefix_len = ids.index(self.model.llm.image_id) + visual.shape[0]
+            key = None if frame_key is None else (frame_key, id(frame))
+            gen = self._generate(embeds, timing, on_text, prefix_len, key)
             return self._finish(gen, frame, box, timing)
 
     def _check(self, image, prompt: str, visual_prompt: Optional[VisualPrompt]) -> str:
@@ -140,9 +145,11 @@ class Pipeline:
             prompt = f'{tag} {prompt}'
         return prompt
 
-    def _generate(self, embeds: torch.Tensor, timing: Timing, on_text):
+    def _generate(self, embeds: torch.Tensor, timing: Timing, on_text, prefix_len: int,
+                  prefix_key):
         gen = self.model.llm.generate(embeds, max_new_tokens=self.config.max_new_tokens,
-                                      temperature=self.config.temperature, on_text=on_text)
+                                      temperature=self.config.temperature, on_text=on_text,
+                                      prefix_len=prefix_len, prefix_key=prefix_key)
         timing.add('llm_prefill', gen.stats['prefill_ms'])
         timing.add('llm_decode', gen.stats['decode_ms'])
         return gen
