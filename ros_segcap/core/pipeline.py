@@ -99,8 +99,13 @@ class Pipeline:
 
     def run(self, image: np.ndarray, prompt: str, visual_prompt: Optional[VisualPrompt] = None,
             frame_key: Optional[Hashable] = None,
-            on_text: Optional[Callable[[str], bool]] = None) -> SegCapResult:
-        """Answer one command on one frame. Raises InputError for bad input."""
+            on_text: Optional[Callable[[str], bool]] = None,
+            on_mask: Optional[Callable[[int, np.ndarray], None]] = None) -> SegCapResult:
+        """Answer one command on one frame. Raises InputError for bad input.
+
+        on_text(piece) streams the answer text (return False to cancel); on_mask(i, mask)
+        gets mask i (bool, original size) as soon as its [SEG] token is generated.
+        """
         question = self._check(image, prompt, visual_prompt)
         timing = Timing()
         with self._lock, torch.no_grad():
@@ -120,8 +125,17 @@ class Pipeline:
                                                  visual, regions)
             prefix_len = ids.index(self.model.llm.image_id) + visual.shape[0]
             key = None if frame_key is None else (frame_key, id(frame))
-            gen = self._generate(embeds, timing, on_text, prefix_len, key)
-            return self._finish(gen, frame, box, timing)
+            early: list[torch.Tensor] = []
+
+            def on_seg(hidden: torch.Tensor) -> None:
+                with self._timed(timing, 'mask_decode'):
+                    logits = self._mask_logits(frame, box, hidden[None])[0]
+                early.append(logits)
+                if on_mask is not None:
+                    on_mask(len(early) - 1, (logits.sigmoid() > self.config.mask_threshold)
+                            .cpu().numpy())
+            gen = self._generate(embeds, timing, on_text, prefix_len, key, on_seg)
+            return self._finish(gen, early, timing)
 
     def _check(self, image, prompt: str, visual_prompt: Optional[VisualPrompt]) -> str:
         check_image(image)
@@ -146,36 +160,36 @@ class Pipeline:
         return prompt
 
     def _generate(self, embeds: torch.Tensor, timing: Timing, on_text, prefix_len: int,
-                  prefix_key):
+                  prefix_key, on_seg):
         gen = self.model.llm.generate(embeds, max_new_tokens=self.config.max_new_tokens,
                                       temperature=self.config.temperature, on_text=on_text,
-                                      prefix_len=prefix_len, prefix_key=prefix_key)
+                                      on_seg=on_seg, prefix_len=prefix_len,
+                                      prefix_key=prefix_key)
         timing.add('llm_prefill', gen.stats['prefill_ms'])
-        timing.add('llm_decode', gen.stats['decode_ms'])
+        # masks were decoded inside the generation loop, as soon as each [SEG] appeared
+        timing.add('llm_decode', gen.stats['decode_ms'] - timing.ms.get('mask_decode', 0.0))
         return gen
 
-    def _finish(self, gen, frame: FrameFeatures, box: Letterbox, timing: Timing
-                ) -> SegCapResult:
+    def _mask_logits(self, frame: FrameFeatures, box: Letterbox, hidden: torch.Tensor
+                     ) -> torch.Tensor:
+        """[SEG] hidden states (n, H) -> mask logits (n, H_img, W_img) on the original image."""
+        out = self.model.decode_seg(frame, hidden)
+        return unletterbox(out.mask_logits[-1][0], box)
+
+    def _finish(self, gen, early: list[torch.Tensor], timing: Timing) -> SegCapResult:
         parsed = parse_answer(gen.text)
         result = SegCapResult(answer=parsed.text, raw_text=gen.text, timing=timing,
                               model=self.model.config.name)
         if gen.cancelled:
             result.status = 'cancelled'
-        n = gen.seg_hidden.shape[0]
-        if n == 0:
-            return result
-        with self._timed(timing, 'mask_decode'):
-            out = self.model.decode_seg(frame, gen.seg_hidden)
-            logits = unletterbox(out.mask_logits[-1][0], box)  # (n, H, W)
-            probs = logits.sigmoid()
-            masks = (probs > self.config.mask_threshold).cpu().numpy()
-            probs = probs.cpu().numpy()
+        n = len(early)
         phrases = parsed.phrases + [''] * (n - len(parsed.phrases))
-        for i in range(n):
-            m = masks[i]
+        for i, logits in enumerate(early):
+            probs = logits.sigmoid()
+            m = (probs > self.config.mask_threshold).cpu().numpy()
             result.masks.append(m)
             result.phrases.append(phrases[i])
-            result.scores.append(float(probs[i][m].mean()) if m.any() else 0.0)
+            result.scores.append(float(probs.cpu().numpy()[m].mean()) if m.any() else 0.0)
             result.boxes.append(mask_box(m))
         return result
 
