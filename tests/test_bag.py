@@ -22,7 +22,7 @@ from rclpy.serialization import deserialize_message  # noqa: E402
 from rosbags.rosbag2 import Reader  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from ros_segcap.ros.demo import ros_environment, shm_profile  # noqa: E402
+from ros_segcap.ros.demo import ros_environment  # noqa: E402
 
 pytestmark = pytest.mark.ros
 TIMEOUT = 60.0
@@ -32,11 +32,12 @@ TIMEOUT = 60.0
 def ros_env(tmp_path, monkeypatch):
     """A private ROS domain for this test, for the test process and its children."""
     base = {k: v for k, v in os.environ.items() if k != 'ROS_DOMAIN_ID'}
-    env = ros_environment(base, profile=shm_profile(tmp_path))
+    env = ros_environment(base)
     env['ROS_LOG_DIR'] = str(tmp_path / 'ros_log')
     for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOG_DIR',
                 'FASTDDS_DEFAULT_PROFILES_FILE'):
-        monkeypatch.setenv(key, env[key])
+        if key in env:
+            monkeypatch.setenv(key, env[key])
     return env
 
 

@@ -2,18 +2,21 @@
 
 The demo process starts the camera publisher and segcap_node as children (their output goes
 to <out>/camera.log and <out>/node.log, and is printed if one fails), waits until the node
-is on the graph and frames flow, publishes the command, waits for the caption (and the
+is on the graph and frames flow, publishes the command, waits for the answer (and the
 overlay), prints the answer and the end-to-end latency, writes overlay.png and mask.png,
 and stops the children. With --serve it also streams to a Foxglove websocket until Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,7 @@ from std_msgs.msg import String
 from ros_segcap.ros.commands import add_demo_arguments
 
 PACKAGE = 'ros_segcap'
-OVERLAY_GRACE = 3.0  # seconds to wait for the overlay once the caption is in
+OVERLAY_GRACE = 3.0  # seconds to wait for the overlay and mask once the answer is in
 CLEAN_EXIT_CODES = (0, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT)
 
 
@@ -51,54 +54,18 @@ def find_share_file(relative: str) -> Optional[Path]:
     return path if path.is_file() else None
 
 
-SHM_PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
-<!-- Fast DDS: a 64 MiB shared-memory segment (the default 512 KiB drops large best-effort
-     frames: 640x480 at 30 Hz arrives at ~3 Hz) plus UDP for everything else. -->
-<profiles xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">
-  <transport_descriptors>
-    <transport_descriptor>
-      <transport_id>segcap_shm</transport_id>
-      <type>SHM</type>
-      <segment_size>67108864</segment_size>
-    </transport_descriptor>
-    <transport_descriptor>
-      <transport_id>segcap_udp</transport_id>
-      <type>UDPv4</type>
-    </transport_descriptor>
-  </transport_descriptors>
-  <participant profile_name="segcap_participant" is_default_profile="true">
-    <rtps>
-      <userTransports>
-        <transport_id>segcap_shm</transport_id>
-        <transport_id>segcap_udp</transport_id>
-      </userTransports>
-      <useBuiltinTransports>false</useBuiltinTransports>
-    </rtps>
-  </participant>
-</profiles>
-"""
-
-
-def shm_profile(out: Path) -> Path:
-    """Return config/fastdds_shm.xml if the package has one, else write SHM_PROFILE to out/."""
-    path = find_share_file('config/fastdds_shm.xml')
-    if path is None:
-        path = out / 'fastdds_shm.xml'
-        path.write_text(SHM_PROFILE)
-    return path
-
-
-def ros_environment(base: Optional[Mapping[str, str]] = None,
-                    profile: Optional[Path] = None) -> dict[str, str]:
+def ros_environment(base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     """Environment for the demo's processes: a private domain, localhost discovery, SHM.
 
     ROS_DOMAIN_ID is drawn at random (1-100) unless set, so two demos do not talk to each
-    other; `profile` (a Fast DDS XML file) is used unless one is set already.
+    other; config/fastdds_shm.xml (a large shared-memory segment, without which 640x480
+    best-effort frames at 30 Hz arrive at ~3 Hz) is used unless a profile is set already.
     """
     env = dict(os.environ if base is None else base)
     env.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(1, 100)))
     env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     env.setdefault('PYTHONUNBUFFERED', '1')
+    profile = find_share_file('config/fastdds_shm.xml')
     if profile is not None and not env.get('FASTDDS_DEFAULT_PROFILES_FILE'):
         env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(profile)
     return env
@@ -143,11 +110,6 @@ class Child:
         text = self.log_path.read_text(errors='replace').rstrip().splitlines()
         return '\n'.join(f'  [{self.name}] {line}' for line in text[-lines:])
 
-    def last_line(self) -> str:
-        """Return the child's latest non-empty output line (for progress messages)."""
-        tail = self.log_path.read_text(errors='replace').strip().splitlines()
-        return tail[-1].strip()[:100] if tail else ''
-
 
 def start_child(name: str, cmd: list[str], env: Mapping[str, str], out: Path) -> Child:
     """Start `cmd` in its own session (Ctrl-C reaches it only through stop_children)."""
@@ -188,36 +150,74 @@ def stop_children(children: list[Child], timeout: float = 10.0) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What segcap_node answered to the demo's command."""
+
+    received: float  # time.monotonic() when it arrived
+    text: str
+    status: str = 'ok'
+    phrases: tuple[str, ...] = ()
+    node_ms: Optional[float] = None  # the node's own pipeline time
+
+
 class DemoClient(Node):
-    """The demo's own node: sends the command, watches frames, caption, overlay and mask."""
+    """The demo's own node: sends the command, watches frames and the node's outputs."""
 
     def __init__(self) -> None:
         super().__init__('segcap_demo')
         self.command_pub = self.create_publisher(String, 'command', QoSProfile(depth=10))
         self.images = 0
+        self.command: Optional[str] = None
         self.sent_at: Optional[float] = None
-        self.caption: Optional[tuple[float, str]] = None
-        self.overlay: Optional[Image] = None
-        self.mask: Optional[Image] = None
+        self.result: Optional[Answer] = None  # from segcap/result or segcap/result_json
+        self.caption: Optional[Answer] = None  # from segcap/caption
+        self.images_out: dict[str, Image] = {}
+        reliable = QoSProfile(depth=10)
         self.create_subscription(Image, 'image', self._on_image, qos_profile_sensor_data)
-        self.create_subscription(String, 'segcap/caption', self._on_caption, QoSProfile(depth=10))
-        self.create_subscription(Image, 'segcap/overlay', self._on_overlay, QoSProfile(depth=2))
-        self.create_subscription(Image, 'segcap/mask', self._on_mask, QoSProfile(depth=2))
+        self.create_subscription(String, 'segcap/caption', self._on_caption, reliable)
+        self.create_subscription(String, 'segcap/result_json', self._on_json, reliable)
+        try:  # the interface package is optional; the JSON result covers its absence
+            from ros_segcap_msgs.msg import SegCapResult
+            self.create_subscription(SegCapResult, 'segcap/result', self._on_result, reliable)
+        except ImportError:
+            pass
+        for name in ('overlay', 'mask'):
+            self.create_subscription(Image, f'segcap/{name}', self._keep_image(name), reliable)
 
     def _on_image(self, msg: Image) -> None:
         self.images += 1
 
+    def _keep_image(self, name: str):
+        def callback(msg: Image) -> None:
+            if self.sent_at is not None:
+                self.images_out[name] = msg
+        return callback
+
     def _on_caption(self, msg: String) -> None:
         if self.sent_at is not None and self.caption is None:
-            self.caption = (time.monotonic(), msg.data)
+            self.caption = Answer(time.monotonic(), msg.data)
 
-    def _on_overlay(self, msg: Image) -> None:
-        if self.sent_at is not None:
-            self.overlay = msg
+    def _on_result(self, msg) -> None:
+        self._keep_result(msg.command, Answer(time.monotonic(), msg.answer, msg.status,
+                                              tuple(msg.phrases), msg.total_ms))
 
-    def _on_mask(self, msg: Image) -> None:
-        if self.sent_at is not None:
-            self.mask = msg
+    def _on_json(self, msg: String) -> None:
+        data = json.loads(msg.data)
+        self._keep_result(data.get('command'), Answer(
+            time.monotonic(), data.get('answer', ''), data.get('status', ''),
+            tuple(data.get('phrases', ())), data.get('total_ms')))
+
+    def _keep_result(self, command: str, answer: Answer) -> None:
+        if self.sent_at is not None and self.result is None and command == self.command:
+            self.result = answer
+
+    @property
+    def answer(self) -> Optional[Answer]:
+        """The node's result for our command (or, without one, its caption) and its arrival."""
+        first = min((a.received for a in (self.result, self.caption) if a), default=None)
+        best = self.result or self.caption
+        return None if best is None else dataclasses.replace(best, received=first)
 
     def node_ready(self) -> bool:
         """Tell whether segcap_node listens to `command` and publishes `segcap/caption`."""
@@ -226,7 +226,7 @@ class DemoClient(Node):
 
     def send(self, command: str) -> None:
         """Publish the command and start the latency clock."""
-        self.sent_at = time.monotonic()
+        self.command, self.sent_at = command, time.monotonic()
         self.command_pub.publish(String(data=command))
 
 
@@ -252,8 +252,7 @@ def wait_ready(client: DemoClient, children: list[Child], args: argparse.Namespa
 
     def progress(elapsed: float) -> None:
         state = 'node up' if client.node_ready() else f'loading model {args.model!r}'
-        print(f'  ... {elapsed:4.0f} s  {state}, {client.images} frames  | {node.last_line()}',
-              flush=True)
+        print(f'  ... {elapsed:4.0f} s  {state}, {client.images} camera frames', flush=True)
 
     if not spin_until(client, children, lambda: client.node_ready() and client.images > 0,
                       args.timeout, progress):
@@ -265,56 +264,47 @@ def wait_ready(client: DemoClient, children: list[Child], args: argparse.Namespa
 
 
 def wait_result(client: DemoClient, children: list[Child], args: argparse.Namespace) -> None:
-    """Wait for the caption, then briefly for the overlay; DemoError on timeout."""
+    """Wait for the answer, then briefly for the overlay; DemoError on timeout or bad status."""
     def progress(elapsed: float) -> None:
         print(f'  ... {elapsed:4.0f} s  waiting for the answer', flush=True)
 
-    if not spin_until(client, children, lambda: client.caption is not None, args.timeout,
+    if not spin_until(client, children, lambda: client.answer is not None, args.timeout,
                       progress):
         node = next(c for c in children if c.name == 'node')
-        raise DemoError(f'no answer on segcap/caption within --timeout {args.timeout:g} s '
-                        f'(logs in {args.out}):\n{node.log_tail()}')
-    spin_until(client, children, lambda: client.overlay is not None, OVERLAY_GRACE)
-
-
-def image_array(msg: Image) -> np.ndarray:
-    """Pixels of an 8-bit rgb8/bgr8/mono8 image as RGB or gray, honouring step padding."""
-    channels = {'rgb8': 3, 'bgr8': 3, 'mono8': 1, '8UC1': 1}.get(msg.encoding)
-    if channels is None:
-        raise DemoError(f'cannot save a {msg.encoding!r} image')
-    rows = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.step)
-    pixels = rows[:, :msg.width * channels].reshape(msg.height, msg.width, channels)
-    return pixels[..., ::-1] if msg.encoding == 'bgr8' else pixels
+        raise DemoError(f'no answer within --timeout {args.timeout:g} s (logs in '
+                        f'{args.out}):\n{node.log_tail()}')
+    if client.answer.status != 'ok':
+        raise DemoError(f'segcap_node answered {args.command!r} with status '
+                        f'{client.answer.status!r}')
+    spin_until(client, children, lambda: {'overlay', 'mask'} <= set(client.images_out),
+               OVERLAY_GRACE)
 
 
 def save_png(msg: Image, path: Path) -> Path:
-    """Write an Image message as PNG."""
+    """Write an rgb8/bgr8/mono8 Image message as PNG."""
     import cv2
-    pixels = image_array(msg)
-    bgr = pixels[..., ::-1] if pixels.shape[2] == 3 else pixels
-    if not cv2.imwrite(str(path), np.ascontiguousarray(bgr)):
+    from ros_segcap.ros.convert import image_to_numpy, image_to_rgb
+    pixels = image_to_numpy(msg) if msg.encoding == 'mono8' else image_to_rgb(msg)[..., ::-1]
+    if not cv2.imwrite(str(path), np.ascontiguousarray(pixels)):
         raise DemoError(f'could not write {path}')
     return path
 
 
 def report(client: DemoClient, args: argparse.Namespace) -> None:
     """Print the answer and the latency, write overlay.png and mask.png."""
-    received, answer = client.caption
+    answer = client.answer
     print(f'command: {args.command}')
-    print(f'answer:  {answer}')
-    print(f'latency: {(received - client.sent_at) * 1e3:.0f} ms end to end '
-          '(command published -> caption received, through ROS)')
-    for name, msg in (('overlay', client.overlay), ('mask', client.mask)):
-        if msg is not None:
-            print(f'{name}: {save_png(msg, args.out / f"{name}.png")}')
-        elif name == 'overlay':
-            print(f'overlay: none received within {OVERLAY_GRACE:g} s of the caption')
-
-
-def serve_forever(client: DemoClient, children: list[Child]) -> None:
-    """Keep streaming to Foxglove until Ctrl-C (the bridge was started with the demo)."""
-    print('serving until Ctrl-C ...', flush=True)
-    spin_until(client, children, lambda: False, float('inf'))
+    print(f'answer:  {answer.text or "(empty)"}')
+    if answer.phrases:
+        print(f'phrases: {", ".join(answer.phrases)}')
+    inside = f'; {answer.node_ms:.0f} ms inside the node' if answer.node_ms else ''
+    print(f'latency: {(answer.received - client.sent_at) * 1e3:.0f} ms end to end '
+          f'(command published -> answer received, through ROS{inside})')
+    for name in ('overlay', 'mask'):
+        if name in client.images_out:
+            print(f'{name}: {save_png(client.images_out[name], args.out / f"{name}.png")}')
+        else:
+            print(f'{name}: none received within {OVERLAY_GRACE:g} s of the answer')
 
 
 def _demo(client: DemoClient, children: list[Child], args: argparse.Namespace) -> None:
@@ -331,10 +321,11 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; return 0 on success, 1 with a message on failure, 130 on Ctrl-C."""
     args.out = Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
-    env = ros_environment(profile=shm_profile(args.out))
+    env = ros_environment()
     os.environ.update({k: env[k] for k in env if k.startswith(('ROS_', 'FAST'))})
     children: list[Child] = []
     code = 0
+    interrupt_on_signals()
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     client = DemoClient()
     bridge = None
@@ -344,32 +335,47 @@ def run(args: argparse.Namespace) -> int:
         children.append(start_child('node', node_command(args), env, args.out))
         print(f'camera and node started (ROS_DOMAIN_ID={env["ROS_DOMAIN_ID"]}, logs in '
               f'{args.out})', flush=True)
-        if args.serve:
-            bridge = start_bridge(client, args.port)
+        bridge = start_bridge(client, args.port) if args.serve else None
         _demo(client, children, args)
         if bridge is not None:
-            serve_forever(client, children)
+            print('serving until Ctrl-C ...', flush=True)
+            spin_until(client, children, lambda: False, float('inf'))
     except DemoError as error:
         print(f'segcap demo: {error}', file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
-        code = 0 if bridge is not None and client.caption is not None else 130
+        code = 0 if bridge is not None and client.answer is not None else 130
     finally:
         code = _shutdown(client, children, bridge, code)
     return code
 
 
+def interrupt_on_signals() -> None:
+    """Make SIGINT and SIGTERM raise KeyboardInterrupt, so the children are always stopped.
+
+    (Shells start background jobs with SIGINT ignored; the children have their own sessions.)
+    """
+    def interrupt(signum: int, frame) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def start_bridge(client: DemoClient, port: int):
-    """Start the Foxglove websocket bridge on the demo's node and print where to connect."""
-    from ros_segcap.ros.foxglove_bridge import FoxgloveBridge
-    bridge = FoxgloveBridge(client, host='127.0.0.1', port=port)
-    print(f'Foxglove: open {bridge.app_url}\n          (or connect Foxglove to {bridge.ws_url}; '
-          'panels: Image on /segcap/overlay, Raw Messages on /segcap/caption)', flush=True)
-    return bridge
+    """Start the Foxglove websocket bridge on the demo's node; DemoError if it cannot bind."""
+    from ros_segcap.ros.foxglove_bridge import serve
+    try:
+        return serve(client, port=port)
+    except RuntimeError as error:  # FoxgloveError: e.g. the port is taken
+        raise DemoError(f'cannot serve Foxglove on 127.0.0.1:{port} ({error}); '
+                        'choose another --port (0 = any free port)') from error
 
 
 def _shutdown(client: DemoClient, children: list[Child], bridge, code: int) -> int:
+    print('stopping the camera and the node ...', flush=True)
     problems = stop_children(children)
     for problem in problems:
         print(f'segcap demo: {problem}', file=sys.stderr)

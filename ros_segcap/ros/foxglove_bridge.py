@@ -97,3 +97,12 @@ class FoxgloveBridge:
             self._node.destroy_subscription(sub)
         self._subs.clear()
         self._server.stop()
+
+
+def serve(node: Node, *, host: str = '127.0.0.1', port: int = 8765) -> FoxgloveBridge:
+    """Start a bridge with the default topics and print where to connect."""
+    bridge = FoxgloveBridge(node, host=host, port=port)
+    print(f'Foxglove: open {bridge.app_url}\n'
+          f'          or connect Foxglove (app or browser) to {bridge.ws_url}; panels: Image on '
+          '/segcap/overlay, /segcap/mask and /image, Raw Messages on /segcap/caption', flush=True)
+    return bridge

@@ -1,0 +1,323 @@
+"""`segcap demo` and its parts: camera sources, the camera process, the Foxglove bridge.
+
+The end-to-end demo runs the real segcap_node (model tiny-random) as a child process; it
+skips while ros_segcap.ros.node is absent. ROS tests use a private domain per test.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy', reason='needs rclpy (ROS 2 from pip)')
+cv2 = pytest.importorskip('cv2')
+
+from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from ros_segcap.ros import camera, commands  # noqa: E402
+from ros_segcap.ros.demo import ros_environment  # noqa: E402
+
+pytestmark = pytest.mark.ros
+TIMEOUT = 60.0
+
+
+@pytest.fixture
+def ros_env(tmp_path, monkeypatch):
+    """A private ROS domain for this test, for the test process and its children."""
+    base = {k: v for k, v in os.environ.items() if k != 'ROS_DOMAIN_ID'}
+    env = ros_environment(base)
+    env['ROS_LOG_DIR'] = str(tmp_path / 'ros_log')
+    for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOG_DIR',
+                'FASTDDS_DEFAULT_PROFILES_FILE'):
+        if key in env:
+            monkeypatch.setenv(key, env[key])
+    return env
+
+
+@pytest.fixture
+def node(ros_env):
+    """An rclpy node in the test process (in the test's domain)."""
+    rclpy.init()
+    node = rclpy.create_node('test_demo')
+    yield node
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+def spin_until(node, condition, timeout: float = TIMEOUT) -> bool:
+    """Spin the test node until condition() or timeout."""
+    end = time.monotonic() + timeout
+    while not condition() and time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    return condition()
+
+
+def camera_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    commands.add_camera_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+# ---------------------------------------------------------------- camera sources
+
+def test_image_folder_source_loops_in_name_order(tmp_path):
+    pictures = [np.full((20, 30, 3), v, np.uint8) for v in (10, 20, 30)]
+    for i, picture in enumerate(pictures):
+        cv2.imwrite(str(tmp_path / f'{i}.png'), picture)
+    (tmp_path / 'notes.txt').write_text('not an image')
+    frames = camera.open_source(camera_args('--images', str(tmp_path)))
+    got = [next(frames) for _ in range(4)]
+    assert [int(f[0, 0, 0]) for f in got] == [10, 20, 30, 10]
+
+
+def test_video_source_decodes_and_loops(tmp_path):
+    path = tmp_path / 'clip.avi'
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), 10, (64, 48))
+    for value in (0, 120, 240):
+        writer.write(np.full((48, 64, 3), value, np.uint8))
+    writer.release()
+    frames = camera.open_source(camera_args('--video', str(path)))
+    got = [next(frames) for _ in range(5)]
+    assert all(f.shape == (48, 64, 3) and f.dtype == np.uint8 for f in got)
+    assert [round(float(f.mean()) / 120) for f in got] == [0, 1, 2, 0, 1]
+
+
+def test_tabletop_source_size_and_bad_sources(tmp_path):
+    frame = next(camera.open_source(camera_args('--size', '320x240')))
+    assert frame.shape == (240, 320, 3) and frame.dtype == np.uint8
+    with pytest.raises(camera.SourceError, match='not a directory'):
+        camera.open_source(camera_args('--images', str(tmp_path / 'nope')))
+    with pytest.raises(camera.SourceError, match='no readable'):
+        camera.open_source(camera_args('--images', str(tmp_path)))
+    with pytest.raises(SystemExit):
+        camera_args('--size', '640by480')
+
+
+def test_camera_process_publishes_best_effort_frames(ros_env, node):
+    """The camera child publishes rgb8 frames that a sensor-data subscriber receives."""
+    topic = f'/demotest_{os.getpid()}/image'
+    stamps: list[float] = []
+    frames: list[Image] = []
+
+    def on_image(msg: Image) -> None:
+        stamps.append(time.monotonic())
+        frames.append(msg)
+
+    node.create_subscription(Image, topic, on_image, qos_profile_sensor_data)
+    child = subprocess.Popen(
+        [sys.executable, '-m', 'ros_segcap.ros.camera', '--rate', '30', '--count', '2000',
+         '--ros-args', '-r', f'image:={topic}'],
+        env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        received = spin_until(node, lambda: len(stamps) >= 45)
+    finally:
+        child.send_signal(2)  # SIGINT: the camera shuts down cleanly
+        output, _ = child.communicate(timeout=TIMEOUT)
+    assert received, f'got {len(stamps)} frames; camera output:\n{output}'
+    assert child.returncode == 0, output
+    msg = frames[-1]
+    assert (msg.width, msg.height, msg.encoding, msg.step) == (640, 480, 'rgb8', 1920)
+    assert msg.header.frame_id == 'camera'
+    rate = (len(stamps) - 16) / (stamps[-1] - stamps[15])  # after discovery settles
+    assert rate > 10.0, f'640x480 best effort at 30 Hz arrived at {rate:.1f} Hz'
+
+
+# ---------------------------------------------------------------- Foxglove bridge
+
+class WebSocket:
+    """Just enough of a websocket client (RFC 6455) to talk to the Foxglove server."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(('127.0.0.1', port), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((
+            'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n'
+            f'Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n'
+            'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: foxglove.sdk.v1\r\n\r\n'
+        ).encode())
+        self.buffer = b''
+        while b'\r\n\r\n' not in self.buffer:
+            self.buffer += self.sock.recv(4096)
+        head, self.buffer = self.buffer.split(b'\r\n\r\n', 1)
+        assert b' 101 ' in head.split(b'\r\n')[0], head
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            self.buffer += self.sock.recv(1 << 16)
+        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        return out
+
+    def receive(self) -> tuple[int, bytes]:
+        """Return (opcode, payload) of the next server frame (never fragmented here)."""
+        b0, b1 = self._take(2)
+        size = b1 & 0x7F
+        if size >= 126:
+            size = int.from_bytes(self._take(2 if size == 126 else 8), 'big')
+        return b0 & 0x0F, self._take(size)
+
+    def send_json(self, message: dict) -> None:
+        payload, mask = json.dumps(message).encode(), os.urandom(4)
+        assert len(payload) < 126
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+
+
+def test_foxglove_bridge_streams_image_and_caption(node):
+    from ros_segcap.ros.foxglove_bridge import FoxgloveBridge
+    pid = os.getpid()
+    image_topic, text_topic = f'/fox_{pid}/image', f'/fox_{pid}/caption'
+    bridge = FoxgloveBridge(node, port=0, image_topics=(image_topic,), text_topics=(text_topic,))
+    try:
+        assert bridge.ws_url == f'ws://127.0.0.1:{bridge.port}'
+        assert 'ws%3A%2F%2F127.0.0.1' in bridge.app_url
+        ws = WebSocket(bridge.port)
+        info = json.loads(ws.receive()[1])
+        advertise = json.loads(ws.receive()[1])
+        assert info['op'] == 'serverInfo' and advertise['op'] == 'advertise'
+        channels = {c['topic']: c for c in advertise['channels']}
+        assert channels[image_topic]['schemaName'] == 'foxglove.RawImage'
+        assert channels[text_topic]['encoding'] == 'json'
+        ws.send_json({'op': 'subscribe', 'subscriptions': [
+            {'id': 1, 'channelId': channels[image_topic]['id']},
+            {'id': 2, 'channelId': channels[text_topic]['id']}]})
+        time.sleep(0.3)  # let the server register the subscriptions
+
+        image_pub = node.create_publisher(Image, image_topic, QoSProfile(depth=5))
+        text_pub = node.create_publisher(String, text_topic, QoSProfile(depth=5))
+        pixels = np.random.default_rng(1).integers(0, 256, (24, 32, 3), np.uint8).tobytes()
+        image = Image(height=24, width=32, encoding='rgb8', step=96)
+        image.data = pixels
+        spin_until(node, lambda: image_pub.get_subscription_count() > 0, 10)
+        spin_until(node, lambda: text_pub.get_subscription_count() > 0, 10)
+        image_pub.publish(image)
+        text_pub.publish(String(data='<p> the red cup </p> [SEG].'))
+        assert spin_until(node, lambda: bridge.messages >= 2, 10)
+
+        got = {}
+        while len(got) < 2:
+            opcode, payload = ws.receive()
+            if opcode == 2 and payload[0] == 1:  # binary "message data"
+                (subscription,) = struct.unpack_from('<I', payload, 1)
+                got[subscription] = payload[13:]
+        assert pixels in got[1]  # RawImage protobuf carries the pixel bytes as they are
+        assert json.loads(got[2]) == {'data': '<p> the red cup </p> [SEG].'}
+    finally:
+        bridge.close()
+
+
+# ---------------------------------------------------------------- the demo end to end
+
+def _node_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec('ros_segcap.ros.node') is not None
+
+
+needs_node = pytest.mark.skipif(not _node_available(),
+                                reason='ros_segcap.ros.node (segcap_node) is not there yet')
+
+
+def run_demo(tmp_path: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, '-m', 'ros_segcap.ros.demo', '--out', str(tmp_path / 'out'), *args],
+        env=dict(env, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=600)
+    print(result.stdout, result.stderr, sep='\n')  # shown by pytest on failure
+    return result
+
+
+class Lines:
+    """Collects a child's output lines in a thread, so the test can wait for one."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(process.stdout),
+                                       daemon=True)
+        self.thread.start()
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            found = [line for line in list(self.lines) if text in line]
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        raise AssertionError(f'no {text!r} within {timeout} s; output:\n' + ''.join(self.lines))
+
+
+@pytest.mark.slow
+@needs_node
+def test_demo_end_to_end_with_foxglove_serve(tmp_path, ros_env):
+    """Camera + node processes, one command, answer + overlay; --serve streams until SIGINT."""
+    out = tmp_path / 'out'
+    demo = subprocess.Popen(
+        [sys.executable, '-m', 'ros_segcap.ros.demo', '--model', 'tiny-random', '--out',
+         str(out), '--timeout', '240', '--serve', '--port', '0'],
+        env=dict(ros_env, OMP_NUM_THREADS='1'), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    lines = Lines(demo)
+    try:
+        port = int(re.search(r'ws://127\.0\.0\.1:(\d+)', lines.wait_for('ws://', 60))[1])
+        lines.wait_for('serving until Ctrl-C', 400)
+        ws = WebSocket(port)
+        ws.receive()  # serverInfo
+        channels = {c['topic']: c['id'] for c in json.loads(ws.receive()[1])['channels']}
+        assert {'/image', '/segcap/overlay', '/segcap/mask', '/segcap/caption'} <= set(channels)
+        ws.send_json({'op': 'subscribe', 'subscriptions': [{'id': 7,
+                                                           'channelId': channels['/image']}]})
+        opcode, payload = ws.receive()
+        while opcode != 2:
+            opcode, payload = ws.receive()
+        assert payload[0] == 1 and len(payload) > 640 * 480 * 3  # a live camera frame
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(60)
+        lines.thread.join(10)
+    output = ''.join(lines.lines)
+    assert demo.returncode == 0, output
+    assert 'answer:' in output and 'latency:' in output and 'stopping' in output
+    overlay = cv2.imread(str(out / 'overlay.png'))
+    assert overlay is not None and overlay.shape == (480, 640, 3), output
+    assert cv2.imread(str(out / 'mask.png'), cv2.IMREAD_UNCHANGED).shape == (480, 640)
+
+
+@needs_node
+def test_demo_reports_a_failing_camera(tmp_path, ros_env):
+    result = run_demo(tmp_path, ros_env, '--model', 'tiny-random', '--timeout', '60',
+                      '--images', str(tmp_path / 'no_such_folder'))
+    assert result.returncode == 1
+    assert 'camera process exited with code 1' in result.stderr
+    assert 'not a directory' in result.stderr  # the child's own message is shown
+
+
+# ---------------------------------------------------------------- CLI registration
+
+def test_commands_register_subcommands_without_importing_rclpy():
+    probe = ('import argparse, sys\n'
+             'from ros_segcap.ros import commands\n'
+             'parser = argparse.ArgumentParser()\n'
+             'commands.register(parser.add_subparsers(dest="cmd"))\n'
+             'for argv in (["demo", "--serve", "--port", "0"], ["camera", "--size", "320x240"],\n'
+             '             ["record", "--out", "a.mcap", "--topics", "image", "segcap/caption"],\n'
+             '             ["play", "a.mcap", "--rate", "2"]):\n'
+             '    args = parser.parse_args(argv)\n'
+             '    assert callable(args.func), argv\n'
+             'assert "rclpy" not in sys.modules, "commands must import rclpy lazily"\n'
+             'print(parser.parse_args(["demo"]).command)\n')
+    result = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == 'segment the red cup'
