@@ -59,6 +59,7 @@ class NodeProcess:
 
     def __init__(self, workdir: Path, domain: int, namespace: str, params: dict[str, Any],
                  python_path: Optional[Path] = None) -> None:
+        self.namespace = namespace
         self.log_path = workdir / f'node{namespace.replace("/", "_")}.log'
         env = dict(os.environ, ROS_DOMAIN_ID=str(domain), OMP_NUM_THREADS='1',
                    PYTHONUNBUFFERED='1', RCUTILS_COLORIZED_OUTPUT='0')
@@ -192,3 +193,37 @@ def make_image(height: int, width: int, encoding: str = 'rgb8', *, stamp_sec: in
             if value < 0 else bytes([value]) * (msg.step * height)
     msg.data = data
     return msg
+
+
+class Camera:
+    """Publish frames at `rate` Hz from a thread; frame i has header.stamp.sec = first + i."""
+
+    def __init__(self, publisher: Any, rate: float = 30.0, height: int = 120, width: int = 160,
+                 first: int = 1000, frame_id: str = 'camera') -> None:
+        self._publisher, self._period = publisher, 1.0 / rate
+        self._frame = make_image(height, width, 'rgb8', frame_id=frame_id, value=-1)
+        self.next_stamp, self.published = first, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        next_time = time.monotonic()
+        while not self._stop.is_set():
+            self._frame.header.stamp.sec = self.next_stamp
+            self._publisher.publish(self._frame)
+            self.next_stamp += 1
+            self.published += 1
+            next_time += self._period
+            self._stop.wait(max(0.0, next_time - time.monotonic()))
+
+    def last_stamp(self) -> int:
+        """Return the stamp of the last frame published."""
+        return self.next_stamp - 1
+
+    def __enter__(self) -> 'Camera':
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
