@@ -130,10 +130,30 @@ def test_rviz_config_shows_overlay_and_mask():
 
 # ---------------------------------------------------------------- recording stand-ins
 
+# Keyword arguments of the real classes (launch / launch_ros, Jazzy and Kilted).
+EXECUTE_PROCESS_KWARGS = {'cmd', 'name', 'cwd', 'env', 'additional_env', 'shell',
+                          'sigterm_timeout', 'sigkill_timeout', 'emulate_tty', 'output',
+                          'output_format', 'log_cmd', 'on_exit', 'respawn', 'respawn_delay',
+                          'condition'}
+KWARGS = {
+    'Node': {'executable', 'package', 'name', 'namespace', 'exec_name', 'parameters',
+             'remappings', 'ros_arguments', 'arguments'} | EXECUTE_PROCESS_KWARGS - {'cmd'},
+    'ExecuteProcess': EXECUTE_PROCESS_KWARGS,
+    'DeclareLaunchArgument': {'default_value', 'description', 'choices', 'condition'},
+    'OpaqueFunction': {'function', 'args', 'kwargs', 'condition'},
+    'TimerAction': {'period', 'actions', 'cancel_on_shutdown', 'condition'},
+    'IncludeLaunchDescription': {'launch_description_source', 'launch_arguments',
+                                 'condition'},
+}
+
+
 class Recorded:
-    """Stands in for any launch class: keeps its arguments."""
+    """Stands in for a launch class: keeps its arguments, refuses unknown keywords."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        allowed = KWARGS.get(type(self).__name__)
+        unknown = set(kwargs) - allowed if allowed is not None else set()
+        assert not unknown, f'{type(self).__name__} has no argument {sorted(unknown)}'
         self.args, self.kwargs = args, kwargs
 
 
