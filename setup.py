@@ -28,6 +28,7 @@ setup(
         'console_scripts': [
             'segcap = ros_segcap.cli:main',
             'segcap_node = ros_segcap.ros.node:main',
+            'segcap_camera = ros_segcap.ros.camera:main',
         ],
     },
 )

@@ -41,7 +41,10 @@ class FastLlama:
     """Inference-only Llama over the weights of a LlamaForCausalLM (batch 1)."""
 
     def __init__(self, lm: nn.Module, max_len: int = 2048,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, quantize: Optional[str] = None) -> None:
+        if quantize not in (None, 'int8'):
+            raise ValueError(f'quantize must be None or int8, got {quantize!r}')
+        self.quantize = quantize
         cfg = lm.config
         self.lm = lm
         self.n_heads = cfg.num_attention_heads
@@ -61,6 +64,23 @@ class FastLlama:
         self.prefix_key: Optional[Hashable] = None
         self.prefix_len = 0
 
+    def _weight(self, w: torch.Tensor):
+        """A matmul weight in the chosen storage: fp tensor, or (int8, per-row scale)."""
+        w = w.to(self.dtype)
+        if self.quantize != 'int8':
+            return w
+        scale = (w.abs().amax(1) / 127.0).clamp_min(1e-12)
+        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        return q.contiguous(), scale.to(self.dtype)
+
+    @staticmethod
+    def _linear(x: torch.Tensor, w) -> torch.Tensor:
+        if isinstance(w, tuple):
+            shape = x.shape
+            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]), w[0], w[1])
+            return y.view(*shape[:-1], -1)
+        return F.linear(x, w)
+
     def _build(self, lm: nn.Module) -> None:
         self.version = _versions(lm)
         layers = []
@@ -68,16 +88,28 @@ class FastLlama:
             att, mlp = layer.self_attn, layer.mlp
             layers.append(dict(
                 ln1=layer.input_layernorm.weight.detach().to(self.dtype),
-                wqkv=torch.cat([effective_weight(att.q_proj), effective_weight(att.k_proj),
-                                effective_weight(att.v_proj)]).to(self.dtype),
-                wo=effective_weight(att.o_proj).to(self.dtype),
+                wqkv=self._weight(torch.cat([effective_weight(att.q_proj),
+                                             effective_weight(att.k_proj),
+                                             effective_weight(att.v_proj)])),
+                wo=self._weight(effective_weight(att.o_proj)),
                 ln2=layer.post_attention_layernorm.weight.detach().to(self.dtype),
-                wgu=torch.cat([effective_weight(mlp.gate_proj),
-                               effective_weight(mlp.up_proj)]).to(self.dtype),
-                wdown=effective_weight(mlp.down_proj).to(self.dtype)))
+                wgu=self._weight(torch.cat([effective_weight(mlp.gate_proj),
+                                            effective_weight(mlp.up_proj)])),
+                wdown=self._weight(effective_weight(mlp.down_proj))))
         self.layers = layers
         self.final_norm = lm.model.norm.weight.detach().to(self.dtype)
-        self.head = effective_weight(lm.lm_head).to(self.dtype)
+        self.head = self._weight(effective_weight(lm.lm_head))
+
+    def weight_bytes(self) -> int:
+        """Bytes of matmul weights read per decoded token (all layers + LM head)."""
+        def size(w) -> int:
+            if isinstance(w, tuple):
+                return sum(t.numel() * t.element_size() for t in w)
+            return w.numel() * w.element_size()
+        total = size(self.head) + self.final_norm.numel() * self.final_norm.element_size()
+        for layer in self.layers:
+            total += sum(size(w) for w in layer.values())
+        return total
 
     def _rope(self, cfg) -> None:
         params = getattr(cfg, 'rope_parameters', None) or {}
@@ -120,7 +152,7 @@ class FastLlama:
             pos = torch.arange(end, device=x.device)
             mask = pos[None, :] <= (start + torch.arange(t, device=x.device))[:, None]
         for i, w in enumerate(self.layers):
-            qkv = F.linear(self._norm(x, w['ln1']), w['wqkv'])
+            qkv = self._linear(self._norm(x, w['ln1']), w['wqkv'])
             q, k, v = qkv.split([h_q * hd, h_kv * hd, h_kv * hd], -1)
             q = self._rotate(q.view(t, h_q, hd).transpose(0, 1), cos, sin)
             k = self._rotate(k.view(t, h_kv, hd).transpose(0, 1), cos, sin)
@@ -129,14 +161,14 @@ class FastLlama:
             att = F.scaled_dot_product_attention(
                 q[None], self.k_cache[i, :, :end][None], self.v_cache[i, :, :end][None],
                 attn_mask=mask, enable_gqa=True)[0]
-            x = x + F.linear(att.transpose(0, 1).reshape(t, h_q * hd), w['wo'])
-            g, u = F.linear(self._norm(x, w['ln2']), w['wgu']).chunk(2, -1)
-            x = x + F.linear(F.silu(g) * u, w['wdown'])
+            x = x + self._linear(att.transpose(0, 1).reshape(t, h_q * hd), w['wo'])
+            g, u = self._linear(self._norm(x, w['ln2']), w['wgu']).chunk(2, -1)
+            x = x + self._linear(F.silu(g) * u, w['wdown'])
         self.length = end
         return self._norm(x, self.final_norm)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(h.to(self.dtype), self.head).float()
+        return self._linear(h.to(self.dtype)[None], self.head)[0].float()
 
     def prefill(self, embeds: torch.Tensor, prefix_len: int = 0,
                 prefix_key: Optional[Hashable] = None) -> torch.Tensor:

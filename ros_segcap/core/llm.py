@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from .fastlm import FastLlama
 
 
+# 'fast': lean fp32 forward (same maths as the reference); 'fast-int8': the same with int8
+# weight-only linear layers; 'reference': Hugging Face forward with a DynamicCache.
+DECODE_PATHS = ('fast', 'fast-int8', 'reference')
+
+
 @dataclass
 class Generation:
     """What one generation produced."""
@@ -57,8 +62,10 @@ def build_language_model(config: SegCapConfig, vocab_size: int, pretrained: bool
         if config.llm_config is None:  # the asset's architecture with random weights
             cfg = LlamaConfig.from_pretrained(llm_dir(config.llm))
             cfg.vocab_size = vocab_size
-        else:
-            cfg = LlamaConfig(vocab_size=vocab_size, **config.llm_config)
+        else:  # llm_config may name its own vocab (omg-llava-7b); cover the tokenizer too
+            kwargs = dict(config.llm_config)
+            kwargs['vocab_size'] = max(vocab_size, kwargs.get('vocab_size', 0))
+            cfg = LlamaConfig(**kwargs)
         with torch.device(device):
             model = LlamaForCausalLM(cfg)
     else:
@@ -96,7 +103,7 @@ class LanguageModel(nn.Module):
         self.image_id = self.special_ids[IMAGE_TOKEN]
         end = tokenizer.convert_tokens_to_ids('<|im_end|>')
         self.stop_ids = {i for i in (tokenizer.eos_token_id, end) if isinstance(i, int)}
-        self.decode_path = 'fast'  # or 'reference' (Hugging Face forward with DynamicCache)
+        self.decode_path = 'fast'  # see DECODE_PATHS
         self._fast = None
 
     # ----- prompt construction -------------------------------------------------------------
@@ -150,14 +157,18 @@ class LanguageModel(nn.Module):
         """The lean decoder over the current weights (rebuilt when they change)."""
         from .fastlm import FastLlama
 
-        if self._fast is None or self._fast.is_stale():
+        quantize = 'int8' if self.decode_path == 'fast-int8' else None
+        if self._fast is None or self._fast.is_stale() or self._fast.quantize != quantize:
             self._fast = None  # free the old snapshot before building the new one
-            self._fast = FastLlama(self.lm)
+            self._fast = FastLlama(self.lm, quantize=quantize)
         return self._fast
 
     def _stepper(self, embeds: torch.Tensor, prefix_len: int, prefix_key):
         """(first hidden (H,), step(token) -> hidden (H,)) for the chosen decode path."""
-        if self.decode_path == 'fast':
+        if self.decode_path not in DECODE_PATHS:
+            raise ValueError(f'decode path must be one of {DECODE_PATHS}, got '
+                             f'{self.decode_path!r}')
+        if self.decode_path != 'reference':
             fast = self.fast()
             h = fast.prefill(embeds[0], prefix_len, prefix_key)
             table = self.lm.get_input_embeddings().weight
