@@ -405,3 +405,15 @@ def test_standard_messages_only_with_compressed_images(tmp_path):
         side.close()
         code = node.stop()
     assert code == 0, node.explain(f'exit code {code}')
+
+
+def test_a_bad_parameter_at_start_exits_1_with_one_line(tmp_path):
+    node = ru.NodeProcess(tmp_path, ru.unique_domain(), '/segcap_bad', {'model': 'nope'})
+    try:
+        code = node.proc.wait(STARTUP_S)
+    finally:
+        node.stop()
+    output = node.output()
+    assert code == 1 and 'Traceback' not in output, output
+    assert output.strip().startswith("segcap_node: could not start: unknown model 'nope'; known "
+                                     'models:'), output

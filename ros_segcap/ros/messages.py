@@ -24,6 +24,9 @@ STATUS_OK = 'ok'
 STATUS_NO_IMAGE = 'no image yet'
 STATUS_DROPPED = 'dropped: queue full'
 STATUS_CANCELLED = 'cancelled'
+NO_INTERFACES = ('ros_segcap_msgs is not importable ({why}): running with standard messages '
+                 'only (results as JSON on segcap/result_json; no segcap/prompt, service or '
+                 'action). Build it with: python scripts/build_msgs.py')
 
 
 @dataclass
@@ -160,3 +163,11 @@ def diagnostics(name: str, hardware_id: str, stamp: Time, values: dict[str, Numb
         values=[KeyValue(key=k, value=f'{v:.3f}' if isinstance(v, float) else str(v))
                 for k, v in values.items()])
     return DiagnosticArray(header=Header(stamp=stamp), status=[status])
+
+
+def rate_hz(times: list[float], now: float, window: float = 2.0) -> float:
+    """Return the event rate over the last `window` seconds of monotonic `times`."""
+    recent = [t for t in times if now - t <= window]
+    if len(recent) < 3 or recent[-1] <= recent[0]:
+        return 0.0
+    return (len(recent) - 1) / (recent[-1] - recent[0])

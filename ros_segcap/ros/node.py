@@ -65,10 +65,7 @@ class SegCapNode(Node):
         if self._interfaces is not None:
             self._create_servers()
         else:
-            self.get_logger().warning(
-                f'ros_segcap_msgs is not importable ({why}): running with standard messages '
-                'only (results as JSON on segcap/result_json; no segcap/prompt, service or '
-                'action). Build it with: python scripts/build_msgs.py')
+            self.get_logger().warning(messages.NO_INTERFACES.format(why=why))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(0.05, self._on_continuous_tick)
         self.create_timer(self._config.diagnostics_period, self._on_diagnostics)
@@ -93,11 +90,9 @@ class SegCapNode(Node):
         return pipeline
 
     def _create_publishers(self) -> None:
-        if self._interfaces is not None:
-            self._pub_result = self.create_publisher(self._interfaces.ResultMsg,
-                                                     'segcap/result', RELIABLE)
-        else:
-            self._pub_result = self.create_publisher(String, 'segcap/result_json', RELIABLE)
+        it = self._interfaces
+        self._pub_result = self.create_publisher(*(
+            (it.ResultMsg, 'segcap/result') if it else (String, 'segcap/result_json')), RELIABLE)
         self._pub_mask = self.create_publisher(Image, 'segcap/mask', 10)
         self._pub_overlay = self.create_publisher(Image, 'segcap/overlay', 10)
         self._pub_caption = self.create_publisher(String, 'segcap/caption', 10)
@@ -241,7 +236,12 @@ class SegCapNode(Node):
             waited_ms = (time.monotonic() - req.queued) * 1000.0
             result, rgb = self._process(req)
             result.timing.add('queue_wait', waited_ms)
-            self._finish(req, result, rgb)
+            try:
+                self._finish(req, result, rgb)
+            except Exception as exc:  # noqa: BLE001 - answer anyway; the worker must live on
+                self.get_logger().error(f'publishing a result failed: {exc!r}',
+                                        throttle_duration_sec=THROTTLE_S)
+                self._finish(req, status_result(f'error: {type(exc).__name__}: {exc}'))
 
     def _process(self, req: Request) -> tuple[SegCapResult, Any]:
         """Run one request: convert -> core; never raises."""
@@ -330,8 +330,7 @@ class SegCapNode(Node):
             stats, stages = dict(self._stats), dict(self._stage_ms)
             times = list(self._image_times)
         now = time.monotonic()
-        recent = [t for t in times if now - t <= 2.0]
-        rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 2 else 0.0
+        rate = messages.rate_hz(times, now)
         values: dict[str, Any] = {
             'model': self._config.model, 'image rate (Hz)': float(rate),
             'queue depth': self._queue.qsize(), 'queue size': self._config.queue_size,
@@ -373,23 +372,27 @@ def main(args: Optional[list[str]] = None) -> int:
     """Run segcap_node until Ctrl-C or shutdown; return the exit code."""
     use_default_dds_profile()
     rclpy.init(args=args)
-    node, code = None, 0
     try:
         node = SegCapNode()
+    except KeyboardInterrupt:
+        rclpy.try_shutdown()
+        return 0
+    except Exception as exc:  # noqa: BLE001 - bad parameter or model: one line, exit 1
+        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f'segcap_node: could not start: {reason}', file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    try:
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (ValueError, InputError) as exc:  # bad parameters: one line, exit 1
-        print(f'segcap_node: {exc}', file=sys.stderr)
-        code = 1
     finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
+        node.close()
+        node.destroy_node()
         rclpy.try_shutdown()
-    return code
+    return 0
 
 
 if __name__ == '__main__':
