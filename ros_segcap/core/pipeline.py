@@ -17,6 +17,7 @@ import torch
 
 from .answer import parse_answer
 from .config import MARK_TOKEN, REGION_TOKEN
+from .decoder import DecoderOutput
 from .model import FrameFeatures, SegCapModel
 from .preprocess import Letterbox, check_image, letterbox, prompt_queries, unletterbox
 from .types import InputError, SegCapResult, Timing, VisualPrompt
@@ -35,6 +36,8 @@ class PipelineConfig:
     mask_threshold: float = 0.5
     cache_frames: int = 4  # frames whose encoder outputs are kept (LRU)
     allow_pickle: bool = False
+    engines_dir: str = ''  # '' = $SEGCAP_ENGINES, ./engines, or the checkout's engines/
+    rebuild_engines: bool = False  # re-export stale/missing engines instead of refusing
 
 
 class Pipeline:
@@ -42,15 +45,26 @@ class Pipeline:
 
     def __init__(self, config: PipelineConfig = PipelineConfig(),
                  model: Optional[SegCapModel] = None) -> None:
+        from ros_segcap.backends.select import CHOICES, open_engines
+
         from .weights import load_model
 
-        if config.backend not in ('torch', 'auto'):
-            raise ValueError(f'backend {config.backend!r} is not available in this build; '
-                             'use torch')
+        if config.backend not in CHOICES:
+            raise ValueError(f'unknown backend {config.backend!r}; use one of '
+                             f'{", ".join(CHOICES)}')
         self.config = config
         self.model = model if model is not None else load_model(
             config.model, device=config.device, allow_pickle=config.allow_pickle)
         self.device = torch.device(config.device)
+        # Vision and seg stages run on the chosen engines; torch keeps the model's own path.
+        self.engines = None
+        self.backend = 'torch'
+        if config.backend != 'torch':
+            engines = open_engines(self.model, config.backend, model_arg=config.model,
+                                   directory=config.engines_dir or None,
+                                   rebuild=config.rebuild_engines, device=self.device)
+            self.backend = engines.backend
+            self.engines = engines if engines.backend != 'torch' else None
         self._frames: OrderedDict[Hashable, tuple[FrameFeatures, Letterbox]] = OrderedDict()
         self._lock = threading.RLock()
         self.encode_count = 0
@@ -89,7 +103,7 @@ class Pipeline:
             with self._timed(timing, 'preprocess'):
                 tensor, box = letterbox(image, self.model.config.image_size)
             with self._timed(timing, 'vision'), torch.no_grad():
-                frame = self.model.encode(tensor.to(self.device))
+                frame = self._vision(tensor)
             self.encode_count += 1
             if frame_key is not None:
                 self._frames[frame_key] = (frame, box)
@@ -114,9 +128,9 @@ class Pipeline:
             if visual_prompt is not None:
                 with self._timed(timing, 'prompt_decode'):
                     q = prompt_queries([visual_prompt], box, self.model.config.mask_size)
-                    out = self.model.decode_prompts(frame, q.kinds.to(self.device),
-                                                    q.boxes.to(self.device),
-                                                    q.restrict.to(self.device))
+                    out = self._decode_prompts(frame, q.kinds.to(self.device),
+                                               q.boxes.to(self.device),
+                                               q.restrict.to(self.device))
                     regions = self.model.prompt_tokens(out)
             with self._timed(timing, 'prior_projectors'):
                 visual = self.model.visual_block(frame)
@@ -173,8 +187,43 @@ class Pipeline:
     def _mask_logits(self, frame: FrameFeatures, box: Letterbox, hidden: torch.Tensor
                      ) -> torch.Tensor:
         """[SEG] hidden states (n, H) -> mask logits (n, H_img, W_img) on the original image."""
-        out = self.model.decode_seg(frame, hidden)
+        out = self._decode_seg(frame, hidden)
         return unletterbox(out.mask_logits[-1][0], box)
+
+    # ----- vision and seg stages: the model's torch path or the engines -------------------
+
+    def _vision(self, tensor: torch.Tensor) -> FrameFeatures:
+        """(1, 3, S, S) float 0..255 -> FrameFeatures."""
+        if self.engines is None:
+            return self.model.encode(tensor.to(self.device))
+        from ros_segcap.backends.graphs import frame_from_outputs
+
+        return frame_from_outputs(self.engines.encode(tensor.cpu().numpy()), self.device)
+
+    def _decode_queries(self, frame: FrameFeatures, feat: torch.Tensor, pos: torch.Tensor,
+                        restrict: Optional[torch.Tensor] = None) -> DecoderOutput:
+        """Independent queries (1, N, D) on the engines' seg graph (last layer only)."""
+        from ros_segcap.backends.graphs import decoder_output, frame_arrays
+
+        def a(t: torch.Tensor) -> np.ndarray:
+            return t.detach().cpu().numpy()
+
+        out = self.engines.segment(frame_arrays(frame), a(feat), a(pos),
+                                   None if restrict is None else a(restrict))
+        return decoder_output(out, self.device)
+
+    def _decode_prompts(self, frame: FrameFeatures, kinds: torch.Tensor, boxes: torch.Tensor,
+                        restrict: torch.Tensor) -> DecoderOutput:
+        if self.engines is None:
+            return self.model.decode_prompts(frame, kinds, boxes, restrict)
+        feat, pos = self.model.decoder.prompt_queries(kinds, boxes)
+        return self._decode_queries(frame, feat, pos, restrict)
+
+    def _decode_seg(self, frame: FrameFeatures, hidden: torch.Tensor) -> DecoderOutput:
+        if self.engines is None:
+            return self.model.decode_seg(frame, hidden)
+        feat, pos = self.model.projectors.to_queries(hidden[None])
+        return self._decode_queries(frame, feat, pos)
 
     def _finish(self, gen, early: list[torch.Tensor], timing: Timing) -> SegCapResult:
         parsed = parse_answer(gen.text)

@@ -1,0 +1,38 @@
+"""The reference backend: the graphs' torch modules run eagerly (no export needed)."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from ros_segcap.core.model import SegCapModel
+
+from .graphs import SegGraph, VisionGraph
+from .spec import GraphSpec, seg_spec, vision_spec
+
+
+class TorchBackend:
+    """Runs a graph module on `device`; inputs and outputs are numpy arrays on the host."""
+
+    name = 'torch'
+
+    def __init__(self, module: torch.nn.Module, spec: GraphSpec,
+                 device: str | torch.device = 'cpu') -> None:
+        self.module = module
+        self.spec = spec
+        self.device = torch.device(device)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = self.spec.prepare(inputs)
+        args = [torch.from_numpy(a).to(self.device) for a in feeds.values()]
+        with torch.no_grad():
+            outs = self.module(*args)
+        return {name: t.detach().cpu().numpy() for name, t in zip(self.spec.output_names, outs)}
+
+
+def torch_backends(model: SegCapModel, device: str | torch.device = 'cpu'
+                   ) -> tuple[TorchBackend, TorchBackend]:
+    """(vision, seg) torch runners of a model."""
+    return (TorchBackend(VisionGraph(model), vision_spec(model.config), device),
+            TorchBackend(SegGraph(model), seg_spec(model.config), device))
