@@ -195,3 +195,26 @@ def test_parameter_changes_apply_live_or_are_refused_with_the_reason():
     assert same is config and 'model cannot change while the node runs' in reason
     assert 'must be one of' in check_value(SPEC_BY_NAME['image_qos'], 'fast')
     assert check_value(SPEC_BY_NAME['image_qos'], 'reliable') is None
+
+
+def test_build_msgs_rewrites_the_wheel_include_dirs_once(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / 'scripts' / 'build_msgs.py'
+    spec = importlib.util.spec_from_file_location('build_msgs', path)
+    build_msgs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_msgs)
+    export = tmp_path / 'share' / 'std_msgs' / 'cmake' / 'export_pyExport.cmake'
+    export.parent.mkdir(parents=True)
+    original = ('INTERFACE_INCLUDE_DIRECTORIES "/opt/python/cp311-cp311/include/python3.11;'
+                '/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include"\n')
+    export.write_text(original)
+    assert build_msgs.fix_cmake_exports(tmp_path) == 1
+    py_include, np_include = build_msgs.python_include_dirs()
+    assert export.read_text() == f'INTERFACE_INCLUDE_DIRECTORIES "{py_include};{np_include}"\n'
+    assert export.with_name(export.name + '.segcap-orig').read_text() == original
+    assert build_msgs.fix_cmake_exports(tmp_path) == 0  # idempotent
+    if messages.load_interfaces()[0] is not None:  # already built: up to date, a no-op
+        start = time.perf_counter()
+        assert build_msgs.main([]) == 0 and time.perf_counter() - start < 5.0
