@@ -21,9 +21,10 @@ MARK_TOKEN = '<mark>'
 SPECIAL_TOKENS = (SEG_TOKEN, P_OPEN, P_CLOSE, REGION_TOKEN, MARK_TOKEN)
 IMAGE_TOKEN = '<image>'
 
-# Panoptic vocabulary of the tabletop world: thing kinds, then stuff (table, background).
-TABLETOP_CLASSES = ('cup', 'mug', 'bowl', 'bottle', 'box', 'ball', 'can', 'block',
-                    'table', 'background')
+# Panoptic vocabulary of the tabletop world, in the world's class-id order
+# (ros_segcap.world.palette.CLASS_NAMES): stuff first, then one thing class per kind.
+TABLETOP_CLASSES = ('background', 'table', 'cup', 'mug', 'bowl', 'bottle', 'can', 'ball', 'box',
+                    'block', 'cone')
 
 
 @dataclass(frozen=True)

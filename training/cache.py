@@ -1,0 +1,204 @@
+"""Feature cache: tabletop scenes with frozen-backbone features and letterboxed targets.
+
+The backbone is frozen in every stage, so each training scene is rendered once, letterboxed
+to the model input and pushed through the backbone once. A cache shard holds, per scene,
+the fp16 backbone features, the panoptic targets at mask resolution, stage-0 prompt queries
+and several annotated samples (question, answer, [SEG] masks, visual prompts) whose masks
+and prompts are already mapped to the model's mask grid. Build with
+
+    python -m training.cache --model segcap-tiny --scenes 1000 --out runs/cache/train
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+import time
+import types
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from ros_segcap.core.config import SegCapConfig, get_config
+from ros_segcap.core.encoder import build_backbone, normalize_image
+from ros_segcap.core.preprocess import Letterbox, letterbox, prompt_queries
+from ros_segcap.world import annotate, render, sample_scene, split_seed
+from ros_segcap.world.annotate import make_prompt
+from ros_segcap.world.render import FIRST_OBJECT_ID
+from training.data.tabletop import to_visual_prompt
+
+# (task, how many annotations per scene): the product's main uses first.
+DEFAULT_MIX = (('referring', 2), ('absent', 1), ('gcg', 1), ('region', 2), ('caption', 1),
+               ('vqa', 1))
+SIZES = ((480, 640), (512, 512), (384, 512), (512, 384))  # (H, W) cycled over scenes
+MIN_MASK_CELLS = 2  # stage-0 prompt targets smaller than this on the mask grid are skipped
+
+
+@dataclass
+class CachedSample:
+    """One annotated question about a cached scene (masks and prompts on the mask grid)."""
+
+    scene: int  # index of the scene in its shard
+    task: str
+    question: str
+    answer: str
+    masks: torch.Tensor  # (n_seg, Hm, Wm) bool, one per [SEG]
+    kinds: torch.Tensor  # (1, n_prompt) int64
+    boxes: torch.Tensor  # (1, n_prompt, 4) cxcywh in 0..1
+    restrict: torch.Tensor  # (1, n_prompt, Hm, Wm) bool
+
+
+@dataclass
+class CachedScene:
+    """Backbone features and panoptic / prompt targets of one scene."""
+
+    seed: int
+    feats: dict[str, torch.Tensor]  # 's8', 's16', 's32': (1, C, h, w) fp16
+    pan_masks: torch.Tensor  # (N, Hm, Wm) bool
+    pan_classes: torch.Tensor  # (N,) int64
+    prompt_kinds: torch.Tensor  # (1, P) int64 stage-0 prompts on segments
+    prompt_boxes: torch.Tensor  # (1, P, 4)
+    prompt_restrict: torch.Tensor  # (1, P, Hm, Wm) bool
+    prompt_targets: torch.Tensor  # (P,) index into pan_masks
+    samples: list[CachedSample] = field(default_factory=list)
+
+
+def letterbox_mask(mask: np.ndarray, box: Letterbox, hm: int) -> np.ndarray:
+    """(H, W) bool on the original image -> (hm, hm) bool on the model's padded mask grid."""
+    vh = max(1, round(box.height * box.scale / box.size * hm))
+    vw = max(1, round(box.width * box.scale / box.size * hm))
+    small = cv2.resize(mask.astype(np.float32), (vw, vh), interpolation=cv2.INTER_AREA)
+    grid = np.zeros((hm, hm), bool)
+    grid[:vh, :vw] = small >= 0.5
+    return grid
+
+
+def _masks_grid(masks: Sequence[np.ndarray], box: Letterbox, hm: int) -> torch.Tensor:
+    if not len(masks):
+        return torch.zeros((0, hm, hm), dtype=torch.bool)
+    return torch.from_numpy(np.stack([letterbox_mask(m, box, hm) for m in masks]))
+
+
+def _stage0_prompts(scene, pan_ids: list[int], pan_grid: torch.Tensor, box: Letterbox,
+                    hm: int, rng: np.random.Generator):
+    """One random-kind prompt (point / box / mask) per object segment visible on the grid."""
+    prompts, targets = [], []
+    for k, seg in enumerate(pan_ids):
+        if seg < FIRST_OBJECT_ID or int(pan_grid[k].sum()) < MIN_MASK_CELLS:
+            continue
+        kind = ('point', 'box', 'mask')[int(rng.integers(3))]
+        prompts.append(to_visual_prompt(make_prompt(scene, seg, kind, rng)))
+        targets.append(k)
+    q = prompt_queries(prompts, box, hm)
+    return q, torch.tensor(targets, dtype=torch.long)
+
+
+def _annotations(scene, box: Letterbox, hm: int, rng: np.random.Generator,
+                 mix: Sequence[tuple[str, int]], index: int) -> list[CachedSample]:
+    out = []
+    for task, count in mix:
+        for _ in range(count):
+            ann = annotate(scene, task, rng, fixed=False)
+            masks = [scene.panoptic == s for s in ann.seg_ids]
+            q = prompt_queries([to_visual_prompt(p) for p in ann.prompts], box, hm)
+            out.append(CachedSample(index, ann.task, ann.question, ann.answer,
+                                    _masks_grid(masks, box, hm), q.kinds, q.boxes, q.restrict))
+    return out
+
+
+@torch.no_grad()
+def cache_scene(config: SegCapConfig, backbone: torch.nn.Module, split: str, index: int,
+                mix: Sequence[tuple[str, int]] = DEFAULT_MIX, local: int = 0) -> CachedScene:
+    """Render scene `index` of `split`, run the backbone and build every target."""
+    seed = split_seed(split, index)
+    h, w = SIZES[index % len(SIZES)]
+    scene = render(sample_scene(seed), h, w)
+    tensor, box = letterbox(scene.image, config.image_size)
+    feats = backbone.forward_features(normalize_image(config, tensor))
+    hm = config.mask_size
+    pan_masks, pan_classes = scene.panoptic_segments()
+    pan_ids = [int(np.bincount(scene.panoptic[m].ravel()).argmax()) for m in pan_masks]
+    pan_grid = _masks_grid(list(pan_masks), box, hm)
+    keep = pan_grid.flatten(1).any(1)
+    rng = np.random.default_rng([seed, 4242])
+    q, targets = _stage0_prompts(scene, pan_ids, pan_grid, box, hm, rng)
+    # targets index pan_grid before dropping empty segments: remap to the kept ones
+    remap = torch.cumsum(keep.long(), 0) - 1
+    return CachedScene(
+        seed, {k: feats[k].half() for k in ('s8', 's16', 's32')}, pan_grid[keep],
+        torch.from_numpy(pan_classes)[keep], q.kinds, q.boxes, q.restrict, remap[targets],
+        _annotations(scene, box, hm, rng, mix, local))
+
+
+def build_shard(config: SegCapConfig, split: str, start: int, count: int,
+                mix: Sequence[tuple[str, int]] = DEFAULT_MIX,
+                backbone: Optional[torch.nn.Module] = None) -> list[CachedScene]:
+    """Scenes start .. start+count-1 of a split."""
+    backbone = backbone or build_backbone(config).eval()
+    return [cache_scene(config, backbone, split, start + i, mix, i) for i in range(count)]
+
+
+class _Unpickler(pickle.Unpickler):
+    """Read shards written by `python -m training.cache` (classes pickled as __main__)."""
+
+    def find_class(self, module: str, name: str):
+        if module == '__main__' and name in ('CachedScene', 'CachedSample'):
+            module = 'training.cache'
+        return super().find_class(module, name)
+
+
+_remap_pickle = types.SimpleNamespace(Unpickler=_Unpickler, load=pickle.load,
+                                      __name__='pickle')
+
+
+def load_cache(path: str | Path, limit: Optional[int] = None) -> list[CachedScene]:
+    """All scenes of the shards in a cache directory (sorted by name), up to `limit`."""
+    path = Path(path)
+    files = sorted(path.glob('shard-*.pt'))
+    if not files:
+        raise FileNotFoundError(f'no cache shards in {path}; build them with '
+                                f'python -m training.cache --out {path}')
+    scenes: list[CachedScene] = []
+    for f in files:
+        scenes.extend(torch.load(f, weights_only=False, pickle_module=_remap_pickle))
+        if limit is not None and len(scenes) >= limit:
+            return scenes[:limit]
+    return scenes
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Build a cache directory shard by shard (existing shards are kept: resumable)."""
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--model', default='segcap-tiny')
+    ap.add_argument('--split', default='train')
+    ap.add_argument('--scenes', type=int, default=1000)
+    ap.add_argument('--start', type=int, default=0)
+    ap.add_argument('--shard-size', type=int, default=50)
+    ap.add_argument('--out', required=True)
+    ap.add_argument('--threads', type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = get_config(args.model)
+    torch.manual_seed(0)
+    backbone = build_backbone(config).eval()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for s in range(args.start, args.start + args.scenes, args.shard_size):
+        target = out / f'shard-{s:07d}.pt'
+        if target.exists():
+            continue
+        t0 = time.time()
+        n = min(args.shard_size, args.start + args.scenes - s)
+        shard = build_shard(config, args.split, s, n, backbone=backbone)
+        tmp = target.with_suffix('.tmp')
+        torch.save(shard, tmp)
+        tmp.replace(target)
+        print(f'{target}: {n} scenes in {time.time() - t0:.1f} s', flush=True)
+
+
+if __name__ == '__main__':
+    from training.cache import main as _main  # pickle the classes under training.cache
+    _main()

@@ -1,0 +1,148 @@
+"""Evaluate a model on tabletop scenes through the real runtime Pipeline (greedy decoding).
+
+    python -m training.evaluate --model ros_segcap/weights/segcap-tiny --split test --n 96
+
+Scores: referring cIoU / gIoU and no-target accuracy (referring + absent samples, gRefCOCO
+conventions), GCG mask AP50 / mIoU / recall, caption BLEU-4 / CIDEr-D and colour attribute
+accuracy, region-answer accuracy (exact, normalised) and VQA accuracy. Sample i of the split
+is scene split_seed(split, seed_offset + i) with task TASK_CYCLE[i % len(TASK_CYCLE)].
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ros_segcap.core.answer import parse_answer
+from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+from ros_segcap.core.preprocess import prompt_queries
+from ros_segcap.core.types import SegCapResult
+from ros_segcap.world import sample_scene
+from training.data.sample import Sample
+from training.data.tabletop import tabletop_sample
+from training.eval.metrics import GcgMeter, ReferringMeter
+from training.eval.text_metrics import (attribute_accuracy, cider_d, corpus_bleu,
+                                        region_answer_accuracy)
+
+TASK_CYCLE = ('referring', 'absent', 'gcg', 'region', 'referring', 'caption', 'region', 'vqa')
+IMAGE_SIZE = (480, 640)  # (H, W): a VGA robot camera
+MAX_NEW_TOKENS = 128
+
+
+def answer_with_prompts(pipe: Pipeline, sample: Sample) -> SegCapResult:
+    """Run a sample; questions with several <region>/<mark> prompts use the same pieces."""
+    if len(sample.prompts) <= 1:
+        vp = sample.prompts[0] if sample.prompts else None
+        return pipe.run(sample.image, sample.question, visual_prompt=vp)
+    model = pipe.model
+    with torch.no_grad():
+        frame, box = pipe.encode(sample.image)
+        q = prompt_queries(sample.prompts, box, model.config.mask_size)
+        out = model.decode_prompts(frame, q.kinds, q.boxes, q.restrict)
+        embeds, _ = model.prompt_embeds(frame, sample.question, model.prompt_tokens(out))
+        gen = model.llm.generate(embeds, max_new_tokens=pipe.config.max_new_tokens)
+        parsed = parse_answer(gen.text)
+    return SegCapResult(answer=parsed.text, raw_text=gen.text, model=model.config.name)
+
+
+class Evaluator:
+    """Accumulate predictions per task; `scores()` gives every metric."""
+
+    def __init__(self) -> None:
+        self.referring = ReferringMeter()
+        self.gcg = GcgMeter()
+        self.captions: list[tuple[str, str, list[tuple[str, set[str]]]]] = []
+        self.region: list[tuple[str, str]] = []
+        self.vqa: list[tuple[str, str]] = []
+
+    def update(self, sample: Sample, result: SegCapResult) -> None:
+        """Score one sample's result against its annotation."""
+        if sample.task in ('referring', 'absent'):
+            self.referring.update(result.masks or None, sample.masks or None)
+        elif sample.task == 'gcg':
+            self.gcg.update(result.masks, sample.masks, result.phrases,
+                            parse_answer(sample.answer).phrases, result.scores)
+        elif sample.task == 'caption':
+            seed = int(sample.source.split('/')[2])
+            objects = [(f'{o.colour} {o.kind}', {o.colour}) for o in sample_scene(seed).objects]
+            self.captions.append((result.answer, sample.answer, objects))
+        elif sample.task == 'region':
+            self.region.append((result.answer, parse_answer(sample.answer).text))
+        elif sample.task == 'vqa':
+            self.vqa.append((result.answer, sample.answer))
+
+    def scores(self) -> dict[str, Any]:
+        """Every metric as a flat dict (NaN where a task had no samples)."""
+        ref, gcg = self.referring.compute(), self.gcg.compute()
+        out: dict[str, Any] = {
+            'referring_ciou': ref.ciou, 'referring_giou': ref.giou,
+            'no_target_acc': ref.no_target_acc, 'n_referring': ref.n_samples,
+            'gcg_ap50': gcg.ap50, 'gcg_miou': gcg.miou, 'gcg_recall': gcg.recall,
+            'n_gcg': gcg.n_images}
+        if self.captions:
+            hyps = [h for h, _, _ in self.captions]
+            refs = [[r] for _, r, _ in self.captions]
+            out['caption_bleu4'] = corpus_bleu(hyps, refs)
+            out['caption_cider_d'] = cider_d(hyps, refs)
+            out['caption_attr_acc'] = attribute_accuracy(
+                hyps, [o for _, _, o in self.captions]).accuracy
+        out['n_caption'] = len(self.captions)
+        for name, pairs in (('region', self.region), ('vqa', self.vqa)):
+            out[f'{name}_acc'] = region_answer_accuracy(
+                [p for p, _ in pairs], [r for _, r in pairs]) if pairs else float('nan')
+            out[f'n_{name}'] = len(pairs)
+        return out
+
+
+def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
+             tasks: Sequence[str] = TASK_CYCLE, log: Optional[Path] = None) -> dict[str, Any]:
+    """Run n samples of a split through a Pipeline and return the scores."""
+    pipe = Pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS))
+    ev = Evaluator()
+    rows = []
+    t0 = time.time()
+    for i in range(n):
+        task = tasks[i % len(tasks)]
+        sample = tabletop_sample(split, i, IMAGE_SIZE, task, seed_offset)
+        result = answer_with_prompts(pipe, sample)
+        ev.update(sample, result)
+        rows.append({'i': i, 'task': task, 'question': sample.question,
+                     'truth': sample.answer, 'answer': result.raw_text})
+    scores = ev.scores()
+    scores.update(split=split, n=n, seed_offset=seed_offset, seconds=time.time() - t0,
+                  model=model)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+    return scores
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Command line of `evaluate`; prints the scores as JSON (and writes --out)."""
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--model', default='segcap-tiny', help='model directory or name')
+    ap.add_argument('--split', default='test', choices=('train', 'val', 'test'))
+    ap.add_argument('--n', type=int, default=96)
+    ap.add_argument('--seed-offset', type=int, default=0)
+    ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--out', default='', help='write the scores JSON here')
+    ap.add_argument('--answers', default='', help='write every answer as JSON lines here')
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    scores = evaluate(args.model, args.split, args.n, args.seed_offset,
+                      log=Path(args.answers) if args.answers else None)
+    text = json.dumps({k: (None if isinstance(v, float) and np.isnan(v) else v)
+                       for k, v in scores.items()}, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + '\n')
+
+
+if __name__ == '__main__':
+    main()

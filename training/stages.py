@@ -1,0 +1,140 @@
+"""The three stages of the recipe (DESIGN.md §3): what each trains and what its loss is.
+
+A stage is an nn.Module whose forward takes one cached item (batch size 1) and returns
+(loss, logged values), so the same loop runs it on one process or under DDP.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ros_segcap.core.config import get_config
+from ros_segcap.core.lora import apply_lora
+from ros_segcap.core.model import FrameFeatures, SegCapModel, build_model
+from ros_segcap.core.backbone import pixel_shuffle_tokens
+from ros_segcap.core.prior import foreground_queries
+from ros_segcap.core.weights import load_model
+from training.cache import CachedSample, CachedScene
+from training.config import TrainConfig
+from training.losses import mask_losses, set_losses, shifted_ce
+
+Item = tuple[CachedScene, Optional[CachedSample]]
+
+
+def features(scene: CachedScene) -> dict[str, torch.Tensor]:
+    return {k: v.float() for k, v in scene.feats.items()}
+
+
+def frame_from_features(model: SegCapModel, feats: dict[str, torch.Tensor]) -> FrameFeatures:
+    """model.encode without the backbone: cached backbone features -> FrameFeatures."""
+    tokens = pixel_shuffle_tokens(feats['s32'], model.config.shuffle)
+    mask_features, memories, memory_pos = model.pixel_decoder(feats)
+    feat, pos = model.decoder.learnable_queries(1)
+    out = model.decoder(feat, pos, mask_features, memories, memory_pos)
+    return FrameFeatures(tokens, mask_features, memories, memory_pos, out.class_logits[-1],
+                         out.mask_logits[-1], out.query_feat, out.query_pos)
+
+
+def new_rows_only(model: SegCapModel) -> nn.Parameter:
+    """Make the input embedding trainable but let only the new token rows get gradients."""
+    emb = model.llm.lm.get_input_embeddings().weight
+    emb.requires_grad_(True)
+    keep = torch.zeros(emb.shape[0], 1)
+    keep[model.llm.seg_id:] = 1.0
+    emb.register_hook(lambda g: g * keep.to(g.dtype))
+    return emb
+
+
+class Stage0(nn.Module):
+    """Pixel decoder + OMG decoder: Hungarian set loss on the panoptic + prompt queries."""
+
+    def __init__(self, model: SegCapModel, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(('pixel_decoder.', 'decoder.')))
+
+    def forward(self, item: Item):
+        scene, cfg, m = item[0], self.cfg, self.model
+        mask_features, memories, memory_pos = m.pixel_decoder(features(scene))
+        feat, pos = m.decoder.learnable_queries(1)
+        out = m.decoder(feat, pos, mask_features, memories, memory_pos)
+        logs = set_losses(out.class_logits, out.mask_logits, scene.pan_classes,
+                          scene.pan_masks, class_weight=cfg.class_weight,
+                          bce_weight=cfg.mask_bce_weight, dice_weight=cfg.mask_dice_weight,
+                          void_weight=cfg.void_weight)
+        loss = cfg.class_weight * logs['class'] + cfg.mask_bce_weight * logs['mask_bce'] + \
+            cfg.mask_dice_weight * logs['mask_dice']
+        if scene.prompt_targets.numel():
+            frame = FrameFeatures(None, mask_features, memories, memory_pos, None, None, None,
+                                  None)
+            p_out = m.decode_prompts(frame, scene.prompt_kinds, scene.prompt_boxes,
+                                     scene.prompt_restrict)
+            target = scene.pan_masks[scene.prompt_targets]
+            logs['prompt'] = mask_losses([x[0] for x in p_out.mask_logits], target,
+                                         cfg.mask_bce_weight, cfg.mask_dice_weight)
+            loss = loss + cfg.prompt_weight * logs['prompt']
+        return loss, {k: float(v) for k, v in logs.items()}
+
+
+class LanguageStage(nn.Module):
+    """Stages 1 and 2: the LLM answers about a cached frame (decoder frozen)."""
+
+    def __init__(self, model: SegCapModel, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith('projectors.') or
+                             (cfg.stage == 2 and 'lora_' in name))
+        new_rows_only(model)
+
+    def text_loss(self, frame: FrameFeatures, sample: CachedSample):
+        """(CE, last-layer hidden (1, T, H), labels (T,)) of one question/answer."""
+        m = self.model
+        regions = None
+        if sample.kinds.shape[1]:
+            with torch.no_grad():
+                p_out = m.decode_prompts(frame, sample.kinds, sample.boxes, sample.restrict)
+            regions = m.prompt_tokens(p_out)
+        embeds, labels = m.prompt_embeds(frame, sample.question, regions, sample.answer)
+        hidden = m.llm.hidden(embeds)
+        return shifted_ce(hidden, labels, m.llm.logits), hidden, labels
+
+    def forward(self, item: Item):
+        scene, sample = item
+        m, cfg = self.model, self.cfg
+        with torch.no_grad():
+            frame = frame_from_features(m, features(scene))
+        ce, hidden, labels = self.text_loss(frame, sample)
+        logs = {'ce': ce}
+        loss = ce
+        if cfg.stage == 1:
+            fg = foreground_queries(frame.class_logits, frame.mask_logits)[0]
+            f, e = frame.query_feat[0, fg], frame.query_pos[0, fg]
+            pf, pe = m.projectors.to_queries(m.projectors.object_tokens(f, e))
+            logs['mse'] = nn.functional.mse_loss(torch.cat([pf, pe], -1), torch.cat([f, e], -1))
+            loss = loss + cfg.mse_weight * logs['mse']
+        else:
+            seg_pos = labels == m.llm.seg_id
+            n_seg = int(seg_pos.sum())
+            if n_seg and n_seg == sample.masks.shape[0]:
+                out = m.decode_seg(frame, hidden[0, seg_pos].float())
+                logs['seg'] = mask_losses([x[0] for x in out.mask_logits], sample.masks,
+                                          cfg.bce_weight, cfg.dice_weight)
+                loss = loss + logs['seg']
+        return loss, {k: float(v) for k, v in logs.items()}
+
+
+def build_stage(cfg: TrainConfig) -> nn.Module:
+    """The stage module with its model: fresh (stage 0) or from cfg.init (stages 1-2)."""
+    if cfg.stage == 0:
+        model = build_model(get_config(cfg.model)) if not cfg.init else load_model(cfg.init)
+        return Stage0(model.train(), cfg)
+    model = load_model(cfg.init)
+    if cfg.stage == 2 and getattr(model, 'lora_info', None) is None:
+        apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+    model.train()
+    model.backbone.eval()
+    return LanguageStage(model, cfg)

@@ -1,0 +1,97 @@
+"""One entry point for every stage of the recipe.
+
+    python -m training.cache --scenes 800 --out runs/cache/train        # once
+    python -m training.train --stage 0 --steps=1500
+    python -m training.train --stage 1 --init=runs/stage0/model
+    python -m training.train --stage 2 --init=runs/stage1/model
+    torchrun --nproc_per_node=2 -m training.train --stage 2 --init=...    # DDP (gloo on CPU)
+
+Options are the fields of training.config.TrainConfig as --key=value. --resume continues a
+run from <out>/checkpoint.pt. At the end, rank 0 writes the trained model directory
+<out>/model (model.safetensors + config.json), the input of the next stage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ros_segcap.core.weights import save_model
+from training.cache import CachedScene, load_cache
+from training.config import TrainConfig, make_config, parse_overrides
+from training.loop import dist_info, train_loop
+from training.stages import build_stage
+
+
+def make_items(scenes: list[CachedScene], cfg: TrainConfig) -> list[Any]:
+    """Stage 0: one item per scene; stages 1-2: one per annotated sample (task filter)."""
+    if cfg.stage == 0:
+        return [(s, None) for s in scenes]
+    tasks = cfg.task_list
+    items = [(s, a) for s in scenes for a in s.samples if not tasks or a.task in tasks]
+    if not items:
+        raise ValueError(f'no cached samples for tasks {tasks}; check --tasks and --cache')
+    return items
+
+
+def run(cfg: TrainConfig, resume: bool = False,
+        scenes: Optional[list[CachedScene]] = None) -> Path:
+    """Train one stage; returns the model directory written at the end (or the run dir)."""
+    rank, _ = dist_info()
+    torch.manual_seed(cfg.seed)
+    stage = build_stage(cfg)
+    scenes = scenes if scenes is not None else load_cache(cfg.cache, cfg.scenes or None)
+    items = make_items(scenes, cfg)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        (run_dir / 'train_config.json').write_text(json.dumps(cfg.to_dict(), indent=2) + '\n')
+    t0 = time.time()
+    train_loop(stage, items, cfg, resume=resume)
+    if rank == 0:
+        _note_time(run_dir, time.time() - t0, len(items))
+    if not _finished(cfg) or rank != 0:
+        return run_dir
+    model = stage.model
+    model.eval()
+    return save_model(model, run_dir / 'model', meta={'trained_stage': cfg.stage})
+
+
+def _finished(cfg: TrainConfig) -> bool:
+    state = torch.load(Path(cfg.run_dir) / 'checkpoint.pt', map_location='cpu',
+                       weights_only=False)
+    return int(state['step']) >= cfg.steps
+
+
+def _note_time(run_dir: Path, seconds: float, n_items: int) -> None:
+    """Accumulate wall time over resumed chunks in wall_time.json."""
+    path = run_dir / 'wall_time.json'
+    info = json.loads(path.read_text()) if path.exists() else {'seconds': 0.0, 'chunks': 0}
+    info['seconds'] += seconds
+    info['chunks'] += 1
+    info['items'] = n_items
+    path.write_text(json.dumps(info, indent=2) + '\n')
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Parse --stage, --resume and --key=value overrides, then train."""
+    ap = argparse.ArgumentParser(description='Train a SegCap stage (see module docstring).')
+    ap.add_argument('--stage', type=int, required=True, choices=(0, 1, 2))
+    ap.add_argument('--resume', action='store_true', help='continue from <out>/checkpoint.pt')
+    args, rest = ap.parse_known_args(argv)
+    try:
+        cfg = make_config(args.stage, parse_overrides(rest))
+    except ValueError as exc:
+        ap.error(str(exc))
+    out = run(cfg, resume=args.resume)
+    if dist_info()[0] == 0:
+        print(f'stage {cfg.stage}: wrote {out}', file=sys.stderr)
+
+
+if __name__ == '__main__':
+    main()
