@@ -230,7 +230,7 @@ class SegCapNode(Node):
     def _serve(self) -> None:
         while not self._closing.is_set():
             try:
-                req = self._queue.get(timeout=0.1)
+                req = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
             waited_ms = (time.monotonic() - req.queued) * 1000.0

@@ -69,7 +69,7 @@ SPECS = (
     ParamSpec('publish_overlay', 'publish segcap/overlay (rgb8)', live=True),
     ParamSpec('continuous', 're-run the last command on new frames', live=True),
     ParamSpec('continuous_rate', 'highest re-run rate in continuous mode (Hz)', live=True,
-              lo=0.01, hi=60.0),
+              lo=0.01, hi=20.0),  # the node checks at 20 Hz
     ParamSpec('frame_buffer', 'frames kept (with their encoder outputs)', lo=1, hi=64),
     ParamSpec('queue_size', 'commands waiting at most; more are dropped', lo=1, hi=1000),
     ParamSpec('compressed', 'subscribe to image/compressed (jpeg/png) instead of image'),
