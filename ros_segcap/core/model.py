@@ -146,3 +146,15 @@ def build_model(config: SegCapConfig, *, pretrained: bool = True,
                 device: str | torch.device = 'cpu') -> SegCapModel:
     """A SegCapModel with its asset weights (backbone, LLM) and untrained new parts."""
     return SegCapModel(config, pretrained=pretrained).to(device).eval()
+
+
+def build_meta_model(config: SegCapConfig) -> SegCapModel:
+    """The architecture of `config` on the meta device: shapes only, no weights.
+
+    For configs too large for this machine (omg-llava-7b): parameters take no memory and
+    forward passes on meta tensors propagate shapes. Only the tokenizer is read from disk.
+    """
+    tokenizer = load_tokenizer(config)
+    lm = build_language_model(config, len(tokenizer), pretrained=False, device='meta')
+    with torch.device('meta'):
+        return SegCapModel(config, tokenizer=tokenizer, lm=lm, pretrained=False).eval()

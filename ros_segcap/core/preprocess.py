@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Sequence
 
 import cv2
@@ -57,13 +58,24 @@ def letterbox(image: np.ndarray, size: int) -> tuple[torch.Tensor, Letterbox]:
 
 
 def unletterbox(mask_logits: torch.Tensor, box: Letterbox) -> torch.Tensor:
-    """(N, Hm, Wm) logits on the padded square -> (N, H, W) logits on the original image."""
-    hm = mask_logits.shape[-1]
-    valid_h = max(1, round(box.height * box.scale / box.size * hm))
-    valid_w = max(1, round(box.width * box.scale / box.size * hm))
-    crop = mask_logits[:, :valid_h, :valid_w]
-    return F.interpolate(crop[None], size=(box.height, box.width), mode='bilinear',
-                         align_corners=False)[0]
+    """(N, Hm, Wm) logits on the padded square -> (N, H, W) logits on the original image.
+
+    The image covers a fractional number of mask cells (e.g. 9.6 of 16). Cropping to whole
+    cells and resizing that to (H, W) would stretch masks by up to half a cell; instead the
+    covering cells are resized at the image's own scale and the result cropped to (H, W).
+    """
+    hm, wm = mask_logits.shape[-2:]
+    if mask_logits.shape[0] == 0:
+        return mask_logits.new_zeros((0, box.height, box.width))
+    cover_h = box.height * box.scale / box.size * hm  # mask cells the image covers
+    cover_w = box.width * box.scale / box.size * wm
+    cells_h = min(hm, max(1, math.ceil(cover_h - 1e-6)))
+    cells_w = min(wm, max(1, math.ceil(cover_w - 1e-6)))
+    out_h = max(box.height, round(cells_h / cover_h * box.height))
+    out_w = max(box.width, round(cells_w / cover_w * box.width))
+    up = F.interpolate(mask_logits[None, :, :cells_h, :cells_w], size=(out_h, out_w),
+                       mode='bilinear', align_corners=False)
+    return up[0, :, :box.height, :box.width]
 
 
 @dataclass
@@ -123,13 +135,15 @@ def prompt_queries(prompts: Sequence[VisualPrompt], box: Letterbox, mask_size: i
 
 
 def _mask_to_grid(mask: np.ndarray, box: Letterbox, hm: int) -> np.ndarray:
-    """Original-size bool mask -> (hm, hm) bool on the padded square (any pixel counts)."""
-    vh = max(1, round(box.height * box.scale / box.size * hm))
-    vw = max(1, round(box.width * box.scale / box.size * hm))
-    t = torch.from_numpy(mask.astype(np.float32))[None, None]
-    small = F.adaptive_max_pool2d(t, (vh, vw))[0, 0].numpy() > 0
+    """Original-size bool mask -> (hm, hm) bool on the padded square: the cells under it.
+
+    Each pixel centre is mapped with the letterbox scale, so any aspect ratio is exact.
+    """
+    ys, xs = np.nonzero(mask)
+    cells = box.scale / box.size * hm  # mask cells per original pixel
     grid = np.zeros((hm, hm), bool)
-    grid[:vh, :vw] = small
+    grid[np.minimum(((ys + 0.5) * cells).astype(np.int64), hm - 1),
+         np.minimum(((xs + 0.5) * cells).astype(np.int64), hm - 1)] = True
     if not grid.any():
         raise InputError('mask prompt vanishes at the model resolution')
     return grid
