@@ -57,6 +57,8 @@ def visual_prompt_from_args(args, height: int, width: int):
     elif args.box:
         prompt = VisualPrompt('box', box=_pair(args.box, 4, '--box'))
     else:
+        if not Path(args.mask).is_file():  # before imread, which warns on stderr
+            raise UsageError(f'--mask: file not found: {args.mask}')
         m = cv2.imread(args.mask, cv2.IMREAD_GRAYSCALE)
         if m is None:
             raise UsageError(f'--mask: cannot read {args.mask} as an image')
