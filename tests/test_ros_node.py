@@ -120,13 +120,14 @@ def test_best_effort_camera_and_the_newest_frame_at_arrival(ros):
 
 def test_a_queued_command_keeps_the_frame_of_its_arrival(ros):
     ros.show(ru.make_image(120, 160, stamp_sec=5000, frame_id='cam_b', value=-1))
-    texts = [ros.unique(t) for t in ('describe the scene', 'segment the cup', 'segment the bowl')]
+    texts = [ros.unique(t) for t in ('describe the scene', 'segment the cup', 'segment the bowl',
+                                     'what is this?')]
     for text in texts:
         ros.command.publish(String(data=text))
     time.sleep(0.1)  # the commands have arrived; the last one waits behind the others
     ros.show(ru.make_image(120, 160, stamp_sec=5001, frame_id='cam_b', value=-1), times=5)
     results = [ros.result_for(text) for text in texts]
-    assert [(r.status, r.header.stamp.sec) for r in results] == [('ok', 5000)] * 3
+    assert [(r.status, r.header.stamp.sec) for r in results] == [('ok', 5000)] * 4
     waited = results[-1].stage_ms[list(results[-1].stage_names).index('queue_wait')]
     assert waited > 150.0, f'the last command waited {waited:.0f} ms only: the test proves little'
 
@@ -229,8 +230,10 @@ def test_continuous_mode_reruns_the_last_command_on_new_frames(ros):
         ros.send(text)
         ru.wait_for(lambda: len(runs()) >= 4, RESULT_S, 'continuous re-runs', ros.node)
         assert set_parameter(ros, 'continuous', False).successful
-        time.sleep(0.6)  # a re-run already queued may still finish
-        count = len(runs())
+        count, deadline = -1, time.monotonic() + RESULT_S
+        while count != len(runs()) and time.monotonic() < deadline:  # re-runs already queued
+            count = len(runs())
+            time.sleep(1.0)
         time.sleep(1.0)
     assert len(runs()) == count, 'continuous mode went on after it was switched off'
     stamps = [r.header.stamp.sec for r in runs()]
@@ -316,12 +319,13 @@ def test_bad_images_give_a_status_and_the_node_stays_up(ros, bad, expected):
 
 def test_an_8000x6000_image_is_refused_and_the_node_stays_up(ros):
     big = ru.make_image(6000, 8000, 'mono8', stamp_sec=11000, value=7)  # 48 MB
-    ros.show(big, times=2)
-    text = ros.unique('segment the cup')
-    ros.command.publish(String(data=text))
-    status = ros.result_for(text).status
-    assert status.startswith('bad input: image is 8000x6000 (48.0 MP), more than the limit'), \
-        status
+    for _ in range(3):  # best effort: a lost 48 MB frame leaves the last good one newest
+        ros.show(big, times=2)
+        result = ros.send(ros.unique('segment the cup'))
+        if result.header.stamp.sec == 11000:
+            break
+    assert result.status.startswith(
+        'bad input: image is 8000x6000 (48.0 MP), more than the limit'), result.status
     ros.show(ru.make_image(120, 160, stamp_sec=11001))
     assert ros.send(ros.unique('segment the cup')).status == 'ok'
 
