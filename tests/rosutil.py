@@ -7,6 +7,7 @@ spun in a background thread. Timeouts raise AssertionError with the child's outp
 """
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -22,6 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DDS_PROFILE = ROOT / 'config' / 'fastdds_shm.xml'
+RESULT_S = 30.0  # longest wait for one result on a busy 2-core machine
+_ids = itertools.count()
 
 # Set before any DDS participant exists in this process (Fast DDS reads them once).
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
@@ -33,7 +37,9 @@ try:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
-    from std_msgs.msg import Header
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    from std_msgs.msg import Header, String
     HAVE_RCLPY, WHY_NO_RCLPY = True, ''
 except ImportError as exc:  # pragma: no cover - depends on the environment
     HAVE_RCLPY, WHY_NO_RCLPY = False, f'rclpy is not importable: {exc}'
@@ -227,3 +233,47 @@ class Camera:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=5.0)
+
+
+@dataclass
+class Ros:
+    """The running node and the test side's endpoints."""
+
+    node: NodeProcess
+    side: TestSide
+    it: Any  # ros_segcap_msgs types
+    results: Collector
+    image: Any
+    command: Any
+    click: Any
+    prompt: Any
+
+    def send(self, text: str, timeout: float = RESULT_S) -> Any:
+        """Publish a command and return its (first) result."""
+        self.command.publish(String(data=text))
+        return self.result_for(text, timeout)
+
+    def result_for(self, text: str, timeout: float = RESULT_S) -> Any:
+        found = wait_for(lambda: self.results.find(lambda r: r.command == text), timeout,
+                         f'the result of {text[:60]!r}', self.node)
+        return found[0]
+
+    def show(self, msg: Any, times: int = 3) -> None:
+        """Publish one frame a few times (best effort) and give the node time to store it."""
+        for _ in range(times):
+            self.image.publish(msg)
+            time.sleep(0.03)
+        time.sleep(0.3)
+
+    def unique(self, text: str) -> str:
+        return f'{text} #{next(_ids)}'
+
+    def set_parameter(self, name: str, value: Any) -> Any:
+        """Set one node parameter through its service; return the SetParametersResult."""
+        client = self.side.node.create_client(SetParameters, 'segcap_node/set_parameters')
+        wait_for(lambda: client.service_is_ready(), 10.0, 'set_parameters', self.node)
+        request = SetParameters.Request(parameters=[Parameter(name, value=value)
+                                                    .to_parameter_msg()])
+        future = client.call_async(request)
+        wait_for(future.done, 10.0, 'the set_parameters response', self.node)
+        return future.result().results[0]

@@ -7,10 +7,8 @@ timeout message.
 from __future__ import annotations
 
 import collections
-import itertools
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,8 +22,6 @@ if not ru.HAVE_RCLPY:
 from action_msgs.msg import GoalStatus  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PointStamped  # noqa: E402
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -35,46 +31,12 @@ from ros_segcap.ros.messages import load_interfaces  # noqa: E402
 
 pytestmark = pytest.mark.ros
 STARTUP_S = 180.0  # model load on a busy 2-core machine
-RESULT_S = 30.0
-ids = itertools.count()
-
-
-@dataclass
-class Ros:
-    """The running node and the test side's endpoints."""
-
-    node: ru.NodeProcess
-    side: ru.TestSide
-    it: Any  # ros_segcap_msgs types
-    results: ru.Collector
-    image: Any
-    command: Any
-    click: Any
-    prompt: Any
-
-    def send(self, text: str, timeout: float = RESULT_S) -> Any:
-        """Publish a command and return its (first) result."""
-        self.command.publish(String(data=text))
-        return self.result_for(text, timeout)
-
-    def result_for(self, text: str, timeout: float = RESULT_S) -> Any:
-        found = ru.wait_for(lambda: self.results.find(lambda r: r.command == text), timeout,
-                            f'the result of {text[:60]!r}', self.node)
-        return found[0]
-
-    def show(self, msg: Any, times: int = 3) -> None:
-        """Publish one frame a few times (best effort) and give the node time to store it."""
-        for _ in range(times):
-            self.image.publish(msg)
-            time.sleep(0.03)
-        time.sleep(0.3)
-
-    def unique(self, text: str) -> str:
-        return f'{text} #{next(ids)}'
+RESULT_S = ru.RESULT_S
 
 
 @pytest.fixture(scope='module')
 def ros(tmp_path_factory):
+    """Start the shared node (tiny-random) and the test side; stop them at the end."""
     it, why = load_interfaces()
     if it is None:
         pytest.skip(f'ros_segcap_msgs is not built ({why}): run scripts/build_msgs.py')
@@ -83,9 +45,10 @@ def ros(tmp_path_factory):
                           {'model': 'tiny-random', 'queue_size': 4, 'max_new_tokens': 16})
     side = ru.TestSide(domain, ns)
     pub = side.node.create_publisher
-    ros = Ros(node, side, it, side.collect(it.ResultMsg, 'segcap/result'),
-              pub(ru.Image, 'image', ru.best_effort()), pub(String, 'command', ru.reliable()),
-              pub(PointStamped, 'image_mouse_left', 10), pub(it.PromptMsg, 'segcap/prompt', 10))
+    ros = ru.Ros(node, side, it, side.collect(it.ResultMsg, 'segcap/result'),
+                 pub(ru.Image, 'image', ru.best_effort()), pub(String, 'command', ru.reliable()),
+                 pub(PointStamped, 'image_mouse_left', 10),
+                 pub(it.PromptMsg, 'segcap/prompt', 10))
     try:
         ru.wait_for(lambda: ros.command.get_subscription_count() > 0 and
                     side.node.count_publishers(f'{ns}/segcap/result') > 0,
@@ -195,41 +158,23 @@ def test_service_on_the_newest_frame_and_on_its_own_image(ros):
     assert result.status.startswith("bad input: unsupported image encoding 'yuv422'")
 
 
-def set_parameter(ros: Ros, name: str, value: Any) -> Any:
-    """Set one node parameter through its service; return the SetParametersResult."""
-    client = ros.side.node.create_client(SetParameters, 'segcap_node/set_parameters')
-    ru.wait_for(lambda: client.service_is_ready(), 10.0, 'set_parameters', ros.node)
-    if isinstance(value, bool):
-        pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
-    elif isinstance(value, int):
-        pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
-    elif isinstance(value, float):
-        pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
-    else:
-        pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
-    future = client.call_async(SetParameters.Request(parameters=[Parameter(name=name,
-                                                                           value=pv)]))
-    ru.wait_for(future.done, 10.0, 'the set_parameters response', ros.node)
-    return future.result().results[0]
-
-
 def test_live_parameters_and_refused_ones(ros):
-    assert set_parameter(ros, 'max_new_tokens', 8).successful
-    refused = set_parameter(ros, 'model', 'segcap-tiny')
+    assert ros.set_parameter('max_new_tokens', 8).successful
+    refused = ros.set_parameter('model', 'segcap-tiny')
     assert not refused.successful and 'model cannot change while the node runs' in refused.reason
-    out_of_range = set_parameter(ros, 'mask_threshold', 1.5)
+    out_of_range = ros.set_parameter('mask_threshold', 1.5)
     assert not out_of_range.successful
 
 
 def test_continuous_mode_reruns_the_last_command_on_new_frames(ros):
     text = ros.unique('keep segmenting the red cup')
-    assert set_parameter(ros, 'continuous_rate', 4.0).successful
-    assert set_parameter(ros, 'continuous', True).successful
+    assert ros.set_parameter('continuous_rate', 4.0).successful
+    assert ros.set_parameter('continuous', True).successful
     runs = lambda: ros.results.find(lambda r: r.command == text)  # noqa: E731
     with ru.Camera(ros.image, rate=30.0, first=30000):
         ros.send(text)
         ru.wait_for(lambda: len(runs()) >= 4, RESULT_S, 'continuous re-runs', ros.node)
-        assert set_parameter(ros, 'continuous', False).successful
+        assert ros.set_parameter('continuous', False).successful
         count, deadline = -1, time.monotonic() + RESULT_S
         while count != len(runs()) and time.monotonic() < deadline:  # re-runs already queued
             count = len(runs())
@@ -288,12 +233,12 @@ def test_action_streams_text_and_cancel_stops_generation(ros):
         ru.wait_for(done.done, RESULT_S, 'the action result', ros.node)
         return done.result().status, done.result().result.result
 
-    assert set_parameter(ros, 'max_new_tokens', 400).successful  # long enough to cancel
+    assert ros.set_parameter('max_new_tokens', 400).successful  # long enough to cancel
     status, result = run(ros.it.SegmentAction.Goal(command='describe the scene'), cancel=True)
     assert result.status == 'cancelled' and status == GoalStatus.STATUS_CANCELED
     assert result.stage_ms and result.header.stamp.sec == 9000
     assert len(feedback) < 300, 'generation went on after the cancel'
-    assert set_parameter(ros, 'max_new_tokens', 12).successful
+    assert ros.set_parameter('max_new_tokens', 12).successful
     status, result = run(ros.it.SegmentAction.Goal(command='describe the scene'), cancel=False)
     assert result.status == 'ok' and status == GoalStatus.STATUS_SUCCEEDED
     texts = [f.feedback.text for f in feedback]
