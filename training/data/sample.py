@@ -36,7 +36,8 @@ class Sample:
         """Raise ValueError if the counts of [SEG]/masks or <region>/<mark>/prompts disagree."""
         n_seg = self.answer.count('[SEG]')
         if n_seg != len(self.masks):
-            raise ValueError(f'{self.source}: answer has {n_seg} [SEG] but {len(self.masks)} masks')
+            raise ValueError(f'{self.source}: answer has {n_seg} [SEG] but '
+                             f'{len(self.masks)} masks')
         n_prompt = self.question.count('<region>') + self.question.count('<mark>')
         if n_prompt != len(self.prompts):
             raise ValueError(f'{self.source}: question has {n_prompt} <region>/<mark> but '
