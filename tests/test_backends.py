@@ -272,12 +272,13 @@ def test_segcap_tiny_vision_parity_on_a_photo(tmp_path):
 
     import cv2
 
-    from ros_segcap.backends.graphs import exportable, VisionGraph
+    from ros_segcap.backends.graphs import VisionGraph
     from ros_segcap.backends.onnx_backend import OnnxBackend
     from ros_segcap.core.config import get_config, TINY_RANDOM_LLM
     from ros_segcap.core.model import build_model
     from ros_segcap.core.preprocess import letterbox
     from ros_segcap.export.onnx_export import export_graph
+    from ros_segcap.export.traceable import exportable
 
     config = get_config('segcap-tiny').replace(llm='random', llm_config=TINY_RANDOM_LLM,
                                                llm_hidden=TINY_RANDOM_LLM['hidden_size'])

@@ -6,13 +6,11 @@ FrameFeatures / DecoderOutput live here too.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from ros_segcap.core.decoder import DecoderOutput
 from ros_segcap.core.encoder import sine_position
@@ -67,49 +65,6 @@ class SegGraph(nn.Module):
         out = self.model.decoder(query_feat, query_pos, mask_features, full, self.memory_pos(),
                                  restrict, independent=True)
         return out.mask_logits[-1], out.class_logits[-1], out.query_feat, out.query_pos
-
-
-def _restrict_to_blocks(restrict: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """OMGDecoder._restrict_to as a block max (same values when the sizes divide).
-
-    adaptive_max_pool2d does not export with a dynamic query count; a reshape + ReduceMax
-    does. (B, N, Hm, Wm) bool -> (B, N, h*w) bool.
-    """
-    b, n, hm, wm = restrict.shape
-    h, w = size
-    assert hm % h == 0 and wm % w == 0, 'memory sides divide the mask size'
-    r = restrict.float().reshape(b, n, h, hm // h, w, wm // w)
-    return (r.amax(dim=(3, 5)) > 0).reshape(b, n, h * w)
-
-
-def _cross_allowed_logical(mask_logits: torch.Tensor, size: tuple[int, int],
-                           restrict_maps: list[torch.Tensor] | None, level: int
-                           ) -> torch.Tensor:
-    """OMGDecoder._cross_allowed with `|` and `&` instead of a bool Where.
-
-    onnxruntime has no CPU kernel for Where on bool tensors. where(empty, fallback, allowed)
-    equals allowed | (empty & fallback), because an empty row has allowed all False.
-    """
-    m = F.interpolate(mask_logits.detach(), size=size, mode='bilinear', align_corners=False)
-    allowed = m.flatten(2) >= 0  # sigmoid >= 0.5
-    if restrict_maps is not None:
-        allowed = allowed & restrict_maps[level]
-    empty = ~allowed.any(-1, keepdim=True)
-    if restrict_maps is not None:
-        return allowed | (empty & restrict_maps[level])
-    return allowed | empty
-
-
-@contextmanager
-def exportable(model: SegCapModel) -> Iterator[None]:
-    """Within the block, the decoder uses export-friendly equivalents of its helpers."""
-    decoder = model.decoder
-    decoder._restrict_to = _restrict_to_blocks
-    decoder._cross_allowed = _cross_allowed_logical
-    try:
-        yield
-    finally:
-        del decoder._restrict_to, decoder._cross_allowed
 
 
 def frame_from_outputs(outputs: Mapping[str, np.ndarray],

@@ -17,9 +17,11 @@ import numpy as np
 import onnx
 import torch
 
-from ros_segcap.backends.graphs import SegGraph, VisionGraph, exportable
+from ros_segcap.backends.graphs import SegGraph, VisionGraph
 from ros_segcap.backends.spec import GraphSpec, graph_specs
 from ros_segcap.core.model import SegCapModel
+
+from .traceable import exportable
 
 OPSET = 17
 EXAMPLE_QUERIES = 3  # traced with 3 queries; 1 would let the tracer specialise on it
@@ -81,6 +83,7 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, inputs: dict[str, np.
     _fix_bool_eyelike(proto)
     onnx.save(proto, str(tmp))
     proto = _fold_shapes(tmp) or proto
+    _fuse_pad_into_conv(proto)
     proto.producer_name = 'ros_segcap'
     props = {p.key: p.value for p in proto.metadata_props}
     onnx.helper.set_model_props(proto, {**props, **(metadata or {})})
@@ -115,6 +118,57 @@ def _fold_shapes(path: Path) -> Optional[onnx.ModelProto]:
     del proto.opset_import[:]
     proto.opset_import.extend(keep)
     return proto
+
+
+def _zero_spatial_pads(pad: onnx.NodeProto, inits: dict) -> Optional[list[int]]:
+    """[top, left, bottom, right] of a constant-zero Pad of an NCHW tensor's H and W, else None."""
+    mode = next((a.s for a in pad.attribute if a.name == 'mode'), b'constant')
+    names = list(pad.input) + ['', '']
+    if mode != b'constant' or names[1] not in inits or (names[2] and names[2] not in inits):
+        return None
+    if names[2] and np.any(onnx.numpy_helper.to_array(inits[names[2]]) != 0):
+        return None
+    pads = onnx.numpy_helper.to_array(inits[names[1]]).tolist()
+    if len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)):
+        return None
+    return [pads[2], pads[3], pads[6], pads[7]]
+
+
+def _fuse_pad_into_conv(proto: onnx.ModelProto) -> int:
+    """Zero Pad (spatial dims, constant pads) -> Conv becomes one Conv with `pads`.
+
+    TF-SAME stride-2 convs are traced as Pad + Conv; a standalone Pad also makes
+    onnxruntime convert its blocked NCHWc layout back and forth around it.
+    """
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    fused = []
+    for pad in graph.node:
+        pads = _zero_spatial_pads(pad, inits) if pad.op_type == 'Pad' else None
+        convs = users.get(pad.output[0], []) if pads else []
+        if len(convs) != 1 or convs[0].op_type != 'Conv' or pad.output[0] in outputs:
+            continue
+        conv = convs[0]
+        attrs = {a.name: a for a in conv.attribute}
+        auto_pad = attrs['auto_pad'].s if 'auto_pad' in attrs else b'NOTSET'
+        if any(attrs['pads'].ints if 'pads' in attrs else ()) or auto_pad != b'NOTSET':
+            continue
+        if 'pads' in attrs:
+            conv.attribute.remove(attrs['pads'])
+        conv.attribute.append(onnx.helper.make_attribute('pads', pads))
+        conv.input[0] = pad.input[0]
+        fused.append(pad)
+    for pad in fused:
+        graph.node.remove(pad)
+    used = {name for node in graph.node for name in node.input} | outputs
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    return len(fused)
 
 
 def onnx_name(model_name: str, graph: str) -> str:
