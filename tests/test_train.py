@@ -93,6 +93,14 @@ def test_resume_continues_exactly(tiny, stage):
     assert [r.split(',')[0] for r in rows] == ['1', '2', '3', '4']
 
 
+def test_bf16_autocast_runs(tiny):
+    out = tiny['root'] / 'bf16'
+    run(_cfg(tiny, 2, out, steps=2, precision='bf16'))
+    last = (out / 'metrics.csv').read_text().splitlines()[-1].split(',')
+    assert last[0] == '2'
+    assert all(torch.isfinite(v).all() for v in _params(out).values())
+
+
 def test_cache_round_trip(tiny):
     scenes = load_cache(tiny['cache'])
     assert len(scenes) == 3

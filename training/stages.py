@@ -89,6 +89,14 @@ class LanguageStage(nn.Module):
             p.requires_grad_(name.startswith('projectors.') or
                              (cfg.stage == 2 and 'lora_' in name))
         new_rows_only(model)
+        self._frames: dict[int, FrameFeatures] = {}  # frozen decoder: one frame per scene
+
+    @torch.no_grad()
+    def frame(self, scene: CachedScene) -> FrameFeatures:
+        """The scene's FrameFeatures, computed once (the pixel decoder and decoder are frozen)."""
+        if scene.seed not in self._frames:
+            self._frames[scene.seed] = frame_from_features(self.model, features(scene))
+        return self._frames[scene.seed]
 
     def text_loss(self, frame: FrameFeatures, sample: CachedSample):
         """(CE, last-layer hidden (1, T, H), labels (T,)) of one question/answer."""
@@ -105,8 +113,7 @@ class LanguageStage(nn.Module):
     def forward(self, item: Item):
         scene, sample = item
         m, cfg = self.model, self.cfg
-        with torch.no_grad():
-            frame = frame_from_features(m, features(scene))
+        frame = self.frame(scene)
         ce, hidden, labels = self.text_loss(frame, sample)
         logs = {'ce': ce}
         loss = ce

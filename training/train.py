@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+import resource
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -75,6 +76,8 @@ def _note_time(run_dir: Path, seconds: float, n_items: int) -> None:
     info['seconds'] += seconds
     info['chunks'] += 1
     info['items'] = n_items
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    info['peak_rss_mb'] = max(info.get('peak_rss_mb', 0.0), peak)
     path.write_text(json.dumps(info, indent=2) + '\n')
 
 

@@ -1,0 +1,63 @@
+"""The evaluation command on a tiny-random model: every metric is reported, scoring is right."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ros_segcap.core.config import get_config
+from ros_segcap.core.model import build_model
+from ros_segcap.core.types import SegCapResult
+from ros_segcap.core.weights import save_model
+from training.data.tabletop import tabletop_sample
+from training.evaluate import Evaluator, main as evaluate_main
+
+KEYS = ('referring_ciou', 'referring_giou', 'no_target_acc', 'gcg_ap50', 'gcg_miou',
+        'gcg_recall', 'caption_bleu4', 'caption_cider_d', 'caption_attr_acc', 'region_acc',
+        'vqa_acc')
+
+
+@pytest.fixture(scope='module')
+def tiny_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_model(build_model(get_config('tiny-random'), pretrained=False),
+                      tmp_path_factory.mktemp('eval') / 'model')
+
+
+def test_command_reports_every_metric(tiny_dir, tmp_path, capsys):
+    out = tmp_path / 'scores.json'
+    evaluate_main(['--model', str(tiny_dir), '--n', '8', '--out', str(out),
+                   '--answers', str(tmp_path / 'answers.jsonl')])
+    scores = json.loads(out.read_text())
+    assert set(KEYS) <= set(scores)
+    assert scores['n'] == 8 and scores['split'] == 'test'
+    assert len((tmp_path / 'answers.jsonl').read_text().splitlines()) == 8
+    assert json.loads(capsys.readouterr().out)['n'] == 8
+
+
+def _result(masks, text='', phrases=()):
+    return SegCapResult(answer=text, raw_text=text, masks=list(masks), phrases=list(phrases),
+                        scores=[1.0] * len(masks))
+
+
+def test_perfect_answers_score_one():
+    ev = Evaluator()
+    ref = tabletop_sample('test', 0, 128, 'referring')
+    absent = tabletop_sample('test', 1, 128, 'absent')
+    region = tabletop_sample('test', 3, 128, 'region')
+    ev.update(ref, _result(ref.masks))
+    ev.update(absent, _result([]))
+    ev.update(region, _result([], region.answer))
+    s = ev.scores()
+    assert s['referring_ciou'] == 1.0 and s['referring_giou'] == 1.0
+    assert s['no_target_acc'] == 1.0 and s['region_acc'] == 1.0
+    assert np.isnan(s['gcg_ap50'])
+
+
+def test_a_mask_for_an_absent_target_is_wrong():
+    ev = Evaluator()
+    absent = tabletop_sample('test', 1, 128, 'absent')
+    ev.update(absent, _result([np.ones((128, 128), bool)]))
+    assert ev.scores()['no_target_acc'] == 0.0
