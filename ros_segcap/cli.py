@@ -82,9 +82,11 @@ def cmd_infer(args) -> int:
     config = PipelineConfig(model=args.model, backend=args.backend,
                             max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             allow_pickle=args.allow_pickle)
+    from ros_segcap.core.assets import AssetError
+
     try:
         pipe = Pipeline(config)
-    except (KeyError, FileNotFoundError, ValueError) as exc:
+    except (KeyError, FileNotFoundError, ValueError, AssetError) as exc:
         raise UsageError(str(exc).strip('"')) from None
     if not pipe.trained:
         print(f'warning: model {args.model} has untrained weights (no trained checkpoint '

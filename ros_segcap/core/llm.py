@@ -75,10 +75,14 @@ def build_language_model(config: SegCapConfig, vocab_size: int, pretrained: bool
         if vocab_size > old:
             # New rows start at the mean embedding (their own rows, trained in stages 1-2).
             emb = model.get_input_embeddings().weight
-            mean = emb.detach().mean(0)
+            mean, std = emb.detach().mean(0), emb.detach().std(0)
             model.resize_token_embeddings(vocab_size, mean_resizing=False)
+            # Mean row plus a small fixed offset, so the new tokens start distinguishable
+            # (tied heads would otherwise give them identical logits) and deterministic.
+            g = torch.Generator().manual_seed(0)
+            noise = torch.randn(vocab_size - old, emb.shape[1], generator=g) * std * 0.1
             with torch.no_grad():
-                model.get_input_embeddings().weight[old:] = mean
+                model.get_input_embeddings().weight[old:] = mean + noise
                 if not model.config.tie_word_embeddings:
                     model.get_output_embeddings().weight[old:] = 0.0
     if model.config.hidden_size != config.llm_hidden:
