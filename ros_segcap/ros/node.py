@@ -23,6 +23,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.logging import LoggingSeverity
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -254,7 +255,7 @@ class SegCapNode(Node):
             prompt = messages.prompt_from_msg(req.prompt)
             convert_ms = (time.perf_counter() - t0) * 1000.0
             result = self._pipeline.run(rgb, req.command, prompt, frame_key=req.frame.key,
-                                        on_text=self._on_text(req))
+                                        on_text=self._on_text(req), on_mask=self._on_mask(req))
             result.timing.add('ros_convert', convert_ms)
         except InputError as exc:
             result = status_result('bad input: ' + ' '.join(str(exc).split()))
@@ -273,6 +274,20 @@ class SegCapNode(Node):
                 return False
             return req.on_text(piece) if req.on_text else not req.is_cancelled()
         return on_text
+
+    def _on_mask(self, req: Request) -> Optional[Callable[[int, Any], None]]:
+        """Log each mask at debug level as soon as its [SEG] is decoded; None if not logged.
+
+        Segment.action feedback has no mask field, and masks go out once, with the result.
+        Without a callback the core skips thresholding each mask early (a full-frame pass).
+        """
+        logger = self.get_logger()
+        if not logger.is_enabled_for(LoggingSeverity.DEBUG):
+            return None
+
+        def on_mask(index: int, _mask: Any) -> None:
+            logger.debug(f'command {req.command[:40]!r}: mask {index} ready')
+        return on_mask
 
     def _frame_rgb(self, frame: Frame) -> Any:
         if frame.error:
