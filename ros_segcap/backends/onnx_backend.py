@@ -59,6 +59,9 @@ class OnnxBackend:
         if threads > 0:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # Idle workers would spin-wait after each run and steal the cores the LLM (torch)
+        # needs next; on a shared 2-core CPU not spinning is also faster for the graph itself.
+        opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
         if providers is None:
             providers = choose_providers(ort.get_available_providers(), self.path.parent)
         self.session = ort.InferenceSession(str(self.path), opts, providers=providers)

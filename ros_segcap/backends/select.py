@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+import sys
 from typing import Callable, Optional
 
 import torch
@@ -112,7 +113,7 @@ def open_engines(model: SegCapModel, backend: str = 'auto', *, model_arg: Option
     """
     if backend not in CHOICES:
         raise ValueError(f'unknown backend {backend!r}; use one of {", ".join(CHOICES)}')
-    say = say or (lambda s: log.info('%s', s))
+    say = say or _say
     model_arg = model_arg or model.config.name
     directory = engines_dir(directory)
     if backend == 'torch':
@@ -127,6 +128,14 @@ def open_engines(model: SegCapModel, backend: str = 'auto', *, model_arg: Option
     say(f'segcap backend: {engines.backend} ({engines.reason})'
         + (f' [{engines.detail}]' if engines.detail else ''))
     return engines
+
+
+def _say(line: str) -> None:
+    """Log the backend line; print it to stderr when nobody configured logging (CLI, node)."""
+    if log.hasHandlers():
+        log.info('%s', line)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _torch(model: SegCapModel, device, reason: str) -> Engines:

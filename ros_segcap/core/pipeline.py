@@ -58,7 +58,7 @@ class Pipeline:
         self.device = torch.device(config.device)
         # Vision and seg stages run on the chosen engines; torch keeps the model's own path.
         self.engines = None
-        self.backend = 'torch'
+        self.backend = 'torch'  # the backend that runs (auto resolves to one)
         if config.backend != 'torch':
             engines = open_engines(self.model, config.backend, model_arg=config.model,
                                    directory=config.engines_dir or None,
