@@ -172,7 +172,7 @@ def main() -> int:
     total = {k: v['vision'] + v['seg'] for k, v in ms.items()}
     speedup = total['torch'] / total['onnxruntime']
     gflop = sum(count_flops(engines_dir / entry['graphs']['vision']['onnx']).values()) / 1e9
-    eff = efficiency(engines['onnxruntime'].vision, image, gflop, args.repeats)
+    eff = efficiency(engines['onnxruntime'].vision, image, gflop, max(11, args.repeats))
     pipes = {name: Pipeline(PipelineConfig(model=str(model_dir), backend=name,
                                            engines_dir=str(engines_dir),
                                            max_new_tokens=args.tokens), model=model)

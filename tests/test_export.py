@@ -194,3 +194,101 @@ def test_tensorrt_build_names_and_progress(tiny_model, tmp_path, capsys):
     assert 'building TensorRT' in capsys.readouterr().out
     assert check_engines(tmp_path, tiny_model, 'tiny-random', kind='tensorrt',
                          plan_key=plan_key()).ok
+
+
+class _Network:
+    """A parsed network: only its input names."""
+
+    def __init__(self) -> None:
+        self.inputs: list[str] = []
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.inputs)
+
+    def get_input(self, i: int) -> SimpleNamespace:
+        return SimpleNamespace(name=self.inputs[i])
+
+
+class _FakeTensorRT:
+    """Just enough of the tensorrt module for build_plan's own logic (no GPU here)."""
+
+    __version__ = '10.3.0'
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            self.level = level
+
+    class MemoryPoolType:
+        WORKSPACE = 'workspace'
+
+    class BuilderFlag:
+        FP16 = 'fp16'
+
+    class IProgressMonitor:
+        def __init__(self) -> None:
+            pass
+
+    class OnnxParser:
+        def __init__(self, network, logger) -> None:
+            self.network = network
+
+        def parse_from_file(self, path: str) -> bool:
+            self.network.inputs = [i.name for i in onnx.load(path).graph.input]
+            return True
+
+    class Builder:
+        platform_has_fast_fp16 = True
+
+        def __init__(self, logger) -> None:
+            self.logger = logger
+
+        def create_network(self, flags: int) -> '_Network':
+            return _Network()
+
+        def create_builder_config(self):
+            cfg = SimpleNamespace(flags=[], profiles=[], progress_monitor=None, cache=None)
+            cfg.set_memory_pool_limit = lambda pool, size: None
+            cfg.set_flag = cfg.flags.append
+            cfg.create_timing_cache = lambda data: SimpleNamespace(serialize=lambda: b'CACHE')
+            cfg.set_timing_cache = lambda cache, ignore_mismatch: setattr(cfg, 'cache', cache)
+            cfg.get_timing_cache = lambda: cfg.cache
+            cfg.add_optimization_profile = cfg.profiles.append
+            return cfg
+
+        def create_optimization_profile(self):
+            shapes = {}
+            return SimpleNamespace(shapes=shapes, set_shape=lambda n, *s: shapes.update({n: s}))
+
+        def build_serialized_network(self, network, config):
+            config.progress_monitor.phase_start('Building engine', None, 3)
+            return b'PLAN'
+
+
+def test_tensorrt_build_logic_with_a_stand_in(engines_dir, tiny_model, tmp_path, monkeypatch):
+    """Profile over the query dim, fp16 flag, timing cache, file name, progress lines."""
+    import sys
+
+    from ros_segcap.backends.spec import graph_specs
+    from ros_segcap.export import tensorrt_build as tb
+
+    monkeypatch.setitem(sys.modules, 'tensorrt', _FakeTensorRT())
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=0: 'NVIDIA Orin (nvgpu)')
+    name = tb.plan_name('tiny-random', 'seg', 'ab' * 32, 'fp16')
+    assert name == 'tiny-random.seg.abababababab.trt10.3.0.nvidia-orin-nvgpu.fp16.plan'
+    assert tb.plan_key() == 'nvidia-orin-nvgpu-trt10.3.0'
+    lines = []
+    onnx_file = engines_dir / _entry(engines_dir)['graphs']['seg']['onnx']
+    info = tb.build_plan(onnx_file, tmp_path / name, graph_specs(tiny_model.config)['seg'],
+                         fp16=True, timing_cache=tmp_path / 'cache',
+                         profile=tb.QueryProfile(1, 8, 64), echo=lines.append)
+    d, hm = tiny_model.config.dim, tiny_model.config.mask_size
+    assert info['precision'] == 'fp16' and info['gpu'] == 'NVIDIA Orin (nvgpu)'
+    assert info['profile']['query_feat'] == [[1, 1, d], [1, 8, d], [1, 64, d]]
+    assert info['profile']['restrict'][2] == [1, 64, hm, hm]
+    assert (tmp_path / name).read_bytes() == b'PLAN'
+    assert (tmp_path / 'cache').read_bytes() == b'CACHE'
+    assert any('building TensorRT fp16 plan' in s for s in lines)
+    assert any('Building engine (3 steps)' in s for s in lines)

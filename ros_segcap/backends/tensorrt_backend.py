@@ -31,8 +31,9 @@ def tensorrt_available() -> tuple[bool, str]:
 def _torch_dtype(trt, dtype):
     import torch
 
-    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
-             trt.int64: torch.int64, trt.bool: torch.bool, trt.int8: torch.int8}
+    names = {'float32': torch.float32, 'float16': torch.float16, 'int32': torch.int32,
+             'int64': torch.int64, 'bool': torch.bool, 'int8': torch.int8}
+    table = {getattr(trt, n): t for n, t in names.items() if hasattr(trt, n)}  # int64: TRT 10
     if dtype not in table:
         raise EngineError(f'TensorRT tensor type {dtype} is not supported by this runner')
     return table[dtype]

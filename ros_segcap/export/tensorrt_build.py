@@ -129,7 +129,7 @@ def build_plan(onnx_path: Path, plan_path: Path, spec: GraphSpec, *, fp16: bool,
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     precision = 'fp32'
     if fp16:
-        if not builder.platform_has_fast_fp16:
+        if not getattr(builder, 'platform_has_fast_fp16', True):  # deprecated in TRT 10
             echo('  this GPU has no fast fp16; building fp32')
         else:
             config.set_flag(trt.BuilderFlag.FP16)
