@@ -154,6 +154,32 @@ _remap_pickle = types.SimpleNamespace(Unpickler=_Unpickler, load=pickle.load,
                                       __name__='pickle')
 
 
+SIMPLE_TEMPLATES = ('Please segment the {} in this image.', 'Segment the {}.', 'Show the {}.')
+
+
+def simple_referring(scene: CachedScene, per_scene: int = 1) -> list[CachedSample]:
+    """'Please segment the red cup in this image.' samples for objects present in a scene.
+
+    Built from the scene's grounded caption: phrases that occur once (one such object) and
+    are not the table. They balance the absent-target samples, whose expressions always
+    have this simple colour + kind form.
+    """
+    from ros_segcap.core.answer import parse_answer
+    out: list[CachedSample] = []
+    for a in scene.samples:
+        if a.task != 'gcg':
+            continue
+        phrases = parse_answer(a.answer).phrases
+        once = [i for i, p in enumerate(phrases)
+                if phrases.count(p) == 1 and 'table' not in p and a.masks[i].any()]
+        for k in once[:per_scene]:
+            phrase = phrases[k]
+            q = SIMPLE_TEMPLATES[(scene.seed + k) % len(SIMPLE_TEMPLATES)].format(phrase)
+            out.append(CachedSample(a.scene, 'referring', q, f'<p> the {phrase} </p> [SEG].',
+                                    a.masks[k:k + 1], a.kinds, a.boxes, a.restrict))
+    return out
+
+
 def load_cache(path: str | Path, limit: Optional[int] = None) -> list[CachedScene]:
     """All scenes of the shards in a cache directory (sorted by name), up to `limit`."""
     path = Path(path)

@@ -22,6 +22,7 @@ class TrainConfig:
     cache: str = 'runs/cache/train'  # feature cache directory (python -m training.cache)
     scenes: int = 0  # use the first N cached scenes (0 = all)
     tasks: str = ''  # comma-separated task filter for stages 1-2 ('' = all)
+    simple_refs: int = 0  # stages 1-2: add N 'segment the <colour> <kind>' samples per scene
     out: str = ''  # run directory ('' = runs/stage{stage})
     steps: int = 100  # optimizer steps
     accum: int = 4  # samples per optimizer step and process (gradient accumulation)
