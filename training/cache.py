@@ -11,11 +11,9 @@ and prompts are already mapped to the model's mask grid. Build with
 from __future__ import annotations
 
 import argparse
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 import time
-import types
 from typing import Optional, Sequence
 
 import cv2
@@ -141,17 +139,11 @@ def build_shard(config: SegCapConfig, split: str, start: int, count: int,
     return [cache_scene(config, backbone, split, start + i, mix, i) for i in range(count)]
 
 
-class _Unpickler(pickle.Unpickler):
-    """Read shards written by `python -m training.cache` (classes pickled as __main__)."""
-
-    def find_class(self, module: str, name: str):
-        if module == '__main__' and name in ('CachedScene', 'CachedSample'):
-            module = 'training.cache'
-        return super().find_class(module, name)
-
-
-_remap_pickle = types.SimpleNamespace(Unpickler=_Unpickler, load=pickle.load,
-                                      __name__='pickle')
+# Shards are read with torch.load(weights_only=True): only tensors, plain containers and the
+# two dataclasses below can come back (no arbitrary code). Shards written before the module
+# name was fixed name the classes __main__.*; the same classes are allowed under that name.
+_SAFE_CLASSES = [CachedScene, CachedSample, (CachedScene, '__main__.CachedScene'),
+                 (CachedSample, '__main__.CachedSample')]
 
 
 SIMPLE_TEMPLATES = ('Please segment the {} in this image.', 'Segment the {}.', 'Show the {}.')
@@ -189,7 +181,8 @@ def load_cache(path: str | Path, limit: Optional[int] = None) -> list[CachedScen
                                 f'python -m training.cache --out {path}')
     scenes: list[CachedScene] = []
     for f in files:
-        scenes.extend(torch.load(f, weights_only=False, pickle_module=_remap_pickle))
+        with torch.serialization.safe_globals(_SAFE_CLASSES):
+            scenes.extend(torch.load(f, weights_only=True))
         if limit is not None and len(scenes) >= limit:
             return scenes[:limit]
     return scenes

@@ -78,7 +78,7 @@ def save_checkpoint(path: Path, stage: nn.Module, opt, sched, step: int, cfg: Tr
 
 def load_checkpoint(path: Path, stage: nn.Module, opt, sched) -> int:
     """Restore a checkpoint written by save_checkpoint; returns the next step."""
-    state = torch.load(path, map_location='cpu', weights_only=False)
+    state = torch.load(path, map_location='cpu', weights_only=True)
     params = dict(stage.named_parameters())
     with torch.no_grad():
         for name, value in state['params'].items():

@@ -26,7 +26,7 @@ def export(run: str | Path, out: str | Path, shipped: bool = False) -> Path:
     run = Path(run)
     values = json.loads((run / 'train_config.json').read_text())
     stage = build_stage(make_config(values.pop('stage'), values))
-    state = torch.load(run / CHECKPOINT, map_location='cpu', weights_only=False)
+    state = torch.load(run / CHECKPOINT, map_location='cpu', weights_only=True)
     params = dict(stage.named_parameters())
     with torch.no_grad():
         for name, value in state['params'].items():

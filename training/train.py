@@ -67,7 +67,7 @@ def run(cfg: TrainConfig, resume: bool = False,
 
 def _finished(cfg: TrainConfig) -> bool:
     state = torch.load(Path(cfg.run_dir) / 'checkpoint.pt', map_location='cpu',
-                       weights_only=False)
+                       weights_only=True)
     return int(state['step']) >= cfg.steps
 
 
