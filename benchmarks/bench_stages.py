@@ -134,14 +134,7 @@ def bench(args: argparse.Namespace) -> list[tuple[str, list[float]]]:
 
 def decoders(model, feats) -> FrameFeatures:
     """The part of SegCapModel.encode after the backbone."""
-    from ros_segcap.core.backbone import pixel_shuffle_tokens
-
-    tokens = pixel_shuffle_tokens(feats['s32'], model.config.shuffle)
-    mask_features, memories, memory_pos = model.pixel_decoder(feats)
-    feat, pos = model.decoder.learnable_queries(1)
-    out = model.decoder(feat, pos, mask_features, memories, memory_pos)
-    return FrameFeatures(tokens, mask_features, memories, memory_pos, out.class_logits[-1],
-                         out.mask_logits[-1], out.query_feat, out.query_pos)
+    return model.encode_features(feats)
 
 
 def print_table(rows: list[tuple[str, list[float]]]) -> None:

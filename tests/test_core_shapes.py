@@ -68,7 +68,7 @@ def test_decode_prompts(tiny_model, tiny_frame) -> None:
     assert q.restrict.dtype == torch.bool and bool(q.restrict[0, 0].all())
     with torch.no_grad():
         out = tiny_model.decode_prompts(frame, q.kinds, q.boxes, q.restrict)
-        tokens = tiny_model.prompt_tokens(out)
+        tokens = tiny_model.prompt_tokens(out, frame)
     assert len(out.class_logits) == len(out.mask_logits) == cfg.decoder_layers + 1
     assert all(c.shape == (1, 3, cfg.num_classes + 1) for c in out.class_logits)
     assert all(m.shape == (1, 3, cfg.mask_size, cfg.mask_size) for m in out.mask_logits)
@@ -196,7 +196,9 @@ def test_7b_shape_arithmetic(meta_7b) -> None:
                                  frame.query_pos, cfg.token_grid)
         assert prior.shape == (1, 256, 512)
         pixel = meta_7b.projectors.pixel_tokens(frame.pixel_tokens, prior)
-        objects = meta_7b.projectors.object_tokens(frame.query_feat[0], frame.query_pos[0])
+        assert frame.fine.shape == (1, 384, 256, 256)  # stride-8 ConvNeXt map on the stride-4 grid
+        objects = meta_7b.projectors.object_tokens(frame.query_feat[0], frame.query_pos[0],
+                                                   meta_7b.pooled(frame, frame.mask_logits))
         assert pixel.shape == (1, 256, 4096) and objects.shape == (300, 4096)
         feat, pos = meta_7b.projectors.to_queries(torch.empty(2, 4096, device='meta'))
         assert feat.shape == pos.shape == (2, 256)

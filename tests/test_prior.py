@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from ros_segcap.core.prior import (
+    mask_pool,
     foreground_queries, perception_prior, prior_probability, query_scores,
 )
 
@@ -156,6 +157,41 @@ def test_foreground_owner_of_a_region() -> None:
     assert foreground_queries(cls, masks)[0].tolist() == [True, True, False]
 
 
+def test_mask_pool_averages_under_the_soft_mask() -> None:
+    fine = torch.zeros(1, 2, 4, 4)
+    fine[0, 0, :, :2] = 3.0  # channel 0: 3 on the left half, 0 on the right
+    fine[0, 1] = torch.arange(16.0).view(4, 4)
+    masks = torch.full((1, 2, 4, 4), -30.0)
+    masks[0, 0, :, :2] = 30.0  # query 0 covers the left half
+    masks[0, 1, 1, 3] = 30.0  # query 1 covers one pixel
+    pooled = mask_pool(fine, masks)
+    torch.testing.assert_close(pooled[0, 0], torch.tensor([3.0, fine[0, 1, :, :2].mean()]))
+    torch.testing.assert_close(pooled[0, 1], torch.tensor([0.0, 7.0]))
+    assert mask_pool(fine, torch.full((1, 1, 4, 4), -30.0)).abs().max() < 1e-3  # empty: ~0
+
+
+def test_fine_pool_reaches_the_object_tokens(tiny_model, tiny_frame) -> None:
+    """pool_proj starts at zero (old behaviour) and, once trained, object tokens depend on it."""
+    model, (frame, _) = tiny_model, tiny_frame
+    proj = model.projectors.pool_proj
+    assert frame.fine is not None and proj is not None and not proj.weight.any()
+    f, e = frame.query_feat[0, :2], frame.query_pos[0, :2]
+    n_queries, c8 = frame.query_feat.shape[1], model.config.backbone_channels[0]
+    assert model.pooled(frame, frame.mask_logits).shape == (n_queries, c8)
+    pooled = torch.ones(2, frame.fine.shape[1])  # (random backbone: its features are tiny)
+    with torch.no_grad():
+        base = model.projectors.object_tokens(f, e, pooled)
+        saved = proj.weight.clone()
+        proj.weight.normal_()
+        try:
+            moved = model.projectors.object_tokens(f, e, pooled)
+        finally:
+            proj.weight.copy_(saved)
+    assert (moved - base).abs().max() > 1e-3
+    with pytest.raises(ValueError, match='fine features'):
+        model.projectors.object_tokens(f, e)
+
+
 def test_visual_block_uses_prior_and_foreground(tiny_model, tiny_frame,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Pixel tokens carry the prior; object tokens are the best foreground queries."""
@@ -179,6 +215,7 @@ def test_visual_block_uses_prior_and_foreground(tiny_model, tiny_frame,
     idx = [q for q in range(fg.numel()) if fg[q]]
     kept = sorted(sorted(idx, key=lambda q: -float(scores[q]))[:cap])
     with torch.no_grad():
+        pooled = mask_pool(frame.fine, frame.mask_logits)[0, kept]
         want_obj = model.projectors.object_tokens(frame.query_feat[0, kept],
-                                                  frame.query_pos[0, kept])
+                                                  frame.query_pos[0, kept], pooled)
     torch.testing.assert_close(block[t + 1:], want_obj)

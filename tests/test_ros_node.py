@@ -99,8 +99,8 @@ def test_a_queued_command_keeps_the_frame_of_its_arrival(ros):
         assert ros.set_parameter('max_new_tokens', 16).successful
     assert [(r.status, r.header.stamp.sec) for r in results] == [('ok', 5000)] * 4
     # one worker: while the third result is out, the fourth command has not started
-    assert texts[2] not in done_early, \
-        f'{len(done_early)} of 4 commands were done before the new frame came: the test proves little'
+    assert texts[2] not in done_early, (f'{len(done_early)} of 4 commands were done before '
+                                        'the new frame came: the test proves little')
 
 
 def test_several_commands_on_one_frame_encode_it_once(ros):

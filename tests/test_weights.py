@@ -167,3 +167,27 @@ def test_missing_weights_and_directory(tmp_path: Path) -> None:
         load_model(str(tmp_path / 'empty'))
     with pytest.raises(FileNotFoundError, match='does not exist'):
         load_model(str(tmp_path / 'nope'))
+
+
+def test_reconfigure_carries_weights_into_a_grown_config(tmp_path: Path) -> None:
+    """training.reconfigure: fine_pool added to a model trained without it."""
+    from ros_segcap.core.model import SegCapModel
+    from training.reconfigure import main as reconfigure_main
+
+    torch.manual_seed(3)
+    old = SegCapModel(load_model('tiny-random').config.replace(fine_pool=False), pretrained=False)
+    old.trained = True
+    save_model(old, tmp_path / 'old')
+    reconfigure_main(['--init', str(tmp_path / 'old'), '--set', 'fine_pool=true',
+                      '--out', str(tmp_path / 'new')])
+    new = load_model(str(tmp_path / 'new'))
+    assert new.config.fine_pool and new.trained
+    grown = new.state_dict()
+    for k, v in old.state_dict().items():
+        assert torch.equal(grown[k], v), k
+    extra = sorted(set(grown) - set(old.state_dict()))
+    assert extra == ['projectors.pool_proj.bias', 'projectors.pool_proj.weight']
+    assert not grown['projectors.pool_proj.weight'].any()
+    with pytest.raises(SystemExit, match='unknown config keys'):
+        reconfigure_main(['--init', str(tmp_path / 'old'), '--set', 'no_such_key=1',
+                          '--out', str(tmp_path / 'bad')])

@@ -44,7 +44,7 @@ def answer_with_prompts(pipe: Pipeline, sample: Sample) -> SegCapResult:
         frame, box = pipe.encode(sample.image)
         q = prompt_queries(sample.prompts, box, model.config.mask_size)
         out = model.decode_prompts(frame, q.kinds, q.boxes, q.restrict)
-        embeds, _ = model.prompt_embeds(frame, sample.question, model.prompt_tokens(out))
+        embeds, _ = model.prompt_embeds(frame, sample.question, model.prompt_tokens(out, frame))
         gen = model.llm.generate(embeds, max_new_tokens=pipe.config.max_new_tokens)
         parsed = parse_answer(gen.text)
     return SegCapResult(answer=parsed.text, raw_text=gen.text, model=model.config.name)

@@ -13,7 +13,6 @@ from torch import nn
 from ros_segcap.core.config import get_config
 from ros_segcap.core.lora import apply_lora
 from ros_segcap.core.model import FrameFeatures, SegCapModel, build_model
-from ros_segcap.core.backbone import pixel_shuffle_tokens
 from ros_segcap.core.prior import foreground_queries
 from ros_segcap.core.weights import load_model
 from training.cache import CachedSample, CachedScene
@@ -29,12 +28,7 @@ def features(scene: CachedScene) -> dict[str, torch.Tensor]:
 
 def frame_from_features(model: SegCapModel, feats: dict[str, torch.Tensor]) -> FrameFeatures:
     """model.encode without the backbone: cached backbone features -> FrameFeatures."""
-    tokens = pixel_shuffle_tokens(feats['s32'], model.config.shuffle)
-    mask_features, memories, memory_pos = model.pixel_decoder(feats)
-    feat, pos = model.decoder.learnable_queries(1)
-    out = model.decoder(feat, pos, mask_features, memories, memory_pos)
-    return FrameFeatures(tokens, mask_features, memories, memory_pos, out.class_logits[-1],
-                         out.mask_logits[-1], out.query_feat, out.query_pos)
+    return model.encode_features(feats)
 
 
 def new_rows_only(model: SegCapModel) -> nn.Parameter:
@@ -105,7 +99,7 @@ class LanguageStage(nn.Module):
         if sample.kinds.shape[1]:
             with torch.no_grad():
                 p_out = m.decode_prompts(frame, sample.kinds, sample.boxes, sample.restrict)
-            regions = m.prompt_tokens(p_out)
+            regions = m.prompt_tokens(p_out, frame)
         embeds, labels = m.prompt_embeds(frame, sample.question, regions, sample.answer)
         hidden = m.llm.hidden(embeds)
         return shifted_ce(hidden, labels, m.llm.logits), hidden, labels
@@ -120,7 +114,9 @@ class LanguageStage(nn.Module):
         if cfg.stage == 1:
             fg = foreground_queries(frame.class_logits, frame.mask_logits)[0]
             f, e = frame.query_feat[0, fg], frame.query_pos[0, fg]
-            pf, pe = m.projectors.to_queries(m.projectors.object_tokens(f, e))
+            pooled = m.pooled(frame, frame.mask_logits)
+            pooled = None if pooled is None else pooled[fg]
+            pf, pe = m.projectors.to_queries(m.projectors.object_tokens(f, e, pooled))
             logs['mse'] = nn.functional.mse_loss(torch.cat([pf, pe], -1), torch.cat([f, e], -1))
             loss = loss + cfg.mse_weight * logs['mse']
         else:

@@ -29,8 +29,9 @@ class VisionGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         f = self.model.encode(image)
+        fine = () if f.fine is None else (f.fine,)
         return (f.pixel_tokens, f.mask_features, *f.memories, *f.memory_pos, f.class_logits,
-                f.mask_logits, f.query_feat, f.query_pos)
+                f.mask_logits, f.query_feat, f.query_pos, *fine)
 
 
 class SegGraph(nn.Module):
@@ -78,7 +79,8 @@ def frame_from_outputs(outputs: Mapping[str, np.ndarray],
         memories=[t(f'memory_{i}') for i in range(MEMORY_LEVELS)],
         memory_pos=[t(f'memory_pos_{i}') for i in range(MEMORY_LEVELS)],
         class_logits=t('class_logits'), mask_logits=t('mask_logits'),
-        query_feat=t('query_feat'), query_pos=t('query_pos'))
+        query_feat=t('query_feat'), query_pos=t('query_pos'),
+        fine=t('fine_features') if 'fine_features' in outputs else None)
 
 
 def frame_arrays(frame: FrameFeatures) -> dict[str, np.ndarray]:
@@ -93,6 +95,8 @@ def frame_arrays(frame: FrameFeatures) -> dict[str, np.ndarray]:
         out[f'memory_pos_{i}'] = a(frame.memory_pos[i])
     out.update(class_logits=a(frame.class_logits), mask_logits=a(frame.mask_logits),
                query_feat=a(frame.query_feat), query_pos=a(frame.query_pos))
+    if frame.fine is not None:
+        out['fine_features'] = a(frame.fine)
     return out
 
 

@@ -4,7 +4,8 @@ Two graphs per model (DESIGN.md section 4):
 
     vision  image (1, 3, S, S) float32 RGB 0..255
             -> pixel_tokens, mask_features, memory_0..2, memory_pos_0..2, class_logits,
-               mask_logits, query_feat, query_pos  (everything FrameFeatures holds)
+               mask_logits, query_feat, query_pos, fine_features (models with
+               fine_pool)  (everything FrameFeatures holds)
     seg     query_feat, query_pos (1, N, D) with N dynamic ('queries'), restrict
             (1, N, Hm, Wm) bool (optional: all True = unrestricted), mask_features,
             memory_i (only the levels the decoder reads) -> seg_mask_logits,
@@ -24,7 +25,7 @@ import numpy as np
 
 from ros_segcap.core.config import SegCapConfig
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: fine_features output (fine_pool models)
 MEMORY_LEVELS = 3  # strides 32, 16, 8 (PixelDecoder)
 QUERY_DIM = 'queries'  # the dynamic dimension of the seg graph
 Dim = Union[int, str]
@@ -163,6 +164,10 @@ def vision_spec(config: SegCapConfig) -> GraphSpec:
         TensorSpec('query_feat', 'float32', (1, nq, d), '(1, Nq, D) final query features'),
         TensorSpec('query_pos', 'float32', (1, nq, d), '(1, Nq, D) query positions'),
     ]
+    if config.fine_pool:
+        outputs.append(TensorSpec('fine_features', 'float32',
+                                  (1, config.backbone_channels[0], hm, hm),
+                                  '(1, C8, Hm, Wm) [1, 40, 64, 64] stride-8 backbone features'))
     image = TensorSpec('image', 'float32', (1, 3, s, s), '(1, 3, S, S) letterboxed RGB 0..255')
     return GraphSpec('vision', (image,), tuple(outputs))
 

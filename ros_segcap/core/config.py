@@ -49,6 +49,9 @@ class SegCapConfig:
     llm_config: Optional[dict[str, Any]] = None  # LlamaConfig kwargs for a random LLM
     system_prompt: str = 'You segment and describe images.'
     max_object_tokens: int = 32  # cap on object-centric tokens fed to the LLM
+    # object tokens also get the stride-8 backbone features pooled under their mask (colour,
+    # texture: the decoder queries carry the kind but hardly the colour). False = paper.
+    fine_pool: bool = False
     lora_rank: int = 16
     lora_alpha: int = 32
 
@@ -94,11 +97,11 @@ TINY_RANDOM_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=
                        tie_word_embeddings=True, rms_norm_eps=1e-5)
 
 _REGISTRY: dict[str, SegCapConfig] = {
-    'segcap-tiny': SegCapConfig(name='segcap-tiny'),
+    'segcap-tiny': SegCapConfig(name='segcap-tiny', fine_pool=True),
     'tiny-random': SegCapConfig(
         name='tiny-random', image_size=128, backbone_pretrained=False, dim=32,
         num_queries=8, decoder_layers=2, num_heads=4, ffn_dim=64, llm='random', llm_hidden=64,
-        llm_config=TINY_RANDOM_LLM, max_object_tokens=8),
+        llm_config=TINY_RANDOM_LLM, max_object_tokens=8, fine_pool=True),
     'omg-llava-7b': SegCapConfig(
         name='omg-llava-7b', image_size=1024, backbone='convnext-large',
         backbone_pretrained=False, backbone_channels=(384, 768, 1536), dim=256,
@@ -107,7 +110,7 @@ _REGISTRY: dict[str, SegCapConfig] = {
         llm_config=dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                         num_attention_heads=32, num_key_value_heads=8, vocab_size=92544,
                         max_position_embeddings=32768),
-        max_object_tokens=300),
+        max_object_tokens=300, fine_pool=True),
 }
 
 

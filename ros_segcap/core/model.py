@@ -16,7 +16,7 @@ from .backbone import pixel_shuffle_tokens
 from .decoder import DecoderOutput, OMGDecoder
 from .encoder import PixelDecoder, build_backbone, normalize_image
 from .llm import LanguageModel, build_language_model, load_tokenizer
-from .prior import foreground_queries, perception_prior, query_scores
+from .prior import foreground_queries, mask_pool, perception_prior, query_scores
 from .projectors import Projectors
 
 
@@ -32,6 +32,7 @@ class FrameFeatures:
     mask_logits: torch.Tensor  # (1, Nq, Hm, Wm) last layer
     query_feat: torch.Tensor  # (1, Nq, D)
     query_pos: torch.Tensor  # (1, Nq, D)
+    fine: Optional[torch.Tensor] = None  # (1, C8, Hm, Wm) [1, 40, 64, 64] with fine_pool
 
 
 class SegCapModel(nn.Module):
@@ -55,13 +56,36 @@ class SegCapModel(nn.Module):
     def encode(self, image: torch.Tensor) -> FrameFeatures:
         """(B, 3, S, S) float RGB 0..255 -> FrameFeatures."""
         feats = self.backbone.forward_features(normalize_image(self.config, image))
+        return self.encode_features(feats)
+
+    def encode_features(self, feats: dict[str, torch.Tensor]) -> FrameFeatures:
+        """`encode` after the backbone: {'s8', 's16', 's32'} backbone maps -> FrameFeatures."""
         tokens = pixel_shuffle_tokens(feats['s32'], self.config.shuffle)  # (B, T, 4C)
         mask_features, memories, memory_pos = self.pixel_decoder(feats)
-        feat, pos = self.decoder.learnable_queries(image.shape[0])
+        feat, pos = self.decoder.learnable_queries(feats['s32'].shape[0])
         out = self.decoder(feat, pos, mask_features, memories, memory_pos)
         return FrameFeatures(tokens, mask_features, memories, memory_pos,
                              out.class_logits[-1], out.mask_logits[-1], out.query_feat,
-                             out.query_pos)
+                             out.query_pos, self.fine_features(feats))
+
+    def fine_features(self, feats: dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+        """Stride-8 backbone features on the mask grid (None without fine_pool)."""
+        if not self.config.fine_pool:
+            return None
+        fine, hm = feats['s8'], self.config.mask_size
+        if fine.shape[-1] != hm:
+            fine = nn.functional.interpolate(fine, size=(hm, hm), mode='bilinear',
+                                             align_corners=False)
+        return fine
+
+    def pooled(self, frame: FrameFeatures, mask_logits: torch.Tensor) -> Optional[torch.Tensor]:
+        """Fine features pooled under masks (1, N, Hm, Wm) -> (N, C8); None without fine_pool."""
+        if not self.config.fine_pool:
+            return None
+        if frame.fine is None:
+            raise ValueError(f'{self.config.name} pools fine features into its object tokens '
+                             'but the frame has none (an engine exported before fine_pool?)')
+        return mask_pool(frame.fine, mask_logits)[0]
 
     def decode_queries(self, frame: FrameFeatures, feat: torch.Tensor, pos: torch.Tensor,
                        restrict: Optional[torch.Tensor] = None) -> DecoderOutput:
@@ -93,14 +117,27 @@ class SegCapModel(nn.Module):
         order = torch.argsort(query_scores(frame.class_logits)[0], descending=True)
         keep = order[fg[order]][:self.config.max_object_tokens]
         keep = keep.sort().values  # stable query order
+        pooled = self.pooled(frame, frame.mask_logits)
         objects = self.projectors.object_tokens(frame.query_feat[0, keep],
-                                                frame.query_pos[0, keep])
+                                                frame.query_pos[0, keep],
+                                                None if pooled is None else pooled[keep])
         sep = self.projectors.separator[None]
         return torch.cat([pixel, sep, objects], 0)
 
-    def prompt_tokens(self, prompt_out: DecoderOutput) -> torch.Tensor:
-        """Object tokens (N, H) of prompt queries, for the <region> / <mark> positions."""
-        return self.projectors.object_tokens(prompt_out.query_feat[0], prompt_out.query_pos[0])
+    def prompt_tokens(self, prompt_out: DecoderOutput,
+                      frame: Optional[FrameFeatures] = None) -> torch.Tensor:
+        """Object tokens (N, H) of prompt queries, for the <region> / <mark> positions.
+
+        Models with fine_pool need the frame the prompts were decoded on.
+        """
+        pooled = None
+        if self.config.fine_pool:
+            if frame is None:
+                raise ValueError('prompt_tokens needs the frame: this model pools its fine '
+                                 'features under the prompt masks')
+            pooled = self.pooled(frame, prompt_out.mask_logits[-1])
+        return self.projectors.object_tokens(prompt_out.query_feat[0], prompt_out.query_pos[0],
+                                             pooled)
 
     def build_embeds(self, ids: torch.Tensor, visual: torch.Tensor,
                      region_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:

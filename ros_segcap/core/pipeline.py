@@ -131,7 +131,7 @@ class Pipeline:
                     out = self._decode_prompts(frame, q.kinds.to(self.device),
                                                q.boxes.to(self.device),
                                                q.restrict.to(self.device))
-                    regions = self.model.prompt_tokens(out)
+                    regions = self.model.prompt_tokens(out, frame)
             with self._timed(timing, 'prior_projectors'):
                 visual = self.model.visual_block(frame)
                 ids, _ = self.model.llm.prompt_ids(question, visual.shape[0])

@@ -39,6 +39,16 @@ def perception_prior(class_logits: torch.Tensor, mask_logits: torch.Tensor,
     return torch.einsum('bnx,bnc->bxc', w, embed)
 
 
+def mask_pool(fine: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Features averaged under each soft mask.
+
+    fine (B, C, Hm, Wm), mask logits (B, N, Hm, Wm) -> (B, N, C).
+    """
+    w = mask_logits.sigmoid()
+    total = torch.einsum('bnhw,bchw->bnc', w, fine)
+    return total / w.flatten(2).sum(-1, keepdim=True).clamp(min=1e-3)
+
+
 def foreground_queries(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
     """(B, N) bool: queries that own >= 1 pixel of argmax_q P at mask resolution."""
     p = prior_probability(class_logits, mask_logits)

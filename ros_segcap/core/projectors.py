@@ -1,11 +1,15 @@
 """Projectors between the vision space and the LLM space.
 
 pixel:        (4C + 2D) -> H -> H       pixel tokens with their perception prior
-object:       2D -> 4C (query_proj), then 4C -> H -> H, shared by learnable and prompt queries
+object:       2D -> 4C (query_proj), then 4C -> H -> H, shared by learnable and prompt queries;
+              with fine_pool, + C8 -> 4C (pool_proj, zero at init) of the mask-pooled stride-8
+              backbone features
 separator:    one learned H-dim embedding between pixel and object tokens
 text2vision:  H -> 2D -> 2D, split into (query feature, query position) for the decoder
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
@@ -25,6 +29,11 @@ class Projectors(nn.Module):
         self.pixel = mlp2(c4 + d2, h, h)
         self.query_proj = nn.Linear(d2, c4)
         self.object = mlp2(c4, h, h)
+        self.pool_proj = None
+        if config.fine_pool:
+            self.pool_proj = nn.Linear(config.backbone_channels[0], c4)
+            nn.init.zeros_(self.pool_proj.weight)
+            nn.init.zeros_(self.pool_proj.bias)
         self.separator = nn.Parameter(torch.zeros(h))
         nn.init.normal_(self.separator, std=0.02)
         self.text2vision = mlp2(h, d2, d2)
@@ -33,9 +42,16 @@ class Projectors(nn.Module):
         """tokens (B, T, 4C), prior (B, T, 2D) -> (B, T, H)."""
         return self.pixel(torch.cat([tokens, prior], -1))
 
-    def object_tokens(self, query_feat: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
-        """(..., D), (..., D) -> (..., H)."""
-        return self.object(self.query_proj(torch.cat([query_feat, query_pos], -1)))
+    def object_tokens(self, query_feat: torch.Tensor, query_pos: torch.Tensor,
+                      pooled: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(..., D), (..., D) [, mask-pooled fine features (..., C8)] -> (..., H)."""
+        x = self.query_proj(torch.cat([query_feat, query_pos], -1))
+        if self.pool_proj is not None:
+            if pooled is None:
+                raise ValueError('this model pools fine features into its object tokens: '
+                                 'pass pooled (the frame has no fine features?)')
+            x = x + self.pool_proj(pooled)
+        return self.object(x)
 
     def to_queries(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """LLM hidden states (..., H) -> decoder query (feature (..., D), position (..., D))."""

@@ -3,7 +3,7 @@
 One manifest per engines directory, one entry per model name:
 
     {"format": 1, "models": {"segcap-tiny": {
-        "weights_sha256": ..., "spec_version": 1, "opset": 17, "versions": {...},
+        "weights_sha256": ..., "spec_version": 2, "opset": 17, "versions": {...},
         "graphs": {"vision": {"onnx": "segcap-tiny.vision.onnx", "onnx_sha256": ...,
                               "inputs": [...], "outputs": [...],
                               "plans": {"<key>": {"file": ..., "precision": "fp16", ...}}},
