@@ -81,7 +81,7 @@ def cmd_infer(args) -> int:
         raise UsageError(str(exc)) from None
     config = PipelineConfig(model=args.model, backend=args.backend,
                             max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            allow_pickle=args.allow_pickle)
+                            allow_pickle=args.allow_pickle, decode_path=args.decode_path)
     from ros_segcap.core.assets import AssetError
 
     try:
@@ -141,6 +141,7 @@ def add_infer(sub) -> None:
     p.add_argument('--model', default='segcap-tiny', help='registered name or model directory')
     p.add_argument('--backend', default='torch', help='torch | onnxruntime | tensorrt | auto')
     p.add_argument('--max-new-tokens', type=int, default=48)
+    p.add_argument('--decode-path', default='fast', help='fast | fast-int8 | reference')
     p.add_argument('--temperature', type=float, default=0.0)
     p.add_argument('--allow-pickle', action='store_true',
                    help='allow loading pickle weight files (only if you trust them)')

@@ -37,6 +37,17 @@ def test_command_reports_every_metric(tiny_dir, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)['n'] == 8
 
 
+def test_parity_runs_the_reference_path_on_the_same_samples(tiny_dir, tmp_path):
+    """--parity: the fast decode path (default) gives the reference's greedy answers."""
+    out = tmp_path / 'parity.json'
+    evaluate_main(['--model', str(tiny_dir), '--n', '6', '--parity', '--out', str(out)])
+    scores = json.loads(out.read_text())
+    assert scores['decode_path'] == 'fast' and 'answers' not in scores
+    assert scores['parity']['answer_mismatch'] == 0.0
+    assert scores['parity']['delta'] and all(abs(d) < 1e-9
+                                             for d in scores['parity']['delta'].values())
+
+
 def _result(masks, text='', phrases=()):
     return SegCapResult(answer=text, raw_text=text, masks=list(masks), phrases=list(phrases),
                         scores=[1.0] * len(masks))

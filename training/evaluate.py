@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ros_segcap.core.answer import parse_answer
+from ros_segcap.core.llm import DECODE_PATHS
 from ros_segcap.core.pipeline import Pipeline, PipelineConfig
 from ros_segcap.core.preprocess import prompt_queries
 from ros_segcap.core.types import SegCapResult
@@ -100,9 +101,11 @@ class Evaluator:
 
 
 def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
-             tasks: Sequence[str] = TASK_CYCLE, log: Optional[Path] = None) -> dict[str, Any]:
+             tasks: Sequence[str] = TASK_CYCLE, log: Optional[Path] = None,
+             decode_path: str = 'fast') -> dict[str, Any]:
     """Run n samples of a split through a Pipeline and return the scores."""
-    pipe = Pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS))
+    pipe = Pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS,
+                                   decode_path=decode_path))
     ev = Evaluator()
     rows = []
     t0 = time.time()
@@ -115,11 +118,21 @@ def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
                      'truth': sample.answer, 'answer': result.raw_text})
     scores = ev.scores()
     scores.update(split=split, n=n, seed_offset=seed_offset, seconds=time.time() - t0,
-                  model=model)
+                  model=model, decode_path=decode_path, answers=[r['answer'] for r in rows])
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
     return scores
+
+
+def parity(fast: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """Answer mismatch rate and metric differences (fast - reference) of two runs."""
+    a, b = fast['answers'], reference['answers']
+    mismatch = sum(x != y for x, y in zip(a, b)) / max(1, len(a))
+    delta = {k: fast[k] - v for k, v in reference.items()
+             if isinstance(v, float) and k != 'seconds' and not np.isnan(v)
+             and isinstance(fast.get(k), float)}
+    return {'answer_mismatch': mismatch, 'delta': delta, 'reference_seconds': reference['seconds']}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -132,10 +145,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--out', default='', help='write the scores JSON here')
     ap.add_argument('--answers', default='', help='write every answer as JSON lines here')
+    ap.add_argument('--decode-path', default='fast', choices=DECODE_PATHS)
+    ap.add_argument('--parity', action='store_true',
+                    help='also run the reference decode path on the same samples and report '
+                         'the answer mismatch rate and the score differences')
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    scores = evaluate(args.model, args.split, args.n, args.seed_offset,
-                      log=Path(args.answers) if args.answers else None)
+    log = Path(args.answers) if args.answers else None
+    scores = evaluate(args.model, args.split, args.n, args.seed_offset, log=log,
+                      decode_path=args.decode_path)
+    if args.parity:
+        scores['parity'] = parity(scores, evaluate(args.model, args.split, args.n,
+                                                   args.seed_offset, decode_path='reference'))
+    scores.pop('answers')  # in --answers
     text = json.dumps({k: (None if isinstance(v, float) and np.isnan(v) else v)
                        for k, v in scores.items()}, indent=2)
     print(text)

@@ -18,6 +18,7 @@ import torch
 from .answer import parse_answer
 from .config import MARK_TOKEN, REGION_TOKEN
 from .decoder import DecoderOutput
+from .llm import DECODE_PATHS
 from .model import FrameFeatures, SegCapModel
 from .preprocess import Letterbox, check_image, letterbox, prompt_queries, unletterbox
 from .types import InputError, SegCapResult, Timing, VisualPrompt
@@ -38,6 +39,7 @@ class PipelineConfig:
     allow_pickle: bool = False
     engines_dir: str = ''  # '' = $SEGCAP_ENGINES, ./engines, or the checkout's engines/
     rebuild_engines: bool = False  # re-export stale/missing engines instead of refusing
+    decode_path: str = 'fast'  # LLM decode: fast | fast-int8 | reference (llm.DECODE_PATHS)
 
 
 class Pipeline:
@@ -49,12 +51,16 @@ class Pipeline:
 
         from .weights import load_model
 
+        if config.decode_path not in DECODE_PATHS:
+            raise ValueError(f'unknown decode path {config.decode_path!r}; use one of '
+                             f'{", ".join(DECODE_PATHS)}')
         if config.backend not in CHOICES:
             raise ValueError(f'unknown backend {config.backend!r}; use one of '
                              f'{", ".join(CHOICES)}')
         self.config = config
         self.model = model if model is not None else load_model(
             config.model, device=config.device, allow_pickle=config.allow_pickle)
+        self.model.llm.decode_path = config.decode_path
         self.device = torch.device(config.device)
         # Vision and seg stages run on the chosen engines; torch keeps the model's own path.
         self.engines = None

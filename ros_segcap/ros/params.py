@@ -17,6 +17,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
+from ros_segcap.core.llm import DECODE_PATHS
+
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt', 'auto')
 IMAGE_QOS = ('sensor_data', 'best_effort', 'reliable')
 PIPELINE_OPTIONS = ('max_new_tokens', 'temperature', 'mask_threshold')
@@ -30,6 +32,7 @@ class NodeConfig:
     backend: str = 'torch'
     device: str = 'cpu'
     image_size: int = 0  # 0 = the model's own input size
+    decode_path: str = 'fast'
     max_new_tokens: int = 48
     temperature: float = 0.0
     mask_threshold: float = 0.5
@@ -63,6 +66,8 @@ SPECS = (
     ParamSpec('backend', 'vision backend', choices=BACKENDS),
     ParamSpec('device', 'torch device for the model, e.g. cpu or cuda:0'),
     ParamSpec('image_size', 'model input size in pixels; 0 = the model default', lo=0, hi=4096),
+    ParamSpec('decode_path', 'LLM decode path (reference = Hugging Face generate)',
+              choices=DECODE_PATHS),
     ParamSpec('max_new_tokens', 'longest answer in tokens', live=True, lo=1, hi=1024),
     ParamSpec('temperature', 'sampling temperature; 0 = greedy', live=True, lo=0.0, hi=2.0),
     ParamSpec('mask_threshold', 'mask probability threshold', live=True, lo=0.0, hi=1.0),
