@@ -23,6 +23,7 @@ class TrainConfig:
     scenes: int = 0  # use the first N cached scenes (0 = all)
     tasks: str = ''  # comma-separated task filter for stages 1-2 ('' = all)
     simple_refs: int = 0  # stages 1-2: add N 'segment the <colour> <kind>' samples per scene
+    pack: int = 1  # stages 1-2: samples of one scene per LLM forward (training.pack)
     out: str = ''  # run directory ('' = runs/stage{stage})
     steps: int = 100  # optimizer steps
     accum: int = 4  # samples per optimizer step and process (gradient accumulation)
@@ -41,6 +42,13 @@ class TrainConfig:
     mse_weight: float = 10.0  # stage 1: text2vision(object path(q)) vs q
     bce_weight: float = 2.0  # stage 2: per [SEG] mask and decoder layer
     dice_weight: float = 0.5
+    # stage 2: each [SEG] query also learns which frame object it means: its text2vision
+    # output scores the frame's object queries (cosine / ptr_temperature) with CE against
+    # the query whose mask best overlaps the target, plus an MSE pull towards that query
+    ptr_weight: float = 0.0
+    ptr_mse_weight: float = 0.0
+    ptr_temperature: float = 0.1
+    ptr_min_iou: float = 0.5  # skip the pointer loss when no query covers the target
     class_weight: float = 2.0  # stage 0 Hungarian losses (Mask2Former weights)
     mask_bce_weight: float = 5.0
     mask_dice_weight: float = 5.0
@@ -66,7 +74,7 @@ class TrainConfig:
 STAGE_DEFAULTS: dict[int, dict[str, Any]] = {
     0: dict(lr=1e-4, accum=2, steps=1500, weight_decay=0.05, ckpt_every=100, log_every=10),
     1: dict(lr=1e-3, accum=4, steps=120, ckpt_every=20),
-    2: dict(lr=2e-4, accum=4, steps=800, ckpt_every=20),
+    2: dict(lr=2e-4, accum=4, steps=800, ckpt_every=20, ptr_weight=1.0, ptr_mse_weight=0.1),
 }
 
 

@@ -144,9 +144,11 @@ def _steps(module, stage, items, cfg: TrainConfig, opt, sched, start: int,
         t0 = time.perf_counter()
         seed_step(cfg, step, rank)
         totals: dict[str, float] = {}
+        n_samples = 0
         for a in range(cfg.accum):
             g = (step * cfg.accum + a) * world + rank
             item = items[sample_index(cfg, len(items), g)]
+            n_samples += len(item[1]) if isinstance(item[1], list) else 1  # packs hold several
             sync = a == cfg.accum - 1 or world == 1
             with (nullcontext() if sync else module.no_sync()), autocast:
                 loss, logs = module(item)
@@ -159,7 +161,7 @@ def _steps(module, stage, items, cfg: TrainConfig, opt, sched, start: int,
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
         row = dict(step=step + 1, lr=sched.get_last_lr()[0], grad_norm=float(gnorm),
-                   samples_per_s=cfg.accum * world / dt, **totals)
+                   samples_per_s=n_samples * world / dt, **totals)
         log.add(row, write=(step + 1) % cfg.log_every == 0 or step + 1 == end)
         bar.update(1)
         bar.set_postfix(loss=f'{totals["loss"]:.3f}')

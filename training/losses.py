@@ -96,3 +96,36 @@ def shifted_ce(hidden: torch.Tensor, labels: torch.Tensor, head) -> torch.Tensor
         return hidden.new_zeros(())
     logits = head(hidden[0, :-1][keep])
     return F.cross_entropy(logits.float(), target[keep])
+
+
+def mask_iou_matrix(pred_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU (G, N) of G target masks (G, Hm, Wm) with N predicted masks (logits > 0)."""
+    p = (pred_logits > 0).flatten(1).float()
+    t = target.flatten(1).float()
+    inter = t @ p.T
+    union = t.sum(1)[:, None] + p.sum(1)[None, :] - inter
+    return inter / union.clamp(min=1.0)
+
+
+def pointer_losses(queries: torch.Tensor, keys: torch.Tensor, key_masks: torch.Tensor,
+                   target: torch.Tensor, temperature: float, min_iou: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Which frame object does each [SEG] query mean? (CE, MSE, number of scored queries).
+
+    queries (G, 2D): text2vision outputs of G [SEG] states; keys (N, 2D): the frame's object
+    queries [f; e]; key_masks (N, Hm, Wm) their mask logits; target (G, Hm, Wm). The
+    positive of query g is the object query whose mask overlaps target g best (IoU >=
+    min_iou, else g is skipped). CE over cosine similarities / temperature, MSE to it.
+    """
+    keys = keys.detach()
+    iou = mask_iou_matrix(key_masks.detach(), target)  # (G, N)
+    best, idx = iou.max(1)
+    use = best >= min_iou
+    if not bool(use.any()):
+        zero = queries.sum() * 0.0
+        return zero, zero, 0
+    q, pos = queries[use], idx[use]
+    sim = F.normalize(q, dim=-1) @ F.normalize(keys, dim=-1).T / temperature
+    ce = F.cross_entropy(sim, pos)
+    mse = F.mse_loss(q, keys[pos])
+    return ce, mse, int(use.sum())

@@ -60,7 +60,9 @@ class RunLog:
 
 def _series(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     skip = {'step', 'lr', 'grad_norm', 'samples_per_s'}
-    keys = [k for k in rows[0] if k not in skip] if rows else []
+    keys: list[str] = []
+    for r in rows:  # a loss may first appear after row 0 (e.g. a task-specific term)
+        keys += [k for k in r if k not in skip and k not in keys]
     out = {}
     for k in keys:
         vals = [float(r[k]) if r.get(k) not in (None, '') else np.nan for r in rows]

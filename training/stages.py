@@ -5,7 +5,7 @@ A stage is an nn.Module whose forward takes one cached item (batch size 1) and r
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Union
 
 import torch
 from torch import nn
@@ -17,9 +17,15 @@ from ros_segcap.core.prior import foreground_queries
 from ros_segcap.core.weights import load_model
 from training.cache import CachedSample, CachedScene
 from training.config import TrainConfig
-from training.losses import mask_losses, set_losses, shifted_ce
+from training.losses import mask_losses, pointer_losses, set_losses, shifted_ce
+from training.pack import pack_ids, pack_layout, split_prompt
 
-Item = tuple[CachedScene, Optional[CachedSample]]
+Item = tuple[CachedScene, Union[None, CachedSample, list[CachedSample]]]
+
+
+def _num(value) -> float:
+    """A logged value as a float (tensors are detached first)."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def features(scene: CachedScene) -> dict[str, torch.Tensor]:
@@ -70,7 +76,7 @@ class Stage0(nn.Module):
             logs['prompt'] = mask_losses([x[0] for x in p_out.mask_logits], target,
                                          cfg.mask_bce_weight, cfg.mask_dice_weight)
             loss = loss + cfg.prompt_weight * logs['prompt']
-        return loss, {k: float(v) for k, v in logs.items()}
+        return loss, {k: _num(v) for k, v in logs.items()}
 
 
 class LanguageStage(nn.Module):
@@ -92,42 +98,116 @@ class LanguageStage(nn.Module):
             self._frames[scene.seed] = frame_from_features(self.model, features(scene))
         return self._frames[scene.seed]
 
-    def text_loss(self, frame: FrameFeatures, sample: CachedSample):
-        """(CE, last-layer hidden (1, T, H), labels (T,)) of one question/answer."""
+    def region_tokens(self, frame: FrameFeatures, sample: CachedSample):
+        """Object tokens (N, H) of the sample's visual prompts (None without prompts)."""
+        if not sample.kinds.shape[1]:
+            return None
         m = self.model
-        regions = None
-        if sample.kinds.shape[1]:
-            with torch.no_grad():
-                p_out = m.decode_prompts(frame, sample.kinds, sample.boxes, sample.restrict)
-            regions = m.prompt_tokens(p_out, frame)
-        embeds, labels = m.prompt_embeds(frame, sample.question, regions, sample.answer)
-        hidden = m.llm.hidden(embeds)
-        return shifted_ce(hidden, labels, m.llm.logits), hidden, labels
+        with torch.no_grad():
+            p_out = m.decode_prompts(frame, sample.kinds, sample.boxes, sample.restrict)
+        return m.prompt_tokens(p_out, frame)
 
-    def forward(self, item: Item):
-        scene, sample = item
-        m, cfg = self.model, self.cfg
-        frame = self.frame(scene)
-        ce, hidden, labels = self.text_loss(frame, sample)
-        logs = {'ce': ce}
-        loss = ce
-        if cfg.stage == 1:
-            fg = foreground_queries(frame.class_logits, frame.mask_logits)[0]
-            f, e = frame.query_feat[0, fg], frame.query_pos[0, fg]
-            pooled = m.pooled(frame, frame.mask_logits)
-            pooled = None if pooled is None else pooled[fg]
-            pf, pe = m.projectors.to_queries(m.projectors.object_tokens(f, e, pooled))
-            logs['mse'] = nn.functional.mse_loss(torch.cat([pf, pe], -1), torch.cat([f, e], -1))
-            loss = loss + cfg.mse_weight * logs['mse']
-        else:
+    def alignment(self, frame: FrameFeatures) -> torch.Tensor:
+        """Stage 1: MSE of text2vision(object path(q)) against the foreground queries q."""
+        m = self.model
+        fg = foreground_queries(frame.class_logits, frame.mask_logits)[0]
+        f, e = frame.query_feat[0, fg], frame.query_pos[0, fg]
+        pooled = m.pooled(frame, frame.mask_logits)
+        pooled = None if pooled is None else pooled[fg]
+        pf, pe = m.projectors.to_queries(m.projectors.object_tokens(f, e, pooled))
+        return nn.functional.mse_loss(torch.cat([pf, pe], -1), torch.cat([f, e], -1))
+
+    def seg_loss(self, frame: FrameFeatures, seg_hidden: torch.Tensor, masks: torch.Tensor,
+                 logs: dict) -> torch.Tensor:
+        """Stage 2 mask losses (+ pointer losses) of one sample's [SEG] states (N, H)."""
+        cfg = self.cfg
+        out = self.model.decode_seg(frame, seg_hidden)
+        logs['seg'] = mask_losses([x[0] for x in out.mask_logits], masks, cfg.bce_weight,
+                                  cfg.dice_weight)
+        loss = logs['seg']
+        if cfg.ptr_weight or cfg.ptr_mse_weight:
+            loss = loss + self.pointer(frame, seg_hidden, masks, logs)
+        return loss
+
+    def pointer(self, frame: FrameFeatures, seg_hidden: torch.Tensor, masks: torch.Tensor,
+                logs: dict) -> torch.Tensor:
+        """Weighted pointer CE + MSE of the [SEG] queries against the frame's object queries."""
+        cfg, m = self.cfg, self.model
+        pf, pe = m.projectors.to_queries(seg_hidden)
+        keys = torch.cat([frame.query_feat[0], frame.query_pos[0]], -1)
+        ce, mse, n = pointer_losses(torch.cat([pf, pe], -1), keys, frame.mask_logits[0],
+                                    masks, cfg.ptr_temperature, cfg.ptr_min_iou)
+        if n:
+            logs['ptr'], logs['ptr_mse'] = ce, mse
+        return cfg.ptr_weight * ce + cfg.ptr_mse_weight * mse
+
+    def sample_loss(self, frame: FrameFeatures, hidden: torch.Tensor, labels: torch.Tensor,
+                    sample: CachedSample, logs: dict) -> torch.Tensor:
+        """Text CE (+ stage-2 [SEG] losses) of one sample: hidden (1, T, H), labels (T,)."""
+        m = self.model
+        logs['ce'] = shifted_ce(hidden, labels, m.llm.logits)
+        loss = logs['ce']
+        if self.cfg.stage == 2:
             seg_pos = labels == m.llm.seg_id
             n_seg = int(seg_pos.sum())
             if n_seg and n_seg == sample.masks.shape[0]:
-                out = m.decode_seg(frame, hidden[0, seg_pos].float())
-                logs['seg'] = mask_losses([x[0] for x in out.mask_logits], sample.masks,
-                                          cfg.bce_weight, cfg.dice_weight)
-                loss = loss + logs['seg']
-        return loss, {k: float(v) for k, v in logs.items()}
+                loss = loss + self.seg_loss(frame, hidden[0, seg_pos].float(), sample.masks,
+                                            logs)
+        return loss
+
+    def forward(self, item: Item):
+        scene, sample = item
+        if isinstance(sample, list):
+            return self.forward_pack(scene, sample)
+        m, cfg = self.model, self.cfg
+        frame = self.frame(scene)
+        regions = self.region_tokens(frame, sample)
+        embeds, labels = m.prompt_embeds(frame, sample.question, regions, sample.answer)
+        logs: dict = {}
+        loss = self.sample_loss(frame, m.llm.hidden(embeds), labels, sample, logs)
+        if cfg.stage == 1:
+            logs['mse'] = self.alignment(frame)
+            loss = loss + cfg.mse_weight * logs['mse']
+        return loss, {k: _num(v) for k, v in logs.items()}
+
+    def forward_pack(self, scene: CachedScene, samples: list[CachedSample]):
+        """Several samples of one scene in one LLM forward (training.pack): the loss is the
+        mean of their single-sample losses."""
+        m, cfg = self.model, self.cfg
+        frame = self.frame(scene)
+        visual = m.visual_block(frame)
+        n_prefix = m.llm.prefix_length(visual.shape[0])
+        prefix, suffixes, regions = None, [], []
+        for sample in samples:
+            ids, labels = m.llm.prompt_ids(sample.question, visual.shape[0], sample.answer)
+            pre, own = split_prompt(ids, labels, n_prefix)
+            if prefix is not None and pre != prefix:
+                raise ValueError('packed samples must share the system prompt + visual block')
+            prefix = pre
+            suffixes.append(own)
+            r = self.region_tokens(frame, sample)
+            if r is not None:
+                regions.append(r)
+        ids, labels = pack_ids(prefix, suffixes)
+        labels_t = torch.tensor(labels)
+        embeds = m.build_embeds(torch.tensor(ids), visual,
+                                torch.cat(regions) if regions else None)
+        mask, pos, spans = pack_layout(n_prefix, [len(x[0]) for x in suffixes], embeds.dtype)
+        hidden = m.llm.hidden(embeds, attention_mask=mask, position_ids=pos)
+        total = hidden.new_zeros(())
+        sums: dict[str, list[float]] = {}
+        for sample, (a, b) in zip(samples, spans):
+            logs: dict = {}
+            total = total + self.sample_loss(frame, hidden[:, a:b], labels_t[a:b], sample, logs)
+            for k, v in logs.items():
+                sums.setdefault(k, []).append(_num(v))
+        loss = total / len(samples)
+        out = {k: sum(v) / len(v) for k, v in sums.items()}
+        if cfg.stage == 1:
+            mse = self.alignment(frame)
+            out['mse'] = float(mse)
+            loss = loss + cfg.mse_weight * mse
+        return loss, out
 
 
 def build_stage(cfg: TrainConfig) -> nn.Module:

@@ -30,7 +30,8 @@ from training.stages import build_stage
 
 
 def make_items(scenes: list[CachedScene], cfg: TrainConfig) -> list[Any]:
-    """Stage 0: one item per scene; stages 1-2: one per annotated sample (task filter)."""
+    """Stage 0: one item per scene; stages 1-2: one per annotated sample (task filter), or
+    per pack of up to cfg.pack samples of one scene."""
     if cfg.stage == 0:
         return [(s, None) for s in scenes]
     tasks = cfg.task_list
@@ -39,6 +40,12 @@ def make_items(scenes: list[CachedScene], cfg: TrainConfig) -> list[Any]:
         items += [(s, a) for s in scenes for a in simple_referring(s, cfg.simple_refs)]
     if not items:
         raise ValueError(f'no cached samples for tasks {tasks}; check --tasks and --cache')
+    if cfg.pack > 1:  # one item = up to `pack` samples of a scene, one LLM forward
+        by_scene: dict[int, list] = {}
+        for s, a in items:
+            by_scene.setdefault(id(s), [s]).append(a)
+        items = [(group[0], group[1 + i:1 + i + cfg.pack])
+                 for group in by_scene.values() for i in range(0, len(group) - 1, cfg.pack)]
     return items
 
 

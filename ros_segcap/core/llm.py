@@ -148,10 +148,15 @@ class LanguageModel(nn.Module):
 
     # ----- forward and generation ----------------------------------------------------------
 
-    def hidden(self, embeds: torch.Tensor, attention_mask=None, cache=None) -> torch.Tensor:
-        """Last-layer hidden states (B, T, H) after the final norm."""
+    def hidden(self, embeds: torch.Tensor, attention_mask=None, cache=None,
+               position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Last-layer hidden states (B, T, H) after the final norm.
+
+        attention_mask may be a prepared (B, 1, T, T) additive mask (packed training).
+        """
         out = self.lm.model(inputs_embeds=embeds, attention_mask=attention_mask,
-                            past_key_values=cache, use_cache=cache is not None)
+                            position_ids=position_ids, past_key_values=cache,
+                            use_cache=cache is not None)
         return out.last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

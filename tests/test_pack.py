@@ -1,0 +1,98 @@
+"""Shared-prefix packing and the [SEG] pointer loss of stage 2 (tiny-random model)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ros_segcap.core.config import get_config
+from ros_segcap.core.model import build_model
+from ros_segcap.core.weights import save_model
+from training.cache import build_shard, load_cache
+from training.config import make_config
+from training.losses import mask_iou_matrix, pointer_losses
+from training.pack import pack_layout
+from training.stages import build_stage
+from training.train import make_items
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp('pack')
+    torch.manual_seed(0)
+    config = get_config('tiny-random')
+    (root / 'cache').mkdir()
+    torch.save(build_shard(config, 'train', 0, 2), root / 'cache' / 'shard-0000000.pt')
+    init = save_model(build_model(config, pretrained=False), root / 'init')
+    return root, init
+
+
+def test_layout_lets_each_sample_see_the_prefix_and_itself_only():
+    mask, pos, spans = pack_layout(3, [2, 4])
+    assert mask.shape == (1, 1, 9, 9)
+    assert spans == [(3, 5), (5, 9)]
+    assert pos[0].tolist() == [0, 1, 2, 3, 4, 3, 4, 5, 6]
+    see = mask[0, 0] == 0
+    assert see[:3, :3].equal(torch.ones(3, 3, dtype=torch.bool).tril())
+    assert see[3:, :3].all()  # every sample sees the whole prefix
+    assert not see[5:, 3:5].any() and not see[3:5, 5:].any()  # but not the other sample
+    assert see[5:, 5:].equal(torch.ones(4, 4, dtype=torch.bool).tril())
+
+
+def test_make_items_packs_the_samples_of_a_scene(tiny):
+    root, init = tiny
+    scenes = load_cache(root / 'cache')
+    single = make_items(scenes, make_config(2, dict(init=str(init), simple_refs=1)))
+    packed = make_items(scenes, make_config(2, dict(init=str(init), simple_refs=1, pack=4)))
+    assert all(len(samples) <= 4 for _, samples in packed)
+    assert sum(len(samples) for _, samples in packed) == len(single)
+    for scene, samples in packed:
+        own = sorted((a.task, a.question, a.answer) for s, a in single if s is scene)
+        assert all((a.task, a.question, a.answer) in own for a in samples)
+    key = sorted((id(s), a.question, a.answer) for s, samples in packed for a in samples)
+    assert key == sorted((id(s), a.question, a.answer) for s, a in single)
+
+
+def test_packed_loss_and_gradients_equal_the_mean_over_single_samples(tiny):
+    root, init = tiny
+    cfg = make_config(2, dict(init=str(init), cache=str(root / 'cache'), pack=16,
+                              lora_dropout=0.0, model='tiny-random'))
+    stage = build_stage(cfg)
+    scene = load_cache(root / 'cache')[0]
+    samples = scene.samples
+    assert len({a.task for a in samples}) >= 4  # referring, gcg, region prompts, ...
+    packed, logs = stage((scene, samples))
+    packed.backward()
+    grads = {n: p.grad.clone() for n, p in stage.named_parameters() if p.grad is not None}
+    stage.zero_grad()
+    singles = []
+    for a in samples:
+        loss, _ = stage((scene, a))
+        (loss / len(samples)).backward()
+        singles.append(float(loss))
+    assert float(packed) == pytest.approx(sum(singles) / len(singles), rel=1e-5)
+    assert grads.keys() == {n for n, p in stage.named_parameters() if p.grad is not None}
+    for n, p in stage.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
+    assert 'seg' in logs and 'ce' in logs
+
+
+def test_pointer_loss_prefers_the_query_whose_mask_is_the_target():
+    torch.manual_seed(0)
+    keys = torch.randn(5, 8)
+    masks = torch.full((5, 6, 6), -5.0)
+    for i in range(5):
+        masks[i, i, :] = 5.0  # query i owns row i
+    target = (masks[2:3] > 0)
+    assert mask_iou_matrix(masks, target)[0].argmax() == 2
+    right, mse_right, n = pointer_losses(keys[2:3].clone(), keys, masks, target, 0.1, 0.5)
+    wrong, mse_wrong, _ = pointer_losses(keys[0:1].clone(), keys, masks, target, 0.1, 0.5)
+    assert n == 1 and float(right) < 0.1 < float(wrong)
+    assert float(mse_right) == 0.0 < float(mse_wrong)
+    nowhere = torch.zeros(1, 6, 6, dtype=torch.bool)
+    nowhere[0, :, 5] = True  # a column: IoU 1/11 with every row
+    q = keys[0:1].clone().requires_grad_(True)
+    ce, mse, n = pointer_losses(q, keys, masks, nowhere, 0.1, 0.5)
+    assert n == 0 and float(ce) == 0.0
+    ce.backward()  # still part of the graph, with a zero gradient
+    assert q.grad is not None and float(q.grad.abs().sum()) == 0.0
