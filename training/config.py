@@ -49,6 +49,11 @@ class TrainConfig:
     ptr_mse_weight: float = 0.0
     ptr_temperature: float = 0.1
     ptr_min_iou: float = 0.5  # skip the pointer loss when no query covers the target
+    # stage 2: a linear colour probe on the object tokens, trained with CE against the colour
+    # word of every grounded-caption phrase whose mask a frame query covers (IoU >= 0.5):
+    # it pushes colour into the tokens the LLM reads (the probe itself is not shipped)
+    colour_weight: float = 0.0
+    proj_lr_mult: float = 1.0  # learning-rate multiplier of the projectors
     class_weight: float = 2.0  # stage 0 Hungarian losses (Mask2Former weights)
     mask_bce_weight: float = 5.0
     mask_dice_weight: float = 5.0

@@ -48,15 +48,16 @@ def cosine_lambda(cfg: TrainConfig):
 
 def build_optimizer(stage: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms, embeddings and 1-d tensors."""
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in stage.named_parameters():
         if not p.requires_grad:
             continue
         plain = p.ndim < 2 or 'embed' in name or 'norm' in name or 'separator' in name
-        (no_decay if plain else decay).append(p)
-    groups = [{'params': decay, 'weight_decay': cfg.weight_decay},
-              {'params': no_decay, 'weight_decay': 0.0}]
-    return torch.optim.AdamW([g for g in groups if g['params']], lr=cfg.lr)
+        groups.setdefault((plain, 'projectors.' in name), []).append(p)
+    return torch.optim.AdamW(
+        [{'params': ps, 'weight_decay': 0.0 if plain else cfg.weight_decay,
+          'lr': cfg.lr * (cfg.proj_lr_mult if proj else 1.0)}
+         for (plain, proj), ps in sorted(groups.items())], lr=cfg.lr)
 
 
 def trained_state(stage: nn.Module) -> dict[str, torch.Tensor]:

@@ -5,19 +5,22 @@ A stage is an nn.Module whose forward takes one cached item (batch size 1) and r
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
+from ros_segcap.core.answer import parse_answer
 from ros_segcap.core.config import get_config
 from ros_segcap.core.lora import apply_lora
 from ros_segcap.core.model import FrameFeatures, SegCapModel, build_model
 from ros_segcap.core.prior import foreground_queries
 from ros_segcap.core.weights import load_model
+from ros_segcap.world.palette import COLOUR_NAMES
 from training.cache import CachedSample, CachedScene
 from training.config import TrainConfig
-from training.losses import mask_losses, pointer_losses, set_losses, shifted_ce
+from training.losses import (mask_iou_matrix, mask_losses, pointer_losses, set_losses,
+                             shifted_ce)
 from training.pack import pack_ids, pack_layout, split_prompt
 
 Item = tuple[CachedScene, Union[None, CachedSample, list[CachedSample]]]
@@ -26,6 +29,14 @@ Item = tuple[CachedScene, Union[None, CachedSample, list[CachedSample]]]
 def _num(value) -> float:
     """A logged value as a float (tensors are detached first)."""
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def colour_label(phrase: str) -> Optional[int]:
+    """Index in COLOUR_NAMES of the colour word a phrase starts with ('red cup' -> red)."""
+    words = phrase.split()
+    if words and words[0] in ('the', 'a', 'an'):
+        words = words[1:]
+    return COLOUR_NAMES.index(words[0]) if words and words[0] in COLOUR_NAMES else None
 
 
 def features(scene: CachedScene) -> dict[str, torch.Tensor]:
@@ -90,6 +101,11 @@ class LanguageStage(nn.Module):
                              (cfg.stage == 2 and 'lora_' in name))
         new_rows_only(model)
         self._frames: dict[int, FrameFeatures] = {}  # frozen decoder: one frame per scene
+        self.colour_probe = None
+        if cfg.stage == 2 and cfg.colour_weight:
+            self.colour_probe = nn.Linear(model.config.llm_hidden, len(COLOUR_NAMES))
+            nn.init.zeros_(self.colour_probe.weight)  # no pull on the tokens before it learns
+            nn.init.zeros_(self.colour_probe.bias)
 
     @torch.no_grad()
     def frame(self, scene: CachedScene) -> FrameFeatures:
@@ -141,6 +157,31 @@ class LanguageStage(nn.Module):
             logs['ptr'], logs['ptr_mse'] = ce, mse
         return cfg.ptr_weight * ce + cfg.ptr_mse_weight * mse
 
+    def colour_loss(self, frame: FrameFeatures, sample: CachedSample, logs: dict
+                    ) -> torch.Tensor:
+        """CE of the colour probe on the object tokens of the queries that cover the
+        sample's colour-named grounded phrases (0 when there are none)."""
+        if self.colour_probe is None or sample.task != 'gcg':
+            return frame.query_feat.new_zeros(())
+        colours = [colour_label(p) for p in parse_answer(sample.answer).phrases]
+        if len(colours) != sample.masks.shape[0]:
+            return frame.query_feat.new_zeros(())
+        iou = mask_iou_matrix(frame.mask_logits[0], sample.masks)  # (G, Nq)
+        best, idx = iou.max(1)
+        rows = [(int(q), c) for q, c, b in zip(idx, colours, best)
+                if c is not None and float(b) >= self.cfg.ptr_min_iou]
+        if not rows:
+            return frame.query_feat.new_zeros(())
+        q = torch.tensor([r[0] for r in rows])
+        m = self.model
+        pooled = m.pooled(frame, frame.mask_logits[:, q])
+        tokens = m.projectors.object_tokens(frame.query_feat[0, q], frame.query_pos[0, q], pooled)
+        logits = self.colour_probe(tokens)
+        target = torch.tensor([r[1] for r in rows])
+        logs['colour'] = nn.functional.cross_entropy(logits, target)
+        logs['colour_acc'] = float((logits.argmax(1) == target).float().mean())
+        return self.cfg.colour_weight * logs['colour']
+
     def sample_loss(self, frame: FrameFeatures, hidden: torch.Tensor, labels: torch.Tensor,
                     sample: CachedSample, logs: dict) -> torch.Tensor:
         """Text CE (+ stage-2 [SEG] losses) of one sample: hidden (1, T, H), labels (T,)."""
@@ -153,6 +194,7 @@ class LanguageStage(nn.Module):
             if n_seg and n_seg == sample.masks.shape[0]:
                 loss = loss + self.seg_loss(frame, hidden[0, seg_pos].float(), sample.masks,
                                             logs)
+            loss = loss + self.colour_loss(frame, sample, logs)
         return loss
 
     def forward(self, item: Item):
