@@ -96,3 +96,27 @@ def test_pointer_loss_prefers_the_query_whose_mask_is_the_target():
     assert n == 0 and float(ce) == 0.0
     ce.backward()  # still part of the graph, with a zero gradient
     assert q.grad is not None and float(q.grad.abs().sum()) == 0.0
+
+
+def test_colour_labels_come_from_the_phrase():
+    from ros_segcap.world.palette import COLOUR_NAMES
+    from training.stages import colour_label
+    assert COLOUR_NAMES[colour_label('the red cup')] == 'red'
+    assert COLOUR_NAMES[colour_label('white bowl')] == 'white'
+    assert colour_label('rightmost object') is None and colour_label('') is None
+
+
+def test_projector_learning_rate_multiplier(tiny):
+    from training.loop import build_optimizer
+    root, init = tiny
+    cfg = make_config(2, dict(init=str(init), lr=1e-3, proj_lr_mult=4.0, colour_weight=1.0))
+    stage = build_stage(cfg)
+    opt = build_optimizer(stage, cfg)
+    lr_of = {id(p): g['lr'] for g in opt.param_groups for p in g['params']}
+    names = dict(stage.named_parameters())
+    assert lr_of[id(names['model.projectors.pool_proj.weight'])] == pytest.approx(4e-3)
+    assert lr_of[id(names['colour_probe.weight'])] == pytest.approx(1e-3)
+    lora = [n for n in names if 'lora_A' in n][0]
+    assert lr_of[id(names[lora])] == pytest.approx(1e-3)
+    assert sum(len(g['params']) for g in opt.param_groups) == \
+        sum(p.requires_grad for p in stage.parameters())

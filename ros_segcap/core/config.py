@@ -52,6 +52,10 @@ class SegCapConfig:
     # object tokens also get the stride-8 backbone features pooled under their mask (colour,
     # texture: the decoder queries carry the kind but hardly the colour). False = paper.
     fine_pool: bool = False
+    # visual and region tokens are RMS-normalised with a learned per-dim gain that starts at
+    # the text embeddings' RMS (projector outputs are otherwise 20-50x larger than word
+    # embeddings). False = paper.
+    token_norm: bool = False
     lora_rank: int = 16
     lora_alpha: int = 32
 

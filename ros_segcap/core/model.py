@@ -49,6 +49,10 @@ class SegCapModel(nn.Module):
         if lm is None:
             lm = build_language_model(config, len(tokenizer), pretrained=pretrained)
         self.llm = LanguageModel(config, tokenizer, lm)
+        table = lm.get_input_embeddings().weight
+        if self.projectors.token_gain is not None and not table.is_meta:
+            with torch.no_grad():  # start at the word embeddings' scale
+                self.projectors.token_gain.fill_(float(table.float().pow(2).mean().sqrt()))
         self.trained = False  # set by weights.load_model from the model directory
 
     # ----- vision -------------------------------------------------------------------------

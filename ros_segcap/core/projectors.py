@@ -37,10 +37,18 @@ class Projectors(nn.Module):
         self.separator = nn.Parameter(torch.zeros(h))
         nn.init.normal_(self.separator, std=0.02)
         self.text2vision = mlp2(h, d2, d2)
+        self.token_gain = nn.Parameter(torch.ones(h)) if config.token_norm else None
+
+    def to_llm_scale(self, tokens: torch.Tensor) -> torch.Tensor:
+        """With token_norm: RMS-normalise tokens (..., H) and apply the learned gain."""
+        if self.token_gain is None:
+            return tokens
+        return tokens * torch.rsqrt(tokens.pow(2).mean(-1, keepdim=True) + 1e-6) * \
+            self.token_gain
 
     def pixel_tokens(self, tokens: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         """tokens (B, T, 4C), prior (B, T, 2D) -> (B, T, H)."""
-        return self.pixel(torch.cat([tokens, prior], -1))
+        return self.to_llm_scale(self.pixel(torch.cat([tokens, prior], -1)))
 
     def object_tokens(self, query_feat: torch.Tensor, query_pos: torch.Tensor,
                       pooled: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -51,7 +59,7 @@ class Projectors(nn.Module):
                 raise ValueError('this model pools fine features into its object tokens: '
                                  'pass pooled (the frame has no fine features?)')
             x = x + self.pool_proj(pooled)
-        return self.object(x)
+        return self.to_llm_scale(self.object(x))
 
     def to_queries(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """LLM hidden states (..., H) -> decoder query (feature (..., D), position (..., D))."""

@@ -1,0 +1,34 @@
+"""Projectors: token_norm puts visual / region tokens at the word embeddings' scale."""
+from __future__ import annotations
+
+import torch
+
+from ros_segcap.core.config import get_config
+from ros_segcap.core.model import build_model
+from ros_segcap.core.projectors import Projectors
+
+
+def test_token_norm_scales_tokens_to_the_gain():
+    config = get_config('tiny-random').replace(token_norm=True)
+    proj = Projectors(config)
+    with torch.no_grad():
+        proj.token_gain.fill_(0.25)
+    d2 = 2 * config.dim
+    tok = proj.object_tokens(torch.randn(5, config.dim) * 30, torch.randn(5, config.dim),
+                             torch.randn(5, config.backbone_channels[0]))
+    rms = tok.pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms, torch.full((5,), 0.25), rtol=1e-4, atol=1e-5)
+    pix = proj.pixel_tokens(torch.randn(1, 4, config.pixel_token_dim) * 50, torch.randn(1, 4, d2))
+    torch.testing.assert_close(pix.pow(2).mean(-1).sqrt(), torch.full((1, 4), 0.25))
+    plain = Projectors(config.replace(token_norm=False))
+    assert plain.token_gain is None
+    assert 'token_gain' not in dict(plain.named_parameters())
+
+
+def test_token_gain_starts_at_the_word_embedding_rms():
+    config = get_config('tiny-random').replace(token_norm=True)
+    model = build_model(config, pretrained=False)
+    table = model.llm.lm.get_input_embeddings().weight
+    expected = float(table.pow(2).mean().sqrt())
+    torch.testing.assert_close(model.projectors.token_gain.detach(),
+                               torch.full_like(model.projectors.token_gain, expected))
