@@ -3,8 +3,9 @@
     python benchmarks/bench_train.py runs/stage0 runs/stage1 runs/stage2
 
 For each run: optimizer steps, median and mean samples/s over the logged steps (the loop
-logs samples/s per step: accum * world_size / step time), total wall time over all resumed
-chunks and the peak resident memory of the training process (wall_time.json).
+logs samples/s per step: samples in the step's items * world size / step time; a packed item
+counts its samples), total wall time over all resumed chunks and the peak resident memory of
+the training process (wall_time.json).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def summarise(run: Path) -> dict[str, Any]:
         (run / 'wall_time.json').exists() else {}
     cfg = json.loads((run / 'train_config.json').read_text())
     return {'run': str(run), 'stage': cfg['stage'], 'steps': len(rows),
-            'samples': len(rows) * cfg['accum'],
+            'samples': len(rows) * cfg['accum'] * max(1, cfg.get('pack', 1)),  # at most
             'samples_per_s_median': statistics.median(sps) if sps else float('nan'),
             'samples_per_s_mean': statistics.fmean(sps) if sps else float('nan'),
             'wall_s': info.get('seconds'), 'peak_rss_mb': info.get('peak_rss_mb')}

@@ -120,3 +120,23 @@ def test_projector_learning_rate_multiplier(tiny):
     assert lr_of[id(names[lora])] == pytest.approx(1e-3)
     assert sum(len(g['params']) for g in opt.param_groups) == \
         sum(p.requires_grad for p in stage.parameters())
+
+
+def test_loaded_adapters_follow_the_configured_dropout(tiny):
+    root, init = tiny
+    from torch import nn
+    first = build_stage(make_config(2, dict(init=str(init), lora_dropout=0.3)))
+    adapted = save_model(first.model, root / 'adapted')
+    for p in (0.0, 0.2):
+        stage = build_stage(make_config(2, dict(init=str(adapted), lora_dropout=p)))
+        drops = [m for m in stage.modules() if isinstance(m, nn.ModuleDict)
+                 and any('lora_dropout' in n for n, _ in stage.named_modules()
+                         if _ is m)]
+        assert drops
+        for d in drops:
+            for layer in d.values():
+                if p:
+                    assert isinstance(layer, nn.Dropout) and layer.p == p
+                else:
+                    assert isinstance(layer, nn.Identity)
+        assert stage.model.lora_info['dropout'] == p

@@ -154,7 +154,7 @@ def _steps(module, stage, items, cfg: TrainConfig, opt, sched, start: int,
             with (nullcontext() if sync else module.no_sync()), autocast:
                 loss, logs = module(item)
             (loss / cfg.accum).backward()
-            for k, v in dict(logs, loss=float(loss)).items():
+            for k, v in dict(logs, loss=float(loss.detach())).items():
                 totals[k] = totals.get(k, 0.0) + v / cfg.accum
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()

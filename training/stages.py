@@ -12,7 +12,7 @@ from torch import nn
 
 from ros_segcap.core.answer import parse_answer
 from ros_segcap.core.config import get_config
-from ros_segcap.core.lora import apply_lora
+from ros_segcap.core.lora import apply_lora, set_lora_dropout
 from ros_segcap.core.model import FrameFeatures, SegCapModel, build_model
 from ros_segcap.core.prior import foreground_queries
 from ros_segcap.core.weights import load_model
@@ -260,6 +260,8 @@ def build_stage(cfg: TrainConfig) -> nn.Module:
     model = load_model(cfg.init)
     if cfg.stage == 2 and getattr(model, 'lora_info', None) is None:
         apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+    elif cfg.stage == 2:  # adapters loaded from --init: their rank stays, the dropout follows cfg
+        set_lora_dropout(model, cfg.lora_dropout)
     model.train()
     model.backbone.eval()
     return LanguageStage(model, cfg)

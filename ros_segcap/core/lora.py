@@ -22,3 +22,14 @@ def apply_lora(model: nn.Module, *, r: int = 16, alpha: int = 32, dropout: float
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if 'lora_' in n]
+
+
+def set_lora_dropout(model: nn.Module, p: float) -> None:
+    """Set the dropout rate of every LoRA adapter already in the model (e.g. loaded ones)."""
+    for module in model.modules():
+        drops = getattr(module, 'lora_dropout', None)
+        if isinstance(drops, nn.ModuleDict):
+            for key in list(drops.keys()):
+                drops[key] = nn.Dropout(p=p) if p > 0 else nn.Identity()
+    if getattr(model, 'lora_info', None) is not None:
+        model.lora_info['dropout'] = p
