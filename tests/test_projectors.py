@@ -32,3 +32,25 @@ def test_token_gain_starts_at_the_word_embedding_rms():
     expected = float(table.pow(2).mean().sqrt())
     torch.testing.assert_close(model.projectors.token_gain.detach(),
                                torch.full_like(model.projectors.token_gain, expected))
+
+
+def test_word_anchor_adds_the_expected_word_embeddings():
+    config = get_config('tiny-random').replace(token_norm=True, word_anchor=True)
+    model = build_model(config, pretrained=False)
+    k, n_col = config.num_classes, len(config.colour_names)
+    assert model.anchor_ids.shape == (k + n_col,)
+    words = model.llm.embed(model.anchor_ids)
+    tokens = torch.randn(3, config.llm_hidden)
+    logits = torch.full((3, k + 1), -30.0)
+    logits[torch.arange(3), torch.tensor([2, 4, 10])] = 30.0  # sure of one class each
+    with torch.no_grad():
+        out = model.anchored(tokens, logits)
+        # colour head starts at zero: the colour part is the mean colour word
+        expected = tokens + words[[2, 4, 10]] + words[k:].mean(0)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+        model.projectors.colour_head.bias[1] = 50.0  # now sure of colour 1
+        out = model.anchored(tokens, logits)
+        torch.testing.assert_close(out, tokens + words[[2, 4, 10]] + words[k + 1],
+                                   rtol=1e-4, atol=1e-4)
+    plain = build_model(get_config('tiny-random'), pretrained=False)
+    assert plain.anchored(tokens, logits) is tokens

@@ -102,7 +102,7 @@ class LanguageStage(nn.Module):
         new_rows_only(model)
         self._frames: dict[int, FrameFeatures] = {}  # frozen decoder: one frame per scene
         self.colour_probe = None
-        if cfg.stage == 2 and cfg.colour_weight:
+        if cfg.stage == 2 and cfg.colour_weight and model.projectors.colour_head is None:
             self.colour_probe = nn.Linear(model.config.llm_hidden, len(COLOUR_NAMES))
             nn.init.zeros_(self.colour_probe.weight)  # no pull on the tokens before it learns
             nn.init.zeros_(self.colour_probe.bias)
@@ -161,7 +161,8 @@ class LanguageStage(nn.Module):
                     ) -> torch.Tensor:
         """CE of the colour probe on the object tokens of the queries that cover the
         sample's colour-named grounded phrases (0 when there are none)."""
-        if self.colour_probe is None or sample.task != 'gcg':
+        probe = self.model.projectors.colour_head or self.colour_probe
+        if probe is None or sample.task != 'gcg':
             return frame.query_feat.new_zeros(())
         colours = [colour_label(p) for p in parse_answer(sample.answer).phrases]
         if len(colours) != sample.masks.shape[0]:
@@ -176,7 +177,7 @@ class LanguageStage(nn.Module):
         m = self.model
         pooled = m.pooled(frame, frame.mask_logits[:, q])
         tokens = m.projectors.object_tokens(frame.query_feat[0, q], frame.query_pos[0, q], pooled)
-        logits = self.colour_probe(tokens)
+        logits = probe(tokens)
         target = torch.tensor([r[1] for r in rows])
         logs['colour'] = nn.functional.cross_entropy(logits, target)
         logs['colour_acc'] = float((logits.argmax(1) == target).float().mean())

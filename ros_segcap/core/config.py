@@ -25,6 +25,9 @@ IMAGE_TOKEN = '<image>'
 # (ros_segcap.world.palette.CLASS_NAMES): stuff first, then one thing class per kind.
 TABLETOP_CLASSES = ('background', 'table', 'cup', 'mug', 'bowl', 'bottle', 'can', 'ball', 'box',
                     'block', 'cone')
+# Colour words of the tabletop world (ros_segcap.world.palette.COLOUR_NAMES, same order).
+TABLETOP_COLOURS = ('red', 'green', 'blue', 'yellow', 'orange', 'purple', 'pink', 'white',
+                    'black')
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,11 @@ class SegCapConfig:
     # the text embeddings' RMS (projector outputs are otherwise 20-50x larger than word
     # embeddings). False = paper.
     token_norm: bool = False
+    # object / region tokens also get the LLM's own word embeddings of their likely class
+    # (decoder class probabilities) and colour (a small head on the token, colour_names):
+    # a word-shaped anchor the frozen LLM already reads. False = paper.
+    word_anchor: bool = False
+    colour_names: tuple[str, ...] = TABLETOP_COLOURS
     lora_rank: int = 16
     lora_alpha: int = 32
 
@@ -87,7 +95,7 @@ class SegCapConfig:
         if unknown:
             raise ValueError(f'unknown config keys {unknown}; known keys: {sorted(known)}')
         data = dict(data)
-        for key in ('backbone_channels', 'class_names'):
+        for key in ('backbone_channels', 'class_names', 'colour_names'):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)

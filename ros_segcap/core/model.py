@@ -49,6 +49,10 @@ class SegCapModel(nn.Module):
         if lm is None:
             lm = build_language_model(config, len(tokenizer), pretrained=pretrained)
         self.llm = LanguageModel(config, tokenizer, lm)
+        if config.word_anchor:  # first token of ' word' for every class and colour name
+            words = [n.replace('_', ' ') for n in config.class_names + config.colour_names]
+            ids = [tokenizer(' ' + w, add_special_tokens=False)['input_ids'][0] for w in words]
+            self.register_buffer('anchor_ids', torch.tensor(ids), persistent=False)
         table = lm.get_input_embeddings().weight
         if self.projectors.token_gain is not None and not table.is_meta:
             with torch.no_grad():  # start at the word embeddings' scale
@@ -81,6 +85,20 @@ class SegCapModel(nn.Module):
             fine = nn.functional.interpolate(fine, size=(hm, hm), mode='bilinear',
                                              align_corners=False)
         return fine
+
+    def anchored(self, tokens: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:
+        """word_anchor: tokens (N, H) + expected class and colour word embeddings.
+
+        class_logits (N, K+1) from the decoder (void dropped and renormalised); the colour
+        distribution comes from projectors.colour_head on the tokens themselves.
+        """
+        if not self.config.word_anchor:
+            return tokens
+        words = self.llm.embed(self.anchor_ids).detach()  # (K + n_colours, H), frozen rows
+        k = self.config.num_classes
+        p_class = class_logits[..., :k].softmax(-1)
+        p_colour = self.projectors.colour_head(tokens).softmax(-1)
+        return tokens + p_class @ words[:k] + p_colour @ words[k:]
 
     def pooled(self, frame: FrameFeatures, mask_logits: torch.Tensor) -> Optional[torch.Tensor]:
         """Fine features pooled under masks (1, N, Hm, Wm) -> (N, C8); None without fine_pool."""
@@ -125,6 +143,7 @@ class SegCapModel(nn.Module):
         objects = self.projectors.object_tokens(frame.query_feat[0, keep],
                                                 frame.query_pos[0, keep],
                                                 None if pooled is None else pooled[keep])
+        objects = self.anchored(objects, frame.class_logits[0, keep])
         sep = self.projectors.separator[None]
         return torch.cat([pixel, sep, objects], 0)
 
@@ -140,8 +159,9 @@ class SegCapModel(nn.Module):
                 raise ValueError('prompt_tokens needs the frame: this model pools its fine '
                                  'features under the prompt masks')
             pooled = self.pooled(frame, prompt_out.mask_logits[-1])
-        return self.projectors.object_tokens(prompt_out.query_feat[0], prompt_out.query_pos[0],
-                                             pooled)
+        tokens = self.projectors.object_tokens(prompt_out.query_feat[0],
+                                               prompt_out.query_pos[0], pooled)
+        return self.anchored(tokens, prompt_out.class_logits[-1][0])
 
     def build_embeds(self, ids: torch.Tensor, visual: torch.Tensor,
                      region_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:

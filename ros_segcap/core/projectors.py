@@ -38,6 +38,11 @@ class Projectors(nn.Module):
         nn.init.normal_(self.separator, std=0.02)
         self.text2vision = mlp2(h, d2, d2)
         self.token_gain = nn.Parameter(torch.ones(h)) if config.token_norm else None
+        self.colour_head = None  # word_anchor: token -> colour word logits (zero at init)
+        if config.word_anchor:
+            self.colour_head = nn.Linear(h, len(config.colour_names))
+            nn.init.zeros_(self.colour_head.weight)
+            nn.init.zeros_(self.colour_head.bias)
 
     def to_llm_scale(self, tokens: torch.Tensor) -> torch.Tensor:
         """With token_norm: RMS-normalise tokens (..., H) and apply the learned gain."""
