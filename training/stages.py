@@ -5,18 +5,17 @@ A stage is an nn.Module whose forward takes one cached item (batch size 1) and r
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from ros_segcap.core.answer import parse_answer
-from ros_segcap.core.config import get_config
+from ros_segcap.core.config import TABLETOP_COLOURS, get_config
 from ros_segcap.core.lora import apply_lora, set_lora_dropout
 from ros_segcap.core.model import FrameFeatures, SegCapModel, build_model
 from ros_segcap.core.prior import foreground_queries
 from ros_segcap.core.weights import load_model
-from ros_segcap.world.palette import COLOUR_NAMES
 from training.cache import CachedSample, CachedScene
 from training.config import TrainConfig
 from training.losses import (mask_iou_matrix, mask_losses, pointer_losses, set_losses,
@@ -31,12 +30,12 @@ def _num(value) -> float:
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
-def colour_label(phrase: str) -> Optional[int]:
-    """Index in COLOUR_NAMES of the colour word a phrase starts with ('red cup' -> red)."""
+def colour_label(phrase: str, names: Sequence[str] = TABLETOP_COLOURS) -> Optional[int]:
+    """Index in `names` of the colour word a phrase starts with ('red cup' -> red)."""
     words = phrase.split()
     if words and words[0] in ('the', 'a', 'an'):
         words = words[1:]
-    return COLOUR_NAMES.index(words[0]) if words and words[0] in COLOUR_NAMES else None
+    return names.index(words[0]) if words and words[0] in names else None
 
 
 def features(scene: CachedScene) -> dict[str, torch.Tensor]:
@@ -103,7 +102,7 @@ class LanguageStage(nn.Module):
         self._frames: dict[int, FrameFeatures] = {}  # frozen decoder: one frame per scene
         self.colour_probe = None
         if cfg.stage == 2 and cfg.colour_weight and model.projectors.colour_head is None:
-            self.colour_probe = nn.Linear(model.config.llm_hidden, len(COLOUR_NAMES))
+            self.colour_probe = nn.Linear(model.config.llm_hidden, len(model.config.colour_names))
             nn.init.zeros_(self.colour_probe.weight)  # no pull on the tokens before it learns
             nn.init.zeros_(self.colour_probe.bias)
 
@@ -161,10 +160,12 @@ class LanguageStage(nn.Module):
                     ) -> torch.Tensor:
         """CE of the colour probe on the object tokens of the queries that cover the
         sample's colour-named grounded phrases (0 when there are none)."""
-        probe = self.model.projectors.colour_head or self.colour_probe
-        if probe is None or sample.task != 'gcg':
+        head = self.model.projectors.colour_head
+        probe = head if head is not None else self.colour_probe
+        if probe is None or not self.cfg.colour_weight or sample.task != 'gcg':
             return frame.query_feat.new_zeros(())
-        colours = [colour_label(p) for p in parse_answer(sample.answer).phrases]
+        names = self.model.config.colour_names
+        colours = [colour_label(p, names) for p in parse_answer(sample.answer).phrases]
         if len(colours) != sample.masks.shape[0]:
             return frame.query_feat.new_zeros(())
         iou = mask_iou_matrix(frame.mask_logits[0], sample.masks)  # (G, Nq)
