@@ -47,7 +47,8 @@ def cosine_lambda(cfg: TrainConfig):
 
 
 def build_optimizer(stage: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms, embeddings and 1-d tensors."""
+    """AdamW; no weight decay on biases, norms, embeddings and 1-d tensors; the projectors
+    learn at lr * proj_lr_mult."""
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in stage.named_parameters():
         if not p.requires_grad:
