@@ -328,3 +328,15 @@ def test_commands_register_subcommands_without_importing_rclpy():
                             timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == 'segment the red cup'
+
+
+def test_demo_knows_when_the_model_is_untrained(tmp_path):
+    import json
+
+    from ros_segcap.ros.demo import has_trained_weights
+    for trained in (True, False):
+        d = tmp_path / str(trained)
+        d.mkdir()
+        (d / 'config.json').write_text(json.dumps({'trained': trained}))
+        assert has_trained_weights(str(d)) is trained
+    assert has_trained_weights(str(tmp_path / 'missing' / 'dir'))  # the node reports it
