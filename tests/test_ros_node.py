@@ -312,8 +312,14 @@ def test_flood_of_commands_with_30hz_images(ros):
             time.sleep(max(0.0, start + (i + 1) / 50.0 - time.monotonic()))
         rss.append(ros.node.rss_mb())
     wanted = set(texts)
-    ru.wait_for(lambda: wanted <= {r.command for r in ros.results.snapshot()}, 60.0,
-                'a result for every flood command', ros.node)
+    try:
+        ru.wait_for(lambda: wanted <= {r.command for r in ros.results.snapshot()}, 60.0,
+                    'a result for every flood command', ros.node)
+    except AssertionError as error:
+        missing = sorted(wanted - {r.command for r in ros.results.snapshot()},
+                         key=texts.index)
+        raise AssertionError(f'{len(missing)} commands have no result (first: {missing[:5]})'
+                             f'\n{error}') from None
     time.sleep(1.0)  # any duplicate would arrive by now
     counts = collections.Counter(r.command for r in ros.results.snapshot() if r.command in wanted)
     statuses = collections.Counter(r.status for r in ros.results.snapshot()

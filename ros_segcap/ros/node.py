@@ -39,7 +39,9 @@ from ros_segcap.ros.params import (PIPELINE_OPTIONS, NodeConfig, apply_changes,
                                    declare_parameters, image_qos, use_default_dds_profile)
 
 THROTTLE_S = 5.0
-RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+# Results are kept until every reader has them: a burst of 'dropped' statuses from a command
+# flood must not push older results out of the writer's history before a slow reader acks.
+RELIABLE = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class SegCapNode(Node):

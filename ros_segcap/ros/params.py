@@ -44,7 +44,7 @@ class NodeConfig:
     compressed: bool = False
     image_qos: str = 'sensor_data'
     image_qos_depth: int = 5
-    command_qos_depth: int = 100
+    command_qos_depth: int = 1000
     max_image_megapixels: float = 40.0
     diagnostics_period: float = 1.0  # s
 
