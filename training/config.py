@@ -49,6 +49,8 @@ class TrainConfig:
     ptr_mse_weight: float = 0.0
     ptr_temperature: float = 0.1
     ptr_min_iou: float = 0.5  # skip the pointer loss when no query covers the target
+    # (models with seg_pointer replace the mask and pointer losses by one CE over their object
+    # tokens, see LanguageStage.object_pointer; ptr_min_iou still applies)
     # stage 2: a linear colour probe on the object tokens, trained with CE against the colour
     # word of every grounded-caption phrase whose mask a frame query covers (IoU >= 0.5):
     # it pushes colour into the tokens the LLM reads (the probe itself is not shipped)

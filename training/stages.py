@@ -136,6 +136,8 @@ class LanguageStage(nn.Module):
                  logs: dict) -> torch.Tensor:
         """Stage 2 mask losses (+ pointer losses) of one sample's [SEG] states (N, H)."""
         cfg = self.cfg
+        if self.model.config.seg_pointer:
+            return self.object_pointer(frame, seg_hidden, masks, logs)
         out = self.model.decode_seg(frame, seg_hidden)
         logs['seg'] = mask_losses([x[0] for x in out.mask_logits], masks, cfg.bce_weight,
                                   cfg.dice_weight)
@@ -143,6 +145,25 @@ class LanguageStage(nn.Module):
         if cfg.ptr_weight or cfg.ptr_mse_weight:
             loss = loss + self.pointer(frame, seg_hidden, masks, logs)
         return loss
+
+    def object_pointer(self, frame: FrameFeatures, seg_hidden: torch.Tensor,
+                       masks: torch.Tensor, logs: dict) -> torch.Tensor:
+        """seg_pointer: CE of each [SEG] state's scores over the frame's object tokens (the
+        whole seg loss of such models: no decoder run, no mask loss). The target is the
+        object whose mask overlaps the true mask best (IoU >= ptr_min_iou, else that [SEG]
+        is skipped: no object to point at)."""
+        scores, keep = self.model.seg_pointer(frame, seg_hidden)
+        if keep.numel() == 0:
+            return scores.sum() * 0.0
+        iou = mask_iou_matrix(frame.mask_logits[0, keep], masks)  # (G, N_obj)
+        best, target = iou.max(1)
+        use = best >= self.cfg.ptr_min_iou
+        logs['ptr_skip'] = float((~use).float().mean())
+        if not bool(use.any()):
+            return scores.sum() * 0.0
+        logs['ptr'] = nn.functional.cross_entropy(scores[use].float(), target[use])
+        logs['ptr_acc'] = float((scores[use].argmax(1) == target[use]).float().mean())
+        return logs['ptr']
 
     def pointer(self, frame: FrameFeatures, seg_hidden: torch.Tensor, masks: torch.Tensor,
                 logs: dict) -> torch.Tensor:

@@ -64,6 +64,10 @@ class SegCapConfig:
     # a word-shaped anchor the frozen LLM already reads. False = paper.
     word_anchor: bool = False
     colour_names: tuple[str, ...] = TABLETOP_COLOURS
+    # a [SEG] state selects one of the frame's object tokens (bilinear score against the
+    # token plus its mask's centre and size) and its mask is that query's mask, instead of
+    # becoming a new decoder query. False = paper.
+    seg_pointer: bool = False
     lora_rank: int = 16
     lora_alpha: int = 32
 

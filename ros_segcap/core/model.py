@@ -135,17 +135,43 @@ class SegCapModel(nn.Module):
         prior = perception_prior(frame.class_logits, frame.mask_logits, frame.query_feat,
                                  frame.query_pos, self.config.token_grid)
         pixel = self.projectors.pixel_tokens(frame.pixel_tokens, prior)[0]  # (T, H)
+        sep = self.projectors.separator[None]
+        return torch.cat([pixel, sep, self.object_rows(frame)[1]], 0)
+
+    def kept_queries(self, frame: FrameFeatures) -> torch.Tensor:
+        """Indices of the queries that become object tokens, in query order (N_obj,)."""
         fg = foreground_queries(frame.class_logits, frame.mask_logits)[0]
         order = torch.argsort(query_scores(frame.class_logits)[0], descending=True)
         keep = order[fg[order]][:self.config.max_object_tokens]
-        keep = keep.sort().values  # stable query order
+        return keep.sort().values  # stable query order
+
+    def object_rows(self, frame: FrameFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """(kept query indices (N_obj,), their object tokens (N_obj, H))."""
+        keep = self.kept_queries(frame)
         pooled = self.pooled(frame, frame.mask_logits)
         objects = self.projectors.object_tokens(frame.query_feat[0, keep],
                                                 frame.query_pos[0, keep],
                                                 None if pooled is None else pooled[keep])
-        objects = self.anchored(objects, frame.class_logits[0, keep])
-        sep = self.projectors.separator[None]
-        return torch.cat([pixel, sep, objects], 0)
+        return keep, self.anchored(objects, frame.class_logits[0, keep])
+
+    def seg_pointer(self, frame: FrameFeatures, hidden: torch.Tensor,
+                    rows: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """seg_pointer: [SEG] states (G, H) -> (scores (G, N_obj), kept query indices)."""
+        keep, tokens = rows if rows is not None else self.object_rows(frame)
+        place = mask_places(frame.mask_logits[0, keep])
+        return self.projectors.pointer_logits(hidden.to(tokens.dtype), tokens, place), keep
+
+    def seg_masks(self, frame: FrameFeatures, hidden: torch.Tensor) -> torch.Tensor:
+        """[SEG] states (G, H) -> mask logits (G, Hm, Wm): the pointed object's mask with
+        seg_pointer (all -inf-like when the frame has no object), else a decoded query."""
+        if not self.config.seg_pointer:
+            return self.decode_seg(frame, hidden).mask_logits[-1][0]
+        scores, keep = self.seg_pointer(frame, hidden)
+        if keep.numel() == 0:
+            return frame.mask_logits.new_full((hidden.shape[0],) + frame.mask_logits.shape[-2:],
+                                              -100.0)
+        return frame.mask_logits[0, keep[scores.argmax(1)]]
 
     def prompt_tokens(self, prompt_out: DecoderOutput,
                       frame: Optional[FrameFeatures] = None) -> torch.Tensor:
@@ -219,3 +245,15 @@ def build_meta_model(config: SegCapConfig) -> SegCapModel:
     lm = build_language_model(config, len(tokenizer), pretrained=False, device='meta')
     with torch.device('meta'):
         return SegCapModel(config, tokenizer=tokenizer, lm=lm, pretrained=False).eval()
+
+
+def mask_places(mask_logits: torch.Tensor) -> torch.Tensor:
+    """(N, Hm, Wm) soft masks -> (N, 3): centre x, centre y (0..1) and sqrt of area share."""
+    w = mask_logits.float().sigmoid()
+    hm, wm = w.shape[-2:]
+    mass = w.flatten(1).sum(1).clamp(min=1e-3)
+    ys = torch.linspace(0, 1, hm, device=w.device)
+    xs = torch.linspace(0, 1, wm, device=w.device)
+    cx = (w.sum(1) * xs).sum(1) / mass
+    cy = (w.sum(2) * ys).sum(1) / mass
+    return torch.stack([cx, cy, (mass / (hm * wm)).sqrt()], -1).to(mask_logits.dtype)

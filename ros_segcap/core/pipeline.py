@@ -193,6 +193,8 @@ class Pipeline:
     def _mask_logits(self, frame: FrameFeatures, box: Letterbox, hidden: torch.Tensor
                      ) -> torch.Tensor:
         """[SEG] hidden states (n, H) -> mask logits (n, H_img, W_img) on the original image."""
+        if self.model.config.seg_pointer:  # the pointed object's mask: no decoder run
+            return unletterbox(self.model.seg_masks(frame, hidden), box)
         out = self._decode_seg(frame, hidden)
         return unletterbox(out.mask_logits[-1][0], box)
 

@@ -6,6 +6,8 @@ object:       2D -> 4C (query_proj), then 4C -> H -> H, shared by learnable and 
               backbone features
 separator:    one learned H-dim embedding between pixel and object tokens
 text2vision:  H -> 2D -> 2D, split into (query feature, query position) for the decoder
+seg pointer:  with seg_pointer, H -> H for [SEG] states and H + 3 -> H for object tokens with
+              their mask's (centre x, centre y, sqrt area); score = scaled dot product
 """
 from __future__ import annotations
 
@@ -43,6 +45,11 @@ class Projectors(nn.Module):
             self.colour_head = nn.Linear(h, len(config.colour_names))
             nn.init.zeros_(self.colour_head.weight)
             nn.init.zeros_(self.colour_head.bias)
+        self.seg_query = self.seg_key = self.seg_place = None
+        if config.seg_pointer:
+            self.seg_query = nn.Linear(h, h)
+            self.seg_key = nn.Linear(h, h)
+            self.seg_place = nn.Linear(3, h)
 
     def to_llm_scale(self, tokens: torch.Tensor) -> torch.Tensor:
         """With token_norm: RMS-normalise tokens (..., H) and apply the learned gain."""
@@ -70,3 +77,10 @@ class Projectors(nn.Module):
         """LLM hidden states (..., H) -> decoder query (feature (..., D), position (..., D))."""
         out = self.text2vision(hidden)
         return out[..., :self.dim], out[..., self.dim:]
+
+    def pointer_logits(self, seg_hidden: torch.Tensor, tokens: torch.Tensor,
+                       place: torch.Tensor) -> torch.Tensor:
+        """[SEG] states (G, H), object tokens (N, H), places (N, 3) -> scores (G, N)."""
+        q = self.seg_query(seg_hidden)
+        k = self.seg_key(tokens) + self.seg_place(place)
+        return q @ k.T * q.shape[-1] ** -0.5

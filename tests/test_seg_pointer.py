@@ -1,0 +1,95 @@
+"""seg_pointer: a [SEG] state selects one of the frame's object tokens and returns its mask."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ros_segcap.core.config import get_config
+from ros_segcap.core.model import build_model, mask_places
+from ros_segcap.core.weights import load_model, save_model
+from training.cache import build_shard, load_cache
+from training.config import make_config
+from training.stages import build_stage
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp('pointer')
+    torch.manual_seed(0)
+    config = get_config('tiny-random').replace(seg_pointer=True)
+    (root / 'cache').mkdir()
+    torch.save(build_shard(config, 'train', 0, 2), root / 'cache' / 'shard-0000000.pt')
+    init = save_model(build_model(config, pretrained=False), root / 'init')
+    return root, init
+
+
+def test_mask_places_are_centre_and_size():
+    logits = torch.full((2, 8, 8), -30.0)
+    logits[0, :, :4] = 30.0  # left half
+    logits[1, 6:, 6:] = 30.0  # bottom-right 2x2 corner
+    place = mask_places(logits)
+    xs = torch.linspace(0, 1, 8)
+    torch.testing.assert_close(place[0], torch.stack([xs[:4].mean(), torch.tensor(0.5),
+                                                      torch.tensor(0.5).sqrt()]))
+    torch.testing.assert_close(place[1], torch.stack([xs[6:].mean(), xs[6:].mean(),
+                                                      torch.tensor(4 / 64).sqrt()]))
+
+
+def test_seg_masks_are_the_pointed_objects_masks(tiny):
+    root, init = tiny
+    model = load_model(init).eval()
+    proj = model.projectors
+    h = model.config.llm_hidden
+    with torch.no_grad():  # every [SEG] asks for the object with the smallest centre x
+        for layer in (proj.seg_query, proj.seg_key, proj.seg_place):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        proj.seg_query.bias[0] = 10.0
+        proj.seg_place.weight[0, 0] = -1.0
+        frame = model.encode(torch.rand(1, 3, 128, 128) * 255)
+        keep = model.kept_queries(frame)
+        assert keep.numel() >= 2
+        place = mask_places(frame.mask_logits[0, keep])
+        leftmost = keep[place[:, 0].argmin()]
+        masks = model.seg_masks(frame, torch.randn(3, h))
+    assert masks.shape == (3,) + frame.mask_logits.shape[-2:]
+    for m in masks:
+        assert torch.equal(m, frame.mask_logits[0, leftmost])
+
+
+def test_pointer_training_points_at_the_target(tiny):
+    root, init = tiny
+    cfg = make_config(2, dict(init=str(init), cache=str(root / 'cache'), lora_dropout=0.0,
+                              ptr_min_iou=0.0, lr=3e-3))
+    stage = build_stage(cfg)
+    scene = load_cache(root / 'cache')[0]
+    sample = next(a for a in scene.samples if a.task == 'gcg' and a.masks.shape[0] >= 2)
+    loss, logs = stage((scene, sample))
+    assert 'ptr' in logs and 'seg' not in logs  # no decoder run for pointer models
+    first = logs['ptr']
+    params = [p for p in stage.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    for _ in range(30):
+        opt.zero_grad()
+        loss, logs = stage((scene, sample))
+        loss.backward()
+        opt.step()
+    assert logs['ptr'] < 0.5 * first and logs['ptr_acc'] == 1.0, (first, logs)
+    named = dict(stage.named_parameters())
+    assert named['model.projectors.seg_key.weight'].requires_grad
+
+
+def test_pointer_masks_come_out_of_the_pipeline_at_image_size(tiny):
+    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+    from ros_segcap.core.preprocess import unletterbox
+    root, init = tiny
+    pipe = Pipeline(PipelineConfig(model=str(init)))
+    image = (np.random.default_rng(0).random((90, 160, 3)) * 255).astype(np.uint8)
+    with torch.no_grad():
+        frame, box = pipe.encode(image)
+        hidden = torch.randn(2, pipe.model.config.llm_hidden)
+        out = pipe._mask_logits(frame, box, hidden)
+        expected = unletterbox(pipe.model.seg_masks(frame, hidden), box)
+    assert out.shape == (2, 90, 160)
+    assert torch.equal(out, expected)
