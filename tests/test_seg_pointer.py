@@ -93,3 +93,22 @@ def test_pointer_masks_come_out_of_the_pipeline_at_image_size(tiny):
         expected = unletterbox(pipe.model.seg_masks(frame, hidden), box)
     assert out.shape == (2, 90, 160)
     assert torch.equal(out, expected)
+
+
+def test_simple_absent_names_pairs_that_are_not_in_the_scene(tiny):
+    from ros_segcap.core.answer import parse_answer
+    from training.cache import simple_absent
+    root, _ = tiny
+    for scene in load_cache(root / 'cache'):
+        gcg = next(a for a in scene.samples if a.task == 'gcg')
+        present = {p for p in parse_answer(gcg.answer).phrases}
+        made = simple_absent(scene, 3)
+        again = simple_absent(scene, 3)  # deterministic
+        assert len(made) == 3 and [a.answer for a in made] == [a.answer for a in again]
+        assert len({a.question for a in made}) == 3
+        for a in made:
+            pair = a.answer.removeprefix('There is no ').removesuffix(' in this image.')
+            assert pair in a.question and pair not in present
+            assert a.task == 'absent' and a.masks.shape[0] == 0 and '[SEG]' not in a.answer
+            colour, kind = pair.split()
+            assert any(p.startswith(colour + ' ') or p.endswith(' ' + kind) for p in present)

@@ -172,6 +172,39 @@ def simple_referring(scene: CachedScene, per_scene: int = 1) -> list[CachedSampl
     return out
 
 
+def simple_absent(scene: CachedScene, per_scene: int = 1) -> list[CachedSample]:
+    """'Please segment the pink ball in this image.' samples for colour + kind pairs that are
+    not in the scene: near misses first (its colour or its kind is there).
+
+    The objects present are read off the grounded caption, which names every object. These
+    balance simple_referring, so that echoing the expression is never the right answer.
+    """
+    from ros_segcap.core.answer import parse_answer
+    from ros_segcap.world.palette import COLOUR_NAMES, KINDS
+    gcg = next((a for a in scene.samples if a.task == 'gcg'), None)
+    if gcg is None or per_scene <= 0:
+        return []
+    present = set()
+    for phrase in parse_answer(gcg.answer).phrases:
+        words = phrase.split()
+        if len(words) >= 2 and words[0] in COLOUR_NAMES and words[-1] in KINDS:
+            present.add((words[0], words[-1]))
+    colours, kinds = {c for c, _ in present}, {k for _, k in present}
+    pairs = [(c, k) for c in COLOUR_NAMES for k in KINDS if (c, k) not in present]
+    near = [p for p in pairs if p[0] in colours or p[1] in kinds]
+    pool = near or pairs
+    rng = np.random.default_rng(scene.seed + 7919)
+    picks = rng.choice(len(pool), size=min(per_scene, len(pool)), replace=False)
+    empty = gcg.masks[:0]
+    out = []
+    for j, i in enumerate(picks):
+        c, k = pool[int(i)]
+        q = SIMPLE_TEMPLATES[(scene.seed + j) % len(SIMPLE_TEMPLATES)].format(f'{c} {k}')
+        out.append(CachedSample(gcg.scene, 'absent', q, f'There is no {c} {k} in this image.',
+                                empty, gcg.kinds[:, :0], gcg.boxes[:, :0], gcg.restrict[:, :0]))
+    return out
+
+
 def load_cache(path: str | Path, limit: Optional[int] = None) -> list[CachedScene]:
     """All scenes of the shards in a cache directory (sorted by name), up to `limit`."""
     path = Path(path)
