@@ -154,11 +154,10 @@ class SegCapModel(nn.Module):
                                                 None if pooled is None else pooled[keep])
         return keep, self.anchored(objects, frame.class_logits[0, keep])
 
-    def seg_pointer(self, frame: FrameFeatures, hidden: torch.Tensor,
-                    rows: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    def seg_pointer(self, frame: FrameFeatures, hidden: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """seg_pointer: [SEG] states (G, H) -> (scores (G, N_obj), kept query indices)."""
-        keep, tokens = rows if rows is not None else self.object_rows(frame)
+        keep, tokens = self.object_rows(frame)
         place = mask_places(frame.mask_logits[0, keep])
         return self.projectors.pointer_logits(hidden.to(tokens.dtype), tokens, place), keep
 
