@@ -68,6 +68,30 @@ def test_incremental_equals_full_forward(tiny_model):
     assert torch.allclose(steps, full[15:], atol=1e-5)
 
 
+@pytest.mark.parametrize('threads', [1, 3, 4])
+def test_weight_blocks_give_the_same_hidden_states(tiny_model, threads):
+    """Weights split into per-thread blocks (bmm) compute the same prefill, steps and logits."""
+    from ros_segcap.core.fastlm import Blocks, BlocksT
+
+    lm = tiny_model.llm
+    torch.manual_seed(4)
+    embeds = torch.randn(11, tiny_model.config.llm_hidden)
+    one = FastLlama(lm.lm, max_len=32, threads=1)
+    many = FastLlama(lm.lm, max_len=32, threads=threads)
+    layer = many.layers[0]
+    assert isinstance(layer['wgu'], BlocksT) and isinstance(layer['wdown'], Blocks)
+    # gate/up has 2 x 128 outputs in tiny-random: 3 threads -> 2 blocks (3 does not divide)
+    assert layer['wgu'].w.shape[0] == {1: 1, 3: 2, 4: 4}[threads]
+    assert many.weight_bytes() == one.weight_bytes()
+    a = one.forward(embeds[:8], 0)
+    b = many.forward(embeds[:8], 0)
+    assert torch.allclose(a, b, atol=1e-5)
+    sa = torch.stack([one.step(e) for e in embeds[8:]])
+    sb = torch.stack([many.step(e) for e in embeds[8:]])
+    assert torch.allclose(sa, sb, atol=1e-5)
+    assert torch.allclose(one.logits(sa[-1]), many.logits(sb[-1]), atol=1e-4)
+
+
 def test_prefix_reuse_gives_same_hidden(tiny_model):
     """A second prompt sharing a cached prefix only prefills its tail, with equal results."""
     lm = tiny_model.llm
