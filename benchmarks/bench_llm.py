@@ -9,7 +9,7 @@ Prints, measured in one run on this machine:
   - time to first token of a second command on the same frame / the first command;
   - peak RSS of this process (the node's model + pipeline).
 
-Usage: .venv/bin/python benchmarks/bench_llm.py [--threads 2] [--tokens 48]
+Usage: .venv/bin/python benchmarks/bench_llm.py [--threads 2] [--tokens 48] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -116,6 +116,7 @@ def main() -> int:
     ap.add_argument('--tokens', type=int, default=48)
     ap.add_argument('--model', default='segcap-tiny')
     ap.add_argument('--paths', default='reference,fast,fast-int8')
+    ap.add_argument('--rounds', type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -124,22 +125,46 @@ def main() -> int:
 
     pipe = Pipeline(PipelineConfig(model=args.model, max_new_tokens=args.tokens))
     llm = pipe.model.llm
-    bw = read_bandwidth(args.threads)
-    print(f'read bandwidth: {bw:.1f} GB/s ({args.threads} threads)')
     torch.manual_seed(0)
     embeds = torch.randn(1, 120, pipe.model.config.llm_hidden) * 0.02
-    rows = {}
-    for path in args.paths.split(','):
-        ms, nbytes = decode_ms(llm, path, embeds, args.tokens)
-        floor = nbytes / (bw * 1e9) * 1000
-        rows[path] = ms
-        print(f'{path:>10}: {ms:7.1f} ms/token; weights {nbytes / 1e6:6.1f} MB/token; '
-              f'floor {floor:5.1f} ms; ratio to floor {ms / floor:5.2f} (goal <= 2.5)')
-    llama = llama_cpp_ms(args.threads, args.tokens)
-    if isinstance(llama, float):
-        for path, ms in rows.items():
-            print(f'{path:>10} / llama.cpp ({llama:.1f} ms/token): {ms / llama:5.2f} '
-                  '(goal <= 2.0)')
+    paths = args.paths.split(',')
+    # This VM's bandwidth drifts by tens of percent within minutes, so every round measures
+    # the bandwidth, each path and llama.cpp back to back; ratios are per round, then the
+    # median over rounds is reported.
+    ms = {p: [] for p in paths}
+    floor_ratio = {p: [] for p in paths}
+    llama_ratio = {p: [] for p in paths}
+    bws, llamas, nbytes = [], [], {}
+    llama = None
+    for r in range(args.rounds):
+        bw = read_bandwidth(args.threads)
+        bws.append(bw)
+        llama = llama_cpp_ms(args.threads, args.tokens)
+        if isinstance(llama, float):
+            llamas.append(llama)
+        for path in paths:
+            t, nbytes[path] = decode_ms(llm, path, embeds, args.tokens)
+            ms[path].append(t)
+            floor_ratio[path].append(t / (nbytes[path] / (bw * 1e9) * 1000))
+            if isinstance(llama, float):
+                llama_ratio[path].append(t / llama)
+        print(f'round {r + 1}: bandwidth {bw:.1f} GB/s; ' + '; '.join(
+            f'{p} {ms[p][-1]:.1f} ms' for p in paths) +
+            (f'; llama.cpp {llama:.1f} ms' if isinstance(llama, float) else ''), flush=True)
+    med = statistics.median
+    print(f'read bandwidth: {med(bws):.1f} GB/s median over {args.rounds} rounds '
+          f'({min(bws):.1f}-{max(bws):.1f}; {args.threads} threads)')
+    rows = {p: med(ms[p]) for p in paths}
+    for path in paths:
+        print(f'{path:>10}: {rows[path]:7.1f} ms/token; weights {nbytes[path] / 1e6:6.1f} '
+              f'MB/token; ratio to floor {med(floor_ratio[path]):5.2f} (goal <= 2.5; '
+              f'rounds {", ".join(f"{x:.2f}" for x in floor_ratio[path])})')
+    if llamas:
+        llama = med(llamas)
+        for path in paths:
+            print(f'{path:>10} / llama.cpp ({llama:.1f} ms/token): '
+                  f'{med(llama_ratio[path]):5.2f} (goal <= 2.0; rounds '
+                  f'{", ".join(f"{x:.2f}" for x in llama_ratio[path])})')
     else:
         print(f'llama.cpp: {llama}')
     llm.decode_path = 'fast'
@@ -149,7 +174,8 @@ def main() -> int:
           f'ratio {second / first:.2f} (goal <= 0.3)')
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f'peak RSS (model + pipeline, as in the node): {peak:.0f} MB')
-    print(json.dumps({'bandwidth_gbs': bw, 'decode_ms': rows, 'llama_cpp_ms': llama,
+    print(json.dumps({'bandwidth_gbs': bws, 'decode_ms': ms, 'ratio_to_floor': floor_ratio,
+                      'ratio_to_llama_cpp': llama_ratio, 'llama_cpp_ms': llama,
                       'ttft_ms': [first, second], 'peak_rss_mb': peak}))
     return 0
 
