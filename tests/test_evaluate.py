@@ -72,3 +72,28 @@ def test_a_mask_for_an_absent_target_is_wrong():
     absent = tabletop_sample('test', 1, 128, 'absent')
     ev.update(absent, _result([np.ones((128, 128), bool)]))
     assert ev.scores()['no_target_acc'] == 0.0
+
+
+def test_decoder_coverage_best_any_and_best_kept():
+    """Best IoU per true mask over all queries and over the kept queries only."""
+    from training.decoder_eval import best_ious
+
+    truth = np.zeros((2, 8, 8), bool)
+    truth[0, :4, :4] = True  # 16 px
+    truth[1, 4:, 4:] = True
+    pred = np.zeros((3, 8, 8), bool)
+    pred[0, :4, :4] = True  # exact on object 0, not kept
+    pred[1, :4, :2] = True  # half of object 0, kept
+    pred[2, 4:, 4:6] = True  # half of object 1, kept
+    got = best_ious(pred, list(truth), kept=[1, 2])
+    assert got == [(1.0, 0.5), (0.5, 0.5)]
+    assert best_ious(pred, list(truth), kept=[]) == [(1.0, 0.0), (0.5, 0.0)]
+
+
+def test_decoder_coverage_command_runs(tiny_dir, capsys):
+    from training.decoder_eval import main as coverage_main
+
+    coverage_main(['--model', str(tiny_dir), '--n', '2', '--threads', '1'])
+    out = json.loads(capsys.readouterr().out)
+    assert out['scenes'] == 2 and out['objects'] >= 2
+    assert 0.0 <= out['best_kept_iou'] <= out['best_any_iou'] <= 1.0

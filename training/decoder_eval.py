@@ -1,0 +1,79 @@
+"""How well the decoder's own object masks cover the true objects (the ceiling of seg_pointer).
+
+    python -m training.decoder_eval --model checkpoints/segcap-tiny-dec-wip --split test --n 30
+
+A seg_pointer model answers a [SEG] with the mask of one of the frame's kept queries (the
+object tokens the LLM reads), so its masks can be no better than the best kept query per
+true object. For every object of >= MIN_PIXELS visible pixels this prints the best IoU
+over all decoder queries and over the kept ones (mean, and the share with IoU >= 0.5).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+from ros_segcap.core.preprocess import unletterbox
+from ros_segcap.world import render, sample_scene, split_seed
+
+IMAGE_SIZE = (480, 640)
+MIN_PIXELS = 50
+
+
+def best_ious(pred: np.ndarray, truth: Sequence[np.ndarray], kept: Sequence[int]
+              ) -> list[tuple[float, float]]:
+    """pred (N, H, W) bool query masks, truth: (H, W) bool masks -> per true mask
+    (best IoU over all queries, best IoU over the kept queries; 0 when none is kept)."""
+    flat = pred.reshape(len(pred), -1)
+    out = []
+    for t in truth:
+        t = t.reshape(-1)
+        inter = (flat & t).sum(1)
+        union = (flat | t).sum(1)
+        iou = inter / np.maximum(union, 1)
+        kept_iou = iou[list(kept)] if len(kept) else np.zeros(1)
+        out.append((float(iou.max()) if len(iou) else 0.0, float(kept_iou.max())))
+    return out
+
+
+def decoder_coverage(model: str, split: str = 'test', n: int = 30) -> dict:
+    """Best-any and best-kept IoU statistics over the objects of n rendered scenes."""
+    pipe = Pipeline(PipelineConfig(model=model))
+    pairs, kept_counts = [], []
+    for i in tqdm(range(n), desc='scenes'):
+        spec = sample_scene(split_seed(split, i))
+        scene = render(spec, *IMAGE_SIZE)
+        frame, box = pipe.encode(scene.image)
+        pred = (unletterbox(frame.mask_logits[0], box).sigmoid() > 0.5).cpu().numpy()
+        kept = pipe.model.kept_queries(frame).tolist()
+        kept_counts.append(len(kept))
+        truth = [scene.mask(k) for k in range(len(spec.objects))]
+        pairs += best_ious(pred, [t for t in truth if t.sum() >= MIN_PIXELS], kept)
+    best_any = np.array([p[0] for p in pairs])
+    best_kept = np.array([p[1] for p in pairs])
+    return dict(model=model, split=split, scenes=n, objects=len(pairs),
+                best_any_iou=float(best_any.mean()), best_any_recall50=float(
+                    (best_any >= 0.5).mean()),
+                best_kept_iou=float(best_kept.mean()),
+                best_kept_recall50=float((best_kept >= 0.5).mean()),
+                kept_per_scene=float(np.mean(kept_counts)))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--model', default='segcap-tiny', help='model directory or name')
+    ap.add_argument('--split', default='test', choices=('train', 'val', 'test'))
+    ap.add_argument('--n', type=int, default=30, help='scenes')
+    ap.add_argument('--threads', type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(json.dumps(decoder_coverage(args.model, args.split, args.n), indent=2))
+
+
+if __name__ == '__main__':
+    main()
