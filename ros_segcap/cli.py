@@ -89,8 +89,10 @@ def cmd_infer(args) -> int:
     except (KeyError, FileNotFoundError, ValueError, AssetError) as exc:
         raise UsageError(str(exc).strip('"')) from None
     if not pipe.trained:
-        print(f'warning: model {args.model} has untrained weights (no trained checkpoint '
-              'found): the answer text is meaningless', file=sys.stderr)
+        from ros_segcap.core.weights import weights_warning
+
+        print(f'warning: {weights_warning(args.model) or "untrained weights"}',
+              file=sys.stderr)
     results = []
     for i, prompt in enumerate(prompts):
         try:

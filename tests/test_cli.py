@@ -118,7 +118,7 @@ def test_infer_writes_result(tiny_model, force_answer, tmp_path: Path, photo: Pa
                              'tiny-random', '--box', '5,5,50,30', '--out', str(out))
     assert code == 0, err
     assert stdout.strip() == 'the thing.'
-    assert 'untrained' in err and 'Traceback' not in err
+    assert 'no trained weights' in err and 'Traceback' not in err
     info = _check_out_dir(out, 1)
     assert info['answer'] == 'the thing.' and info['phrases'] == ['the thing']
 
@@ -152,7 +152,7 @@ def test_infer_subprocess(tmp_path: Path, photo: Path) -> None:
                              'tiny-random', '--max-new-tokens', '4', '--out', str(out)],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert 'untrained' in proc.stderr and 'Traceback' not in proc.stderr
+    assert 'no trained weights' in proc.stderr and 'Traceback' not in proc.stderr
     assert proc.stdout.strip()
     info = json.loads((out / 'result.json').read_text())
     _check_out_dir(out, len(info['masks']))

@@ -333,10 +333,14 @@ def test_commands_register_subcommands_without_importing_rclpy():
 def test_demo_knows_when_the_model_is_untrained(tmp_path):
     import json
 
-    from ros_segcap.ros.demo import has_trained_weights
+    from ros_segcap.core.weights import weights_warning
     for trained in (True, False):
         d = tmp_path / str(trained)
         d.mkdir()
         (d / 'config.json').write_text(json.dumps({'trained': trained}))
-        assert has_trained_weights(str(d)) is trained
-    assert has_trained_weights(str(tmp_path / 'missing' / 'dir'))  # the node reports it
+        warning = weights_warning(str(d))
+        assert (warning is None) is trained
+        if not trained:
+            assert 'trained: false' in warning and 'README.md' in warning
+    assert weights_warning(str(tmp_path / 'missing' / 'dir')) is None  # the node reports it
+    assert 'meaningless' in weights_warning('tiny-random')  # a name with nothing shipped

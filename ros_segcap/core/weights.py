@@ -106,6 +106,27 @@ def resolve_model_dir(name_or_dir: str) -> Optional[Path]:
     return None
 
 
+def weights_warning(name_or_dir: str) -> Optional[str]:
+    """One line for the user when a model's weights are not trained ones, else None.
+
+    A registered name without shipped weights runs untrained parts (meaningless answers); a
+    model directory marked `trained: false` is a candidate below the accuracy targets. A
+    missing or broken model gives None: its loader reports that itself.
+    """
+    try:
+        path = resolve_model_dir(name_or_dir)
+        if path is None:
+            return (f'model {name_or_dir!r} has no trained weights (none shipped in '
+                    f'{SHIPPED_DIR}): the answer text is meaningless (README: Status of the '
+                    'default weights)')
+        if json.loads((path / CONFIG_FILE).read_text()).get('trained', False):
+            return None
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+    return (f'model {name_or_dir!r} is marked trained: false (a candidate below the accuracy '
+            f'targets): answers and masks are often wrong; see {path / "README.md"}')
+
+
 def read_tensors(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Tensors of a model directory: safetensors, or a pickle only with allow_pickle."""
     from safetensors.torch import load_file

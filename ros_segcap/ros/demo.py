@@ -307,24 +307,12 @@ def report(client: DemoClient, args: argparse.Namespace) -> None:
             print(f'{name}: none received within {OVERLAY_GRACE:g} s of the answer')
 
 
-def has_trained_weights(model: str) -> bool:
-    """Whether `model` (a name or a directory) resolves to weights marked trained."""
-    import json
-
-    from ros_segcap.core.weights import CONFIG_FILE, resolve_model_dir
-    try:
-        path = resolve_model_dir(model)
-        return path is not None and bool(
-            json.loads((path / CONFIG_FILE).read_text()).get('trained', False))
-    except (FileNotFoundError, ValueError, OSError):
-        return True  # the node reports a missing or broken model itself
-
-
 def _demo(client: DemoClient, children: list[Child], args: argparse.Namespace) -> None:
-    if not has_trained_weights(args.model):
-        print(f'warning: model {args.model!r} has untrained weights (no trained checkpoint '
-              'found): the answer text is meaningless (README: Status of the default weights)',
-              flush=True)
+    from ros_segcap.core.weights import weights_warning
+
+    warning = weights_warning(args.model)
+    if warning:
+        print(f'warning: {warning}', flush=True)
     print(f'waiting for camera frames and segcap_node (model {args.model!r}, '
           f'backend {args.backend!r}) ...', flush=True)
     wait_ready(client, children, args)
