@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ros_segcap.core.pipeline import Pipeline, PipelineConfig
 from ros_segcap.core.preprocess import unletterbox
 from ros_segcap.world import render, sample_scene, split_seed
+from training.eval.metrics import iou_matrix
 
 IMAGE_SIZE = (480, 640)
 MIN_PIXELS = 50
@@ -29,16 +30,10 @@ def best_ious(pred: np.ndarray, truth: Sequence[np.ndarray], kept: Sequence[int]
               ) -> list[tuple[float, float]]:
     """pred (N, H, W) bool query masks, truth: (H, W) bool masks -> per true mask
     (best IoU over all queries, best IoU over the kept queries; 0 when none is kept)."""
-    flat = pred.reshape(len(pred), -1)
-    out = []
-    for t in truth:
-        t = t.reshape(-1)
-        inter = (flat & t).sum(1)
-        union = (flat | t).sum(1)
-        iou = inter / np.maximum(union, 1)
-        kept_iou = iou[list(kept)] if len(kept) else np.zeros(1)
-        out.append((float(iou.max()) if len(iou) else 0.0, float(kept_iou.max())))
-    return out
+    iou = iou_matrix(list(pred), list(truth))  # (queries, true masks)
+    kept = list(kept)
+    return [(float(col.max(initial=0.0)), float(col[kept].max(initial=0.0)))
+            for col in iou.T]
 
 
 def decoder_coverage(model: str, split: str = 'test', n: int = 30) -> dict:

@@ -52,8 +52,8 @@ class BlocksT(NamedTuple):
 
 
 def split_weight(w: torch.Tensor, threads: int):
-    """(out, in) fp weight -> Blocks or BlocksT with as many parts as threads (that divide
-    out); plain (out, in) for one thread."""
+    """(out, in) fp weight -> Blocks or BlocksT with the most parts <= threads that divide
+    out (one part for one thread)."""
     out, inp = w.shape
     parts = max(p for p in range(1, max(1, threads) + 1) if out % p == 0)
     if out >= 2 * inp:
