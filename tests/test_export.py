@@ -137,8 +137,7 @@ def test_stale_engines_are_rebuilt_when_asked(tiny_model, engines_dir, tmp_path,
 
 
 def test_vision_flops_match_the_torch_convs(engines_dir, tiny_model):
-    """Conv FLOPs counted from the ONNX graph equal the torch modules' own count (except the
-    mask_positions conv: its input is a constant, so the export folds it away)."""
+    """Conv FLOPs counted from the ONNX graph equal the torch modules' own count."""
     from ros_segcap.backends.graphs import VisionGraph
     from ros_segcap.export.flops import count_flops
 
@@ -148,8 +147,8 @@ def test_vision_flops_match_the_torch_convs(engines_dir, tiny_model):
     def hook(mod, inp, out):
         expected.append(2 * out.numel() * mod.weight[0].numel())
 
-    handles = [m.register_forward_hook(hook) for name, m in tiny_model.named_modules()
-               if isinstance(m, torch.nn.Conv2d) and not name.endswith('mask_pos')]
+    handles = [m.register_forward_hook(hook) for m in tiny_model.modules()
+               if isinstance(m, torch.nn.Conv2d)]
     try:
         with torch.no_grad():
             VisionGraph(tiny_model)(torch.zeros(1, 3, 128, 128))

@@ -121,7 +121,7 @@ _REGISTRY: dict[str, SegCapConfig] = {
     'tiny-random': SegCapConfig(
         name='tiny-random', image_size=128, backbone_pretrained=False, dim=32,
         num_queries=8, decoder_layers=2, num_heads=4, ffn_dim=64, llm='random', llm_hidden=64,
-        llm_config=TINY_RANDOM_LLM, max_object_tokens=8, fine_pool=True, mask_positions=True),
+        llm_config=TINY_RANDOM_LLM, max_object_tokens=8, fine_pool=True),
     'omg-llava-7b': SegCapConfig(
         name='omg-llava-7b', image_size=1024, backbone='convnext-large',
         backbone_pretrained=False, backbone_channels=(384, 768, 1536), dim=256,
