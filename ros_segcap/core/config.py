@@ -47,10 +47,6 @@ class SegCapConfig:
     num_heads: int = 8
     ffn_dim: int = 512
     mask_stride: int = 8  # stride of the mask features
-    # mask features also get 2-D sine positions (a zero-initialised 1x1 projection): the FPN
-    # alone is nearly translation invariant, so one query's mask covered every look-alike
-    # instance (two cones). Mask2Former gets positions from its deformable encoder instead.
-    mask_positions: bool = False
     llm: str = 'smollm2-135m-instruct'  # asset name, or 'random' (uses llm_config)
     llm_hidden: int = 576  # H
     llm_config: Optional[dict[str, Any]] = None  # LlamaConfig kwargs for a random LLM

@@ -107,27 +107,6 @@ def sine_position(h: int, w: int, dim: int, device=None, dtype=None) -> torch.Te
     return pos.to(dtype or torch.float32)
 
 
-MASK_POSITION_BANDS = 8  # 1 to 16 cycles per image side, geometric
-
-
-def fourier_position(h: int, w: int, bands: int = MASK_POSITION_BANDS, device=None,
-                     dtype=None) -> torch.Tensor:
-    """(2 + 4 * bands, h, w): x, y in -1..1 and sin/cos of each at 1 to 16 cycles per side.
-
-    Unlike sine_position (whose fastest wave spans the whole image) these reach one period
-    per two mask cells, fine enough to tell neighbouring look-alike objects apart.
-    """
-    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 - 1
-    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 - 1
-    y, x = torch.meshgrid(ys, xs, indexing='ij')
-    cycles = 2.0 ** torch.linspace(0, 4, bands, device=device)  # per side (length 2)
-    waves = [x, y]
-    for c in cycles.tolist():
-        for v in (x, y):
-            waves += [torch.sin(math.pi * c * v), torch.cos(math.pi * c * v)]
-    return torch.stack(waves).to(dtype or torch.float32)
-
-
 class PixelDecoder(nn.Module):
     """FPN over strides 8/16/32 -> mask features (B, D, S/ms, S/ms) and three memories."""
 
@@ -141,11 +120,6 @@ class PixelDecoder(nn.Module):
             nn.Sequential(nn.Conv2d(d, d, 3, padding=1), nn.GroupNorm(8, d), nn.ReLU())
             for _ in range(3))
         self.mask_proj = nn.Conv2d(d, d, 3, padding=1)
-        self.mask_pos = None  # mask_positions: sine positions -> mask features, zero at init
-        if config.mask_positions:
-            self.mask_pos = nn.Conv2d(2 + 4 * MASK_POSITION_BANDS, d, 1)
-            nn.init.zeros_(self.mask_pos.weight)
-            nn.init.zeros_(self.mask_pos.bias)
         self.level_embed = nn.Parameter(torch.zeros(3, d))
         nn.init.normal_(self.level_embed, std=0.02)
 
@@ -168,9 +142,6 @@ class PixelDecoder(nn.Module):
             top = F.interpolate(top, scale_factor=8 / self.mask_stride, mode='bilinear',
                                 align_corners=False)
         mask_features = self.mask_proj(top)
-        if self.mask_pos is not None:
-            pos = fourier_position(*mask_features.shape[-2:], device=top.device, dtype=top.dtype)
-            mask_features = mask_features + self.mask_pos(pos[None])
         memories, positions = [], []
         for i, m in enumerate(maps):
             b, d, h, w = m.shape
