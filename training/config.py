@@ -61,8 +61,6 @@ class TrainConfig:
     mask_bce_weight: float = 5.0
     mask_dice_weight: float = 5.0
     void_weight: float = 0.1  # class weight of unmatched queries (no object)
-    small_weight: float = 1.0  # stage 0: up to this weight for objects under small_cells
-    small_cells: float = 64.0  # mask-grid cells (weight sqrt(small_cells / area), >= 1)
     prompt_weight: float = 1.0  # stage 0 prompt queries vs their target mask
     # LoRA (stage 2)
     lora_r: int = 8

@@ -7,15 +7,13 @@ import torch
 import torch.nn.functional as F
 
 
-def _dice_each(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    p = logits.sigmoid().flatten(1)
-    t = target.flatten(1).to(p.dtype)
-    return 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
-
-
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean Dice loss of N masks: logits (N, Hm, Wm), target (N, Hm, Wm) in {0, 1}."""
-    return _dice_each(logits, target).mean()
+    p = logits.sigmoid().flatten(1)
+    t = target.flatten(1).to(p.dtype)
+    num = 2 * (p * t).sum(1) + 1
+    den = p.sum(1) + t.sum(1) + 1
+    return (1 - num / den).mean()
 
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -61,30 +59,17 @@ def hungarian_match(class_logits: torch.Tensor, mask_logits: torch.Tensor,
     return rows, cols
 
 
-def size_weights(masks: torch.Tensor, ref_cells: float, max_weight: float) -> torch.Tensor:
-    """(G,) loss weights of G target masks: sqrt(ref_cells / area) clipped to [1, max_weight].
-
-    Small objects get little of a per-pixel BCE and are the ones the decoder misses; this
-    lets a run lean on them (max_weight 1 = every object alike).
-    """
-    area = masks.flatten(1).float().sum(1).clamp(min=1.0)
-    return (ref_cells / area).sqrt().clamp(1.0, max_weight)
-
-
 def set_losses(class_logits: list[torch.Tensor], mask_logits: list[torch.Tensor],
                classes: torch.Tensor, masks: torch.Tensor, *, class_weight: float,
-               bce_weight: float, dice_weight: float, void_weight: float,
-               small_weight: float = 1.0, small_cells: float = 64.0
+               bce_weight: float, dice_weight: float, void_weight: float
                ) -> dict[str, torch.Tensor]:
     """Hungarian-matched class CE + mask BCE + Dice, summed over decoder layers (batch 1).
 
     class_logits[l]: (1, Nq, K+1); mask_logits[l]: (1, Nq, Hm, Wm); the last class is void.
-    Each matched target counts with size_weights(masks, small_cells, small_weight) in the
-    class and mask terms (weighted means, so the loss scale stays); unmatched queries count
-    with void_weight.
     """
     n_cls = class_logits[0].shape[-1]
-    g_w = size_weights(masks, small_cells, small_weight)
+    cls_w = torch.ones(n_cls, device=classes.device)
+    cls_w[-1] = void_weight
     out = {'class': 0.0, 'mask_bce': 0.0, 'mask_dice': 0.0}
     for cl, ml in zip(class_logits, mask_logits):
         cl, ml = cl[0].float(), ml[0].float()
@@ -93,17 +78,10 @@ def set_losses(class_logits: list[torch.Tensor], mask_logits: list[torch.Tensor]
         target_cls = torch.full((cl.shape[0],), n_cls - 1, dtype=torch.long,
                                 device=cl.device)
         target_cls[rows] = classes[cols]
-        q_w = torch.full((cl.shape[0],), void_weight, device=cl.device)
-        q_w[rows] = g_w[cols]
-        ce = F.cross_entropy(cl, target_cls, reduction='none')
-        out['class'] = out['class'] + (ce * q_w).sum() / q_w.sum()
-        pred, tgt, w = ml[rows], masks[cols], g_w[cols]
-        if not len(w):
-            continue
-        bce = F.binary_cross_entropy_with_logits(pred, tgt.to(pred.dtype),
-                                                 reduction='none').flatten(1).mean(1)
-        out['mask_bce'] = out['mask_bce'] + (bce * w).sum() / w.sum()
-        out['mask_dice'] = out['mask_dice'] + (_dice_each(pred, tgt) * w).sum() / w.sum()
+        out['class'] = out['class'] + F.cross_entropy(cl, target_cls, weight=cls_w)
+        pred, tgt = ml[rows], masks[cols]
+        out['mask_bce'] = out['mask_bce'] + bce_loss(pred, tgt)
+        out['mask_dice'] = out['mask_dice'] + dice_loss(pred, tgt)
     return out
 
 

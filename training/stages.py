@@ -74,8 +74,7 @@ class Stage0(nn.Module):
         logs = set_losses(out.class_logits, out.mask_logits, scene.pan_classes,
                           scene.pan_masks, class_weight=cfg.class_weight,
                           bce_weight=cfg.mask_bce_weight, dice_weight=cfg.mask_dice_weight,
-                          void_weight=cfg.void_weight, small_weight=cfg.small_weight,
-                          small_cells=cfg.small_cells)
+                          void_weight=cfg.void_weight)
         loss = cfg.class_weight * logs['class'] + cfg.mask_bce_weight * logs['mask_bce'] + \
             cfg.mask_dice_weight * logs['mask_dice']
         if scene.prompt_targets.numel():
