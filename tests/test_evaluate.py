@@ -97,3 +97,31 @@ def test_decoder_coverage_command_runs(tiny_dir, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out['scenes'] == 2 and out['objects'] >= 2
     assert 0.0 <= out['best_kept_iou'] <= out['best_any_iou'] <= 1.0
+    assert out["small_objects"] <= out["objects"]
+
+
+def test_referring_error_kinds():
+    """ok / decoder / no mask / phrase / pointer, from masks and phrases by hand."""
+    from training.referring_errors import classify
+
+    truth = np.zeros((8, 8), bool)
+    truth[:4, :4] = True
+    other = np.zeros((8, 8), bool)
+    other[4:, 4:] = True
+    covered = [truth.copy(), other]
+    assert classify([truth], covered, truth, 'the red cup', ['the red cup']) == 'ok'
+    assert classify([other], [other], truth, 'the red cup', ['the red cup']) == 'decoder'
+    assert classify([], covered, truth, 'the red cup', []) == 'no mask'
+    assert classify([other], covered, truth, 'the red cup', ['the blue cup']) == 'phrase'
+    assert classify([other], covered, truth, 'the red cup', ['the red cup']) == 'pointer'
+
+
+def test_referring_errors_command_counts_every_target(tiny_dir, capsys):
+    from training.referring_errors import KINDS, main as errors_main
+
+    errors_main(['--model', str(tiny_dir), '--n', '2', '--threads', '1'])
+    out = json.loads(capsys.readouterr().out)
+    truth = [tabletop_sample('test', i, (480, 640), 'referring') for i in (0, 4)]
+    assert out['targets'] == sum(len(s.masks) for s in truth) >= 2
+    assert sum(out[k] for k in KINDS) == out['targets']
+    assert len(out['examples']) == out['targets'] - out['ok']

@@ -1,0 +1,82 @@
+"""Why referring answers miss: each true target of the test split's referring samples is
+'ok' (an answer mask has IoU >= 0.5), 'decoder' (no kept decoder query covers it at IoU
+>= 0.5, so no pointer could help), 'no mask' (the answer has no mask), 'phrase' (the answer
+never names it) or 'pointer' (it is named and covered, but the [SEG] points elsewhere).
+
+    python -m training.referring_errors --model checkpoints/segcap-tiny-dec-wip --n 40
+
+Sample i is the evaluation's referring sample 4 * i (the samples `training.evaluate --n
+4n` scores), so the counts explain its referring cIoU.
+"""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+import json
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ros_segcap.core.answer import parse_answer
+from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+from ros_segcap.core.preprocess import unletterbox
+from training.data.tabletop import tabletop_sample
+from training.eval.metrics import iou_matrix
+
+IMAGE_SIZE = (480, 640)
+KINDS = ('ok', 'decoder', 'no mask', 'phrase', 'pointer')
+
+
+def classify(answer_masks: Sequence[np.ndarray], kept_masks: Sequence[np.ndarray],
+             truth: np.ndarray, phrase: str, answer_phrases: Sequence[str]) -> str:
+    """One of KINDS for one true target mask and its phrase."""
+    def best(masks) -> float:
+        return float(iou_matrix(list(masks), [truth]).max(initial=0.0)) if len(masks) else 0.0
+    if best(answer_masks) >= 0.5:
+        return 'ok'
+    if best(kept_masks) < 0.5:
+        return 'decoder'
+    if not len(answer_masks):
+        return 'no mask'
+    if phrase not in answer_phrases:
+        return 'phrase'
+    return 'pointer'
+
+
+def referring_errors(model: str, n: int = 40, split: str = 'test') -> dict:
+    """Counts of KINDS over the true targets of n referring samples (+ their examples)."""
+    pipe = Pipeline(PipelineConfig(model=model, max_new_tokens=128))
+    counts: Counter = Counter()
+    examples = []
+    for i in tqdm(range(n), desc='samples'):
+        sample = tabletop_sample(split, 4 * i, IMAGE_SIZE, 'referring')
+        result = pipe.run(sample.image, sample.question)
+        frame, box = pipe.encode(sample.image)
+        kept = pipe.model.kept_queries(frame)
+        kept_masks = (unletterbox(frame.mask_logits[0, kept], box).sigmoid() > 0.5).numpy()
+        truth_phrases = parse_answer(sample.answer).phrases
+        for truth, phrase in zip(sample.masks, truth_phrases):
+            kind = classify(result.masks, list(kept_masks), truth, phrase, result.phrases)
+            counts[kind] += 1
+            if kind != 'ok':
+                examples.append(f'{4 * i}: {kind}: {phrase!r} in {sample.question!r} -> '
+                                f'{result.raw_text!r}')
+    return dict(model=model, split=split, samples=n, targets=sum(counts.values()),
+                **{k: counts[k] for k in KINDS}, examples=examples)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--model', default='segcap-tiny', help='model directory or name')
+    ap.add_argument('--split', default='test', choices=('train', 'val', 'test'))
+    ap.add_argument('--n', type=int, default=40, help='referring samples')
+    ap.add_argument('--threads', type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(json.dumps(referring_errors(args.model, args.n, args.split), indent=2))
+
+
+if __name__ == '__main__':
+    main()
