@@ -97,7 +97,7 @@ def test_decoder_coverage_command_runs(tiny_dir, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out['scenes'] == 2 and out['objects'] >= 2
     assert 0.0 <= out['best_kept_iou'] <= out['best_any_iou'] <= 1.0
-    assert out["small_objects"] <= out["objects"]
+    assert out['small_objects'] <= out['objects']
 
 
 def test_referring_error_kinds():
