@@ -10,17 +10,15 @@ also for small objects alone (< SMALL_PIXELS at 640x480, where the decoder is we
 """
 from __future__ import annotations
 
-import argparse
-import json
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ros_segcap.core.pipeline import Pipeline, PipelineConfig
 from ros_segcap.core.preprocess import unletterbox
 from ros_segcap.world import render, sample_scene, split_seed
+from training.eval.cli import model_command
 from training.eval.metrics import iou_matrix
 
 IMAGE_SIZE = (480, 640)
@@ -69,14 +67,7 @@ def decoder_coverage(model: str, split: str = 'test', n: int = 30) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--model', default='segcap-tiny', help='model directory or name')
-    ap.add_argument('--split', default='test', choices=('train', 'val', 'test'))
-    ap.add_argument('--n', type=int, default=30, help='scenes')
-    ap.add_argument('--threads', type=int, default=2)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print(json.dumps(decoder_coverage(args.model, args.split, args.n), indent=2))
+    model_command(__doc__, decoder_coverage, 30, 'scenes', argv)
 
 
 if __name__ == '__main__':

@@ -10,19 +10,17 @@ Sample i is the evaluation's referring sample 4 * i (the samples `training.evalu
 """
 from __future__ import annotations
 
-import argparse
 from collections import Counter
-import json
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ros_segcap.core.answer import parse_answer
 from ros_segcap.core.pipeline import Pipeline, PipelineConfig
 from ros_segcap.core.preprocess import unletterbox
 from training.data.tabletop import tabletop_sample
+from training.eval.cli import model_command
 from training.eval.metrics import iou_matrix
 
 IMAGE_SIZE = (480, 640)
@@ -68,14 +66,7 @@ def referring_errors(model: str, n: int = 40, split: str = 'test') -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--model', default='segcap-tiny', help='model directory or name')
-    ap.add_argument('--split', default='test', choices=('train', 'val', 'test'))
-    ap.add_argument('--n', type=int, default=40, help='referring samples')
-    ap.add_argument('--threads', type=int, default=2)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print(json.dumps(referring_errors(args.model, args.n, args.split), indent=2))
+    model_command(__doc__, referring_errors, 40, 'referring samples', argv)
 
 
 if __name__ == '__main__':
