@@ -125,3 +125,23 @@ def test_referring_errors_command_counts_every_target(tiny_dir, capsys):
     assert out['targets'] == sum(len(s.masks) for s in truth) >= 2
     assert sum(out[k] for k in KINDS) == out['targets']
     assert len(out['examples']) == out['targets'] - out['ok']
+
+
+def test_plain_requests_pick_a_unique_object_and_a_near_miss():
+    from training.plain_requests import pick_requests
+
+    pairs = [('red', 'cup'), ('red', 'cup'), ('blue', 'cup'), ('green', 'ball')]
+    for seed in range(20):
+        k, absent = pick_requests(pairs, np.random.default_rng(seed))
+        assert k in (2, 3)  # the two red cups are ambiguous
+        assert absent[1] == pairs[k][1] and absent not in pairs
+    assert pick_requests([('red', 'cup')] * 2, np.random.default_rng(0)) == (None, None)
+
+
+def test_plain_requests_command(tiny_dir, capsys):
+    from training.plain_requests import main as plain_main
+
+    plain_main(['--model', str(tiny_dir), '--n', '3', '--threads', '1'])
+    out = json.loads(capsys.readouterr().out)
+    assert 1 <= out['present'] <= 3 and out['absent'] <= out['present']
+    assert 0.0 <= out['present_iou50'] <= 1.0 and 0.0 <= out['present_no_mask'] <= 1.0

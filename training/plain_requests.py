@@ -1,0 +1,74 @@
+"""The product's main command, measured alone: "Please segment the <colour> <kind> in this
+image." for an object the scene has (once, so the request is unambiguous) and for a near
+miss it lacks (the same kind in a colour the scene has none of).
+
+    python -m training.plain_requests --model checkpoints/segcap-tiny-dec-wip --n 40
+
+Per scene one present and one absent request. Reports the share of present requests whose
+mask has IoU >= 0.5 with the object, the share answered without a mask ("There is no
+..."), their mean IoU, and the share of absent requests that still get a mask. The
+referring samples of `training.evaluate` use varied expressions; this is the plain form a
+robot operator types, where a model can be biased towards yes or no.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+from ros_segcap.world import COLOUR_NAMES, render, sample_scene, split_seed
+from training.eval.cli import model_command
+from training.eval.metrics import iou_matrix
+
+IMAGE_SIZE = (480, 640)
+TEMPLATE = 'Please segment the {} {} in this image.'
+
+
+def pick_requests(pairs: Sequence[tuple[str, str]], rng: np.random.Generator
+                  ) -> tuple[Optional[int], Optional[tuple[str, str]]]:
+    """(index of an object whose (colour, kind) is unique in the scene, or None;
+    an absent (colour, kind) of that object's kind, or None)."""
+    unique = [k for k, p in enumerate(pairs) if pairs.count(p) == 1]
+    if not unique:
+        return None, None
+    k = unique[int(rng.integers(len(unique)))]
+    kind = pairs[k][1]
+    absent = [(c, kind) for c in COLOUR_NAMES if (c, kind) not in pairs]
+    return k, absent[int(rng.integers(len(absent)))] if absent else None
+
+
+def plain_requests(model: str, n: int = 40, split: str = 'test') -> dict:
+    """Present / absent plain-request scores over n scenes of a split."""
+    pipe = Pipeline(PipelineConfig(model=model))
+    ious, no_mask, false_mask = [], [], []
+    for i in tqdm(range(n), desc='scenes'):
+        spec = sample_scene(split_seed(split, i))
+        pairs = [(o.colour, o.kind) for o in spec.objects]
+        k, absent = pick_requests(pairs, np.random.default_rng(i))
+        if k is None:
+            continue
+        scene = render(spec, *IMAGE_SIZE)
+        result = pipe.run(scene.image, TEMPLATE.format(*pairs[k]))
+        pred = np.logical_or.reduce(result.masks) if result.masks else None
+        ious.append(float(iou_matrix([pred], [scene.mask(k)])[0, 0]) if pred is not None
+                    else 0.0)
+        no_mask.append(pred is None)
+        if absent is not None:
+            false_mask.append(bool(pipe.run(scene.image, TEMPLATE.format(*absent)).masks))
+    iou = np.array(ious)
+    return dict(model=model, split=split, scenes=n, present=len(ious),
+                present_iou50=float((iou >= 0.5).mean()) if len(iou) else None,
+                present_no_mask=float(np.mean(no_mask)) if no_mask else None,
+                present_mean_iou=float(iou.mean()) if len(iou) else None,
+                absent=len(false_mask),
+                absent_false_mask=float(np.mean(false_mask)) if false_mask else None)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    model_command(__doc__, plain_requests, 40, 'scenes', argv)
+
+
+if __name__ == '__main__':
+    main()
