@@ -21,8 +21,8 @@ from ros_segcap.core.pipeline import Pipeline, PipelineConfig
 from ros_segcap.world import COLOUR_NAMES, render, sample_scene, split_seed
 from training.eval.cli import model_command
 from training.eval.metrics import iou_matrix
+from training.evaluate import IMAGE_SIZE
 
-IMAGE_SIZE = (480, 640)
 TEMPLATE = 'Please segment the {} {} in this image.'
 
 
@@ -50,13 +50,14 @@ def plain_requests(model: str, n: int = 40, split: str = 'test') -> dict:
         if k is None:
             continue
         scene = render(spec, *IMAGE_SIZE)
-        result = pipe.run(scene.image, TEMPLATE.format(*pairs[k]))
+        result = pipe.run(scene.image, TEMPLATE.format(*pairs[k]), frame_key=i)
         pred = np.logical_or.reduce(result.masks) if result.masks else None
         ious.append(float(iou_matrix([pred], [scene.mask(k)])[0, 0]) if pred is not None
                     else 0.0)
         no_mask.append(pred is None)
         if absent is not None:
-            false_mask.append(bool(pipe.run(scene.image, TEMPLATE.format(*absent)).masks))
+            false_mask.append(bool(pipe.run(scene.image, TEMPLATE.format(*absent),
+                                            frame_key=i).masks))
     iou = np.array(ious)
     return dict(model=model, split=split, scenes=n, present=len(ious),
                 present_iou50=float((iou >= 0.5).mean()) if len(iou) else None,

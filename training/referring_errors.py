@@ -22,8 +22,8 @@ from ros_segcap.core.preprocess import unletterbox
 from training.data.tabletop import tabletop_sample
 from training.eval.cli import model_command
 from training.eval.metrics import iou_matrix
+from training.evaluate import IMAGE_SIZE, MAX_NEW_TOKENS
 
-IMAGE_SIZE = (480, 640)
 KINDS = ('ok', 'decoder', 'no mask', 'phrase', 'pointer')
 
 
@@ -45,13 +45,13 @@ def classify(answer_masks: Sequence[np.ndarray], kept_masks: Sequence[np.ndarray
 
 def referring_errors(model: str, n: int = 40, split: str = 'test') -> dict:
     """Counts of KINDS over the true targets of n referring samples (+ their examples)."""
-    pipe = Pipeline(PipelineConfig(model=model, max_new_tokens=128))
+    pipe = Pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS))
     counts: Counter = Counter()
     examples = []
     for i in tqdm(range(n), desc='samples'):
         sample = tabletop_sample(split, 4 * i, IMAGE_SIZE, 'referring')
-        result = pipe.run(sample.image, sample.question)
-        frame, box = pipe.encode(sample.image)
+        result = pipe.run(sample.image, sample.question, frame_key=i)
+        frame, box = pipe.encode(sample.image, frame_key=i)  # the frame run() encoded
         kept = pipe.model.kept_queries(frame)
         kept_masks = (unletterbox(frame.mask_logits[0, kept], box).sigmoid() > 0.5).numpy()
         truth_phrases = parse_answer(sample.answer).phrases

@@ -1,4 +1,5 @@
-"""The shared command line of the model diagnostics (decoder_eval, referring_errors)."""
+"""The shared command line of the model diagnostics (decoder_eval, referring_errors,
+plain_requests)."""
 from __future__ import annotations
 
 import argparse
