@@ -10,6 +10,12 @@ thread. LoRA adapters (peft) are merged into the fused weights. The cache keeps 
 (system prompt + visual block) so another command on the same frame only prefills its own
 question tokens.
 
+With quantize='q4' (decode path 'fast-q4'), decode steps read the LLM's own GGUF blocks
+instead (Q4_1 layers, Q8_0 LM head; gguf_blocks.py) with the C kernels of kernels.c: the same
+weight values as the fp32 path (the fp32 weights are those blocks dequantised; LoRA adapters
+are applied beside the blocks, unmerged), from ~6x fewer bytes. Prefill stays on the fp32
+blocks, where the matrix products are compute-bound.
+
 The snapshot of the weights is rebuilt automatically when any parameter changes in place
 (training steps bump tensor versions).
 """
@@ -20,6 +26,8 @@ from typing import Hashable, NamedTuple, Optional
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from .native import Q4Blocks, Q8Blocks
 
 
 def effective_weight(linear: nn.Module) -> torch.Tensor:
@@ -61,6 +69,50 @@ def split_weight(w: torch.Tensor, threads: int):
     return Blocks(w.contiguous().view(parts, out // parts, inp))
 
 
+def base_weight(linear: nn.Module) -> torch.Tensor:
+    """Weight of a Linear without its LoRA adapter."""
+    return getattr(linear, 'base_layer', linear).weight.detach()
+
+
+def lora_parts(linear: nn.Module) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """(A (r, in), B (out, r) * scaling) of the active peft adapters of a Linear, or None."""
+    if getattr(linear, 'base_layer', None) is None:
+        return None
+    a, b = [], []
+    for name in getattr(linear, 'active_adapters', ['default']):
+        if name in linear.lora_A:
+            a.append(linear.lora_A[name].weight.detach().float())
+            b.append(linear.lora_B[name].weight.detach().float() * linear.scaling[name])
+    return (torch.cat(a), torch.cat(b, 1)) if a else None
+
+
+def fuse_q4(parts: list, linears: list[nn.Module]) -> Q4Blocks:
+    """Q4Blocks of several Linears stacked by outputs (fused QKV, gate/up), with their LoRA
+    adapters as one adapter: A stacked, B block-diagonal."""
+    qs, d, m = (torch.cat([getattr(p, k) for p in parts]).contiguous() for k in ('qs', 'd', 'm'))
+    loras = [lora_parts(lin) for lin in linears]
+    if all(lo is None for lo in loras):
+        return Q4Blocks(qs, d, m)
+    cols = qs.shape[1] * 2
+    rows = [p.qs.shape[0] for p in parts]
+    ranks = [0 if lo is None else lo[0].shape[0] for lo in loras]
+    la = torch.zeros(sum(ranks), cols)
+    lb = torch.zeros(sum(rows), sum(ranks))
+    r0 = c0 = 0
+    for lo, n, r in zip(loras, rows, ranks):
+        if lo is not None:
+            la[c0:c0 + r] = lo[0]
+            lb[r0:r0 + n, c0:c0 + r] = lo[1]
+        r0, c0 = r0 + n, c0 + r
+    return Q4Blocks(qs, d, m, la.contiguous(), lb.contiguous())
+
+
+class Q8Head(NamedTuple):
+    """The LM head for decode steps: Q8_0 blocks of the base vocabulary + fp32 new rows."""
+    base: Q8Blocks
+    tail: torch.Tensor  # (new rows, H) fp32
+
+
 def _versions(lm: nn.Module) -> tuple[int, ...]:
     return tuple(p._version for p in lm.parameters())
 
@@ -70,9 +122,11 @@ class FastLlama:
 
     def __init__(self, lm: nn.Module, max_len: int = 2048,
                  dtype: torch.dtype = torch.float32, quantize: Optional[str] = None,
-                 threads: Optional[int] = None) -> None:
-        if quantize not in (None, 'int8'):
-            raise ValueError(f'quantize must be None or int8, got {quantize!r}')
+                 threads: Optional[int] = None, gguf: Optional[str] = None) -> None:
+        if quantize not in (None, 'int8', 'q4'):
+            raise ValueError(f'quantize must be None, int8 or q4, got {quantize!r}')
+        if quantize == 'q4' and (gguf is None or dtype != torch.float32):
+            raise ValueError("quantize='q4' needs the LLM's GGUF file and fp32")
         self.quantize = quantize
         self.threads = threads or torch.get_num_threads()  # weight blocks per matmul
         cfg = lm.config
@@ -83,7 +137,12 @@ class FastLlama:
         self.eps = cfg.rms_norm_eps
         self.max_len = max_len
         self.dtype = dtype
+        self.kernels = None
+        self.q_layers: list[dict] = []
+        self.q_head: Optional[Q8Head] = None
         self._build(lm)
+        if quantize == 'q4':
+            self._build_q4(lm, gguf)
         self._rope(cfg)
         n_layers = len(self.layers)
         shape = (n_layers, self.n_kv, max_len, self.head_dim)
@@ -97,7 +156,7 @@ class FastLlama:
     def _weight(self, w: torch.Tensor):
         """A matmul weight in the chosen storage: fp tensor, or (int8, per-row scale)."""
         w = w.to(self.dtype)
-        if self.quantize != 'int8':
+        if self.quantize != 'int8':  # q4 keeps fp32 blocks for prefill
             return split_weight(w, self.threads)
         scale = (w.abs().amax(1) / 127.0).clamp_min(1e-12)
         q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
@@ -144,16 +203,62 @@ class FastLlama:
         self.final_norm = lm.model.norm.weight.detach().to(self.dtype)
         self.head = self._head(effective_weight(lm.lm_head))
 
+    def _build_q4(self, lm: nn.Module, gguf: str) -> None:
+        """Decode-step weights from the GGUF blocks that dequantise to the base weights."""
+        from . import native
+        from .gguf_blocks import matching_blocks
+
+        self.kernels = native.load()
+        base = {'model.embed_tokens.weight': base_weight(lm.lm_head)}
+        groups = {'wqkv': ('self_attn', ('q_proj', 'k_proj', 'v_proj')),
+                  'wo': ('self_attn', ('o_proj',)),
+                  'wgu': ('mlp', ('gate_proj', 'up_proj')), 'wdown': ('mlp', ('down_proj',))}
+        for i, layer in enumerate(lm.model.layers):
+            for part, names in groups.values():
+                for n in names:
+                    base[f'model.layers.{i}.{part}.{n}.weight'] = \
+                        base_weight(getattr(getattr(layer, part), n))
+        found = matching_blocks(gguf, base)
+        for i, layer in enumerate(lm.model.layers):
+            q = {}
+            for key, (part, names) in groups.items():
+                full = [f'model.layers.{i}.{part}.{n}.weight' for n in names]
+                if all(f in found for f in full):
+                    q[key] = fuse_q4([found[f] for f in full],
+                                     [getattr(getattr(layer, part), n) for n in names])
+            self.q_layers.append(q)
+        head = found.get('model.embed_tokens.weight')
+        if isinstance(head, Q8Blocks) and lora_parts(lm.lm_head) is None:
+            tail = effective_weight(lm.lm_head)[head.shape[0]:].float().contiguous()
+            self.q_head = Q8Head(head, tail)
+        self.q_missing = sum(4 - len(q) for q in self.q_layers) + (self.q_head is None)
+        if self.q_missing == 4 * len(self.q_layers) + 1:
+            raise ValueError(f'no block of {gguf} equals the base weights (another or a '
+                             'fine-tuned base model?)')
+
     def weight_bytes(self) -> int:
         """Bytes of matmul weights read per decoded token (all layers + LM head)."""
         def size(w) -> int:
+            if isinstance(w, (Q4Blocks, Q8Blocks)):
+                return w.nbytes()
+            if isinstance(w, Q8Head):
+                return w.base.nbytes() + size(w.tail)
             if isinstance(w, tuple):
                 return sum(t.numel() * t.element_size() for t in w)
             return w.numel() * w.element_size()
-        total = size(self.head) + self.final_norm.numel() * self.final_norm.element_size()
-        for layer in self.layers:
-            total += sum(size(w) for w in layer.values())
+        total = size(self.q_head or self.head)
+        total += self.final_norm.numel() * self.final_norm.element_size()
+        for i, layer in enumerate(self.layers):
+            q = self.q_layers[i] if self.q_layers else {}
+            total += sum(size(q.get(k, w)) for k, w in layer.items())
         return total
+
+    def _mm(self, x: torch.Tensor, w, q: Optional[Q4Blocks]) -> torch.Tensor:
+        """x (T, in) @ W.T: one decode row over the GGUF blocks when they exist."""
+        if q is not None and x.shape[0] == 1:
+            from .native import gemv_q4_1
+            return gemv_q4_1(self.kernels, q, x[0], self.threads)[None]
+        return self._linear(x, w)
 
     def _rope(self, cfg) -> None:
         params = getattr(cfg, 'rope_parameters', None) or {}
@@ -193,7 +298,8 @@ class FastLlama:
             pos = torch.arange(end, device=x.device)
             mask = pos[None, :] <= (start + torch.arange(t, device=x.device))[:, None]
         for i, w in enumerate(self.layers):
-            qkv = self._linear(self._norm(x, w['ln1']), w['wqkv'])
+            q4 = self.q_layers[i] if self.q_layers else {}
+            qkv = self._mm(self._norm(x, w['ln1']), w['wqkv'], q4.get('wqkv'))
             qk = qkv[:, :n_qk * hd].view(t, n_qk, hd).transpose(0, 1)  # (Hq + Hkv, T, hd)
             qk = qk * cos + qk.roll(hd // 2, -1) * sin  # RoPE on queries and keys at once
             q = qk[:h_q]
@@ -202,13 +308,18 @@ class FastLlama:
             att = F.scaled_dot_product_attention(
                 q[None], self.k_cache[i, :, :end][None], self.v_cache[i, :, :end][None],
                 attn_mask=mask, enable_gqa=True)[0]
-            x = x + self._linear(att.transpose(0, 1).reshape(t, h_q * hd), w['wo'])
-            g, u = self._linear(self._norm(x, w['ln2']), w['wgu']).chunk(2, -1)
-            x = x + self._linear(F.silu(g) * u, w['wdown'])
+            x = x + self._mm(att.transpose(0, 1).reshape(t, h_q * hd), w['wo'], q4.get('wo'))
+            g, u = self._mm(self._norm(x, w['ln2']), w['wgu'], q4.get('wgu')).chunk(2, -1)
+            x = x + self._mm(F.silu(g) * u, w['wdown'], q4.get('wdown'))
         self.length = end
         return self._norm(x, self.final_norm)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.q_head is not None:
+            from .native import gemv_q8_0
+            x = h.float().contiguous()
+            y = gemv_q8_0(self.kernels, self.q_head.base, x, self.threads)
+            return torch.cat([y, self.q_head.tail @ x]) if len(self.q_head.tail) else y
         x = h.to(self.dtype)[None]
         return self._linear(x, self.head)[0].float()
 
