@@ -120,6 +120,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
+    from ros_segcap.core.config import DEFAULT_DECODE_PATH
     from ros_segcap.core.pipeline import Pipeline, PipelineConfig
     from ros_segcap.world import render, sample_scene
 
@@ -167,7 +168,7 @@ def main() -> int:
                   f'{", ".join(f"{x:.2f}" for x in llama_ratio[path])})')
     else:
         print(f'llama.cpp: {llama}')
-    llm.decode_path = 'fast'
+    llm.decode_path = DEFAULT_DECODE_PATH
     image = render(sample_scene(2_000_009), 480, 640).image
     first, second = ttft_ratio(pipe, image)
     print(f'TTFT first command {first:.0f} ms, second on the same frame {second:.0f} ms: '

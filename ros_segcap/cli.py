@@ -143,7 +143,11 @@ def add_infer(sub) -> None:
     p.add_argument('--model', default='segcap-tiny', help='registered name or model directory')
     p.add_argument('--backend', default='torch', help='torch | onnxruntime | tensorrt | auto')
     p.add_argument('--max-new-tokens', type=int, default=48)
-    p.add_argument('--decode-path', default='fast', help='fast | fast-int8 | reference')
+    from ros_segcap.core.config import DECODE_PATHS, DEFAULT_DECODE_PATH
+
+    p.add_argument('--decode-path', default=DEFAULT_DECODE_PATH, choices=DECODE_PATHS,
+                   help='LLM decode path (default %(default)s; it falls back to fast where it '
+                        'cannot run)')
     p.add_argument('--temperature', type=float, default=0.0)
     p.add_argument('--allow-pickle', action='store_true',
                    help='allow loading pickle weight files (only if you trust them)')

@@ -51,4 +51,15 @@ if [ -f msg/package.xml ]; then
   step "building the ros_segcap_msgs interface package"
   "$VENV/bin/python" scripts/build_msgs.py || fail "building msg/ (ros_segcap_msgs); see above"
 fi
+if ! command -v cc >/dev/null && ! command -v gcc >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing gcc (for the fast-q4 decode kernels)"
+    apt-get install -y -q gcc >/dev/null || step "WARNING: apt-get install gcc failed"
+  else
+    step "WARNING: no C compiler: the LLM decodes with 'fast' instead of 'fast-q4' (apt install gcc)"
+  fi
+fi
+step "building the C decode kernels (ros_segcap/core/kernels.c)"
+"$VENV/bin/python" -c "from ros_segcap.core import native; print('setup: kernels:', native.variant(native.load()))" \
+  || step "WARNING: the C kernels did not build: the LLM decodes with 'fast' instead of 'fast-q4'"
 step "done. Activate with: source $VENV/bin/activate"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ros_segcap.core.answer import parse_answer
-from ros_segcap.core.llm import DECODE_PATHS
+from ros_segcap.core.llm import DECODE_PATHS, DEFAULT_DECODE_PATH
 from ros_segcap.core.pipeline import Pipeline, PipelineConfig
 from ros_segcap.core.preprocess import prompt_queries
 from ros_segcap.core.types import SegCapResult
@@ -102,7 +102,7 @@ class Evaluator:
 
 def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
              tasks: Sequence[str] = TASK_CYCLE, log: Optional[Path] = None,
-             decode_path: str = 'fast') -> dict[str, Any]:
+             decode_path: str = DEFAULT_DECODE_PATH) -> dict[str, Any]:
     """Run n samples of a split through a Pipeline and return the scores."""
     pipe = Pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS,
                                    decode_path=decode_path))
@@ -118,7 +118,8 @@ def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
                      'truth': sample.answer, 'answer': result.raw_text})
     scores = ev.scores()
     scores.update(split=split, n=n, seed_offset=seed_offset, seconds=time.time() - t0,
-                  model=model, decode_path=decode_path, answers=[r['answer'] for r in rows])
+                  model=model, decode_path=pipe.model.llm.effective_decode_path(),
+                  answers=[r['answer'] for r in rows])
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
@@ -145,7 +146,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--out', default='', help='write the scores JSON here')
     ap.add_argument('--answers', default='', help='write every answer as JSON lines here')
-    ap.add_argument('--decode-path', default='fast', choices=DECODE_PATHS)
+    ap.add_argument('--decode-path', default=DEFAULT_DECODE_PATH, choices=DECODE_PATHS)
     ap.add_argument('--parity', action='store_true',
                     help='also run the reference decode path on the same samples and report '
                          'the answer mismatch rate and the score differences')

@@ -21,6 +21,14 @@ MARK_TOKEN = '<mark>'
 SPECIAL_TOKENS = (SEG_TOKEN, P_OPEN, P_CLOSE, REGION_TOKEN, MARK_TOKEN)
 IMAGE_TOKEN = '<image>'
 
+# 'fast-q4': the lean forward, whose decode steps read the LLM's GGUF blocks (Q4_1 / Q8_0)
+# with the C kernels: the same weight values as fp32, ~6x fewer bytes (fastlm.py); it falls
+# back to 'fast' where the kernels cannot be built or the weights are not the GGUF's.
+# 'fast': lean fp32 forward (same maths as the reference); 'fast-int8': the same with int8
+# weight-only linear layers (lossy); 'reference': Hugging Face forward with a DynamicCache.
+DECODE_PATHS = ('fast-q4', 'fast', 'fast-int8', 'reference')
+DEFAULT_DECODE_PATH = 'fast-q4'
+
 # Panoptic vocabulary of the tabletop world, in the world's class-id order
 # (ros_segcap.world.palette.CLASS_NAMES): stuff first, then one thing class per kind.
 TABLETOP_CLASSES = ('background', 'table', 'cup', 'mug', 'bowl', 'bottle', 'can', 'ball', 'box',
@@ -47,6 +55,11 @@ class SegCapConfig:
     num_heads: int = 8
     ffn_dim: int = 512
     mask_stride: int = 8  # stride of the mask features
+    # how a query's previous mask becomes its attention mask on the coarser memories:
+    # 'bilinear' resize (Mask2Former; an object under ~2 cells of the stride-32 map can
+    # vanish, and the query then attends everywhere) or 'max' (a cell is allowed if any of
+    # its mask pixels is)
+    attn_mask_pool: str = 'bilinear'
     llm: str = 'smollm2-135m-instruct'  # asset name, or 'random' (uses llm_config)
     llm_hidden: int = 576  # H
     llm_config: Optional[dict[str, Any]] = None  # LlamaConfig kwargs for a random LLM

@@ -140,15 +140,16 @@ class FastLlama:
         self.kernels = None
         self.q_layers: list[dict] = []
         self.q_head: Optional[Q8Head] = None
+        self.c_step = None  # native.StepModel when every layer has Q4 blocks
         self._build(lm)
-        if quantize == 'q4':
-            self._build_q4(lm, gguf)
         self._rope(cfg)
         n_layers = len(self.layers)
         shape = (n_layers, self.n_kv, max_len, self.head_dim)
         device = self.final_norm.device
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        if quantize == 'q4':
+            self._build_q4(lm, gguf)
         self.length = 0  # valid positions in the cache
         self.prefix_key: Optional[Hashable] = None
         self.prefix_len = 0
@@ -208,6 +209,8 @@ class FastLlama:
         from . import native
         from .gguf_blocks import matching_blocks
 
+        if self.final_norm.device.type != 'cpu':
+            raise ValueError(f'fast-q4 runs on the CPU; the LLM is on {self.final_norm.device}')
         self.kernels = native.load()
         base = {'model.embed_tokens.weight': base_weight(lm.lm_head)}
         groups = {'wqkv': ('self_attn', ('q_proj', 'k_proj', 'v_proj')),
@@ -235,6 +238,11 @@ class FastLlama:
         if self.q_missing == 4 * len(self.q_layers) + 1:
             raise ValueError(f'no block of {gguf} equals the base weights (another or a '
                              'fine-tuned base model?)')
+        if all(len(q) == 4 for q in self.q_layers):  # whole decode steps in C
+            self.c_step = native.step_model(
+                self.q_layers, [(w['ln1'], w['ln2']) for w in self.layers], self.k_cache,
+                self.v_cache, self.cos, self.sin, self.final_norm, self.n_heads, self.eps,
+                self.threads)
 
     def weight_bytes(self) -> int:
         """Bytes of matmul weights read per decoded token (all layers + LM head)."""
@@ -342,4 +350,12 @@ class FastLlama:
 
     def step(self, embed: torch.Tensor) -> torch.Tensor:
         """One new token embedding (D,) at the end of the cache -> its hidden state (D,)."""
+        if self.c_step is not None:
+            from .native import decode_step
+            if self.length >= self.max_len:
+                raise ValueError(f'sequence of {self.length + 1} tokens exceeds the cache '
+                                 f'of {self.max_len}')
+            h = decode_step(self.kernels, self.c_step, embed, self.length)
+            self.length += 1
+            return h
         return self.forward(embed[None], self.length)[0]

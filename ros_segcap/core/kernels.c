@@ -15,6 +15,9 @@
  */
 #include <stdint.h>
 #include <stddef.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
 #include <omp.h>
 
 #if !defined(SEGCAP_PORTABLE) && defined(__AVX512F__)
@@ -167,4 +170,102 @@ void segcap_gemv_q8_0(const int8_t *qs, const float *d, const float *x, float *y
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (long row = 0; row < rows; row++)
         y[row] = q8_row(qs + row * cols, d + row * nb, x, nb);
+}
+
+/* ----- a whole decode step of a Llama over Q4_1 blocks (batch 1) --------------------------
+ * The same maths as FastLlama.forward for one token, without a Python call per operation:
+ * RMSNorm, fused QKV, RoPE (tables with the rotate-half sign folded into sin), the KV cache
+ * write, grouped-query attention over positions 0..pos, output projection, residual,
+ * RMSNorm, fused gate/up, SiLU(gate) * up, down projection, residual; the final norm. */
+typedef struct {
+    const uint8_t *qs;
+    const float *d, *m, *la, *lb;
+    long rows, cols, r;
+} SegcapQ4;
+
+typedef struct {
+    const float *ln1, *ln2;
+    SegcapQ4 qkv, o, gu, down;
+    float *k, *v; /* this layer's cache: (n_kv, max_len, head_dim) */
+} SegcapLayer;
+
+typedef struct {
+    long n_layers, hidden, n_heads, n_kv, head_dim, ffn, max_len;
+    int threads;
+    float eps;
+    const float *cos, *sin; /* (max_len, head_dim) */
+    const float *final_norm;
+    const SegcapLayer *layers;
+} SegcapModel;
+
+static void q4_apply(const SegcapQ4 *w, const float *x, float *y, int threads) {
+    segcap_gemv_q4_1(w->qs, w->d, w->m, x, y, w->rows, w->cols, w->la, w->lb, w->r, threads);
+}
+
+static void rms_norm(const float *x, const float *w, float *y, long n, float eps) {
+    float ss = 0.f;
+    for (long i = 0; i < n; i++) ss += x[i] * x[i];
+    float inv = 1.f / sqrtf(ss / (float)n + eps);
+    for (long i = 0; i < n; i++) y[i] = x[i] * inv * w[i];
+}
+
+static void rope(float *v, const float *cos, const float *sin, long hd) {
+    float t[hd];
+    for (long j = 0; j < hd; j++) t[j] = v[j] * cos[j] + v[(j + hd / 2) % hd] * sin[j];
+    for (long j = 0; j < hd; j++) v[j] = t[j];
+}
+
+/* x (hidden) in: the token's embedding; out: its last-layer hidden state after the norm */
+void segcap_decode_step(const SegcapModel *mdl, float *x, long pos) {
+    const long H = mdl->hidden, hd = mdl->head_dim, nh = mdl->n_heads, nkv = mdl->n_kv;
+    const long L = mdl->max_len, group = nh / nkv, n = pos + 1;
+    const int th = mdl->threads;
+    const float *cs = mdl->cos + pos * hd, *sn = mdl->sin + pos * hd;
+    const float scale = 1.f / sqrtf((float)hd);
+    float *h = malloc(sizeof(float) * (H + (nh + 2 * nkv) * hd + nh * hd + 2 * mdl->ffn +
+                                       nh * n));
+    float *qkv = h + H, *att = qkv + (nh + 2 * nkv) * hd, *gu = att + nh * hd;
+    float *scores = gu + 2 * mdl->ffn;
+    for (long l = 0; l < mdl->n_layers; l++) {
+        const SegcapLayer *ly = mdl->layers + l;
+        rms_norm(x, ly->ln1, h, H, mdl->eps);
+        q4_apply(&ly->qkv, h, qkv, th);
+        for (long i = 0; i < nh + nkv; i++) rope(qkv + i * hd, cs, sn, hd);
+        for (long i = 0; i < nkv; i++) {
+            memcpy(ly->k + (i * L + pos) * hd, qkv + (nh + i) * hd, sizeof(float) * hd);
+            memcpy(ly->v + (i * L + pos) * hd, qkv + (nh + nkv + i) * hd, sizeof(float) * hd);
+        }
+        #pragma omp parallel for num_threads(th) schedule(static)
+        for (long i = 0; i < nh; i++) {
+            const float *q = qkv + i * hd;
+            const float *kc = ly->k + (i / group) * L * hd, *vc = ly->v + (i / group) * L * hd;
+            float *s = scores + i * n, mx = -INFINITY, sum = 0.f;
+            for (long p = 0; p < n; p++) {
+                float dot = 0.f;
+                for (long j = 0; j < hd; j++) dot += q[j] * kc[p * hd + j];
+                s[p] = dot * scale;
+                if (s[p] > mx) mx = s[p];
+            }
+            for (long p = 0; p < n; p++) { s[p] = expf(s[p] - mx); sum += s[p]; }
+            float *o = att + i * hd;
+            for (long j = 0; j < hd; j++) o[j] = 0.f;
+            for (long p = 0; p < n; p++) {
+                float wgt = s[p] / sum;
+                for (long j = 0; j < hd; j++) o[j] += wgt * vc[p * hd + j];
+            }
+        }
+        q4_apply(&ly->o, att, h, th);
+        for (long i = 0; i < H; i++) x[i] += h[i];
+        rms_norm(x, ly->ln2, h, H, mdl->eps);
+        q4_apply(&ly->gu, h, gu, th);
+        for (long i = 0; i < mdl->ffn; i++) {
+            float g = gu[i];
+            gu[i] = g / (1.f + expf(-g)) * gu[mdl->ffn + i];
+        }
+        q4_apply(&ly->down, gu, h, th);
+        for (long i = 0; i < H; i++) x[i] += h[i];
+    }
+    rms_norm(x, mdl->final_norm, h, H, mdl->eps);
+    memcpy(x, h, sizeof(float) * H);
+    free(h);
 }

@@ -14,19 +14,11 @@ from typing import Callable, Optional, TYPE_CHECKING
 import torch
 from torch import nn
 
-from .config import IMAGE_TOKEN, SPECIAL_TOKENS, SEG_TOKEN, SegCapConfig
+from .config import (DECODE_PATHS, DEFAULT_DECODE_PATH, IMAGE_TOKEN, SPECIAL_TOKENS,
+                     SEG_TOKEN, SegCapConfig)
 
 if TYPE_CHECKING:
     from .fastlm import FastLlama
-
-
-# 'fast-q4': the lean forward, whose decode steps read the LLM's GGUF blocks (Q4_1 / Q8_0)
-# with the C kernels: the same weight values as fp32, ~6x fewer bytes (fastlm.py); it falls
-# back to 'fast' where the kernels cannot be built or the weights are not the GGUF's.
-# 'fast': lean fp32 forward (same maths as the reference); 'fast-int8': the same with int8
-# weight-only linear layers (lossy); 'reference': Hugging Face forward with a DynamicCache.
-DECODE_PATHS = ('fast-q4', 'fast', 'fast-int8', 'reference')
-DEFAULT_DECODE_PATH = 'fast-q4'
 
 
 @dataclass
@@ -188,6 +180,12 @@ class LanguageModel(nn.Module):
             else:
                 self._fast = FastLlama(self.lm, quantize=quantize)
         return self._fast
+
+    def effective_decode_path(self) -> str:
+        """The decode path in use: 'fast' when fast-q4 fell back (see q4_unavailable)."""
+        if self.decode_path == 'fast-q4' and self.q4_unavailable:
+            return 'fast'
+        return self.decode_path
 
     def _gguf(self) -> str:
         """The GGUF file the base LLM weights came from (for fast-q4)."""

@@ -98,7 +98,7 @@ def _build(portable: bool) -> Path:
     target.parent.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent.parent))
     try:
-        cmd = [cc, *flags, '-o', str(tmp / target.name), str(SOURCE)]
+        cmd = [cc, *flags, '-o', str(tmp / target.name), str(SOURCE), '-lm']
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             err = (proc.stderr.strip().splitlines() or ['?'])[-1]
@@ -122,6 +122,8 @@ def load(portable: bool = False) -> ctypes.CDLL:
         lib.segcap_gemv_q4_1.restype = None
         lib.segcap_gemv_q8_0.argtypes = [_P] * 4 + [ctypes.c_long] * 2 + [ctypes.c_int]
         lib.segcap_gemv_q8_0.restype = None
+        lib.segcap_decode_step.argtypes = [ctypes.POINTER(StepModel), _P, ctypes.c_long]
+        lib.segcap_decode_step.restype = None
         _LIBS[portable] = lib
     return _LIBS[portable]
 
@@ -162,3 +164,63 @@ def gemv_q8_0(lib: ctypes.CDLL, w: Q8Blocks, x: torch.Tensor,
     lib.segcap_gemv_q8_0(w.q.data_ptr(), w.d.data_ptr(), x.data_ptr(), y.data_ptr(),
                          rows, cols, threads or torch.get_num_threads())
     return y
+
+
+# ----- a whole decode step in C (kernels.c: segcap_decode_step) ------------------------------
+
+class _Q4(ctypes.Structure):
+    _fields_ = [('qs', _P), ('d', _P), ('m', _P), ('la', _P), ('lb', _P),
+                ('rows', ctypes.c_long), ('cols', ctypes.c_long), ('r', ctypes.c_long)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [('ln1', _P), ('ln2', _P), ('qkv', _Q4), ('o', _Q4), ('gu', _Q4),
+                ('down', _Q4), ('k', _P), ('v', _P)]
+
+
+class StepModel(ctypes.Structure):
+    _fields_ = [('n_layers', ctypes.c_long), ('hidden', ctypes.c_long),
+                ('n_heads', ctypes.c_long), ('n_kv', ctypes.c_long),
+                ('head_dim', ctypes.c_long), ('ffn', ctypes.c_long),
+                ('max_len', ctypes.c_long), ('threads', ctypes.c_int), ('eps', ctypes.c_float),
+                ('cos', _P), ('sin', _P), ('final_norm', _P), ('layers', ctypes.POINTER(_Layer))]
+
+
+def _q4_struct(w: Q4Blocks) -> _Q4:
+    rows, cols = w.shape
+    return _Q4(w.qs.data_ptr(), w.d.data_ptr(), w.m.data_ptr(),
+               None if w.la is None else w.la.data_ptr(),
+               None if w.lb is None else w.lb.data_ptr(),
+               rows, cols, 0 if w.la is None else w.la.shape[0])
+
+
+def step_model(layers: list[dict], norms: list[tuple[torch.Tensor, torch.Tensor]],
+               k_cache: torch.Tensor, v_cache: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor, final_norm: torch.Tensor, n_heads: int, eps: float,
+               threads: int) -> StepModel:
+    """The C view of a Q4 Llama for segcap_decode_step. layers[i]: Q4Blocks under 'wqkv',
+    'wo', 'wgu', 'wdown'; norms[i]: (ln1, ln2); caches (layers, n_kv, max_len, head_dim).
+    Every tensor must stay alive (and in place) as long as the result is used."""
+    tensors = [k_cache, v_cache, cos, sin, final_norm] + [t for pair in norms for t in pair]
+    for t in tensors:
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != 'cpu':
+            raise ValueError('the C decode step needs contiguous fp32 CPU tensors')
+    n_layers, n_kv, max_len, head_dim = k_cache.shape
+    arr = (_Layer * n_layers)()
+    for i, (w, (ln1, ln2)) in enumerate(zip(layers, norms)):
+        arr[i] = _Layer(ln1.data_ptr(), ln2.data_ptr(), _q4_struct(w['wqkv']),
+                        _q4_struct(w['wo']), _q4_struct(w['wgu']), _q4_struct(w['wdown']),
+                        k_cache[i].data_ptr(), v_cache[i].data_ptr())
+    model = StepModel(n_layers, final_norm.numel(), n_heads, n_kv, head_dim,
+                      layers[0]['wgu'].shape[0] // 2, max_len, threads, eps, cos.data_ptr(),
+                      sin.data_ptr(), final_norm.data_ptr(), arr)
+    model._keep = arr  # the layer array must outlive the struct that points at it
+    return model
+
+
+def decode_step(lib: ctypes.CDLL, model: StepModel, x: torch.Tensor, pos: int) -> torch.Tensor:
+    """One token's embedding (hidden,) at position pos -> its final hidden state (hidden,);
+    writes the token's keys and values into the caches."""
+    h = x.detach().float().clone().contiguous()
+    lib.segcap_decode_step(ctypes.byref(model), h.data_ptr(), pos)
+    return h

@@ -18,7 +18,7 @@ import torch
 from .answer import parse_answer
 from .config import MARK_TOKEN, REGION_TOKEN
 from .decoder import DecoderOutput
-from .llm import DECODE_PATHS
+from .llm import DECODE_PATHS, DEFAULT_DECODE_PATH
 from .model import FrameFeatures, SegCapModel
 from .preprocess import Letterbox, check_image, letterbox, prompt_queries, unletterbox
 from .types import InputError, SegCapResult, Timing, VisualPrompt
@@ -39,7 +39,7 @@ class PipelineConfig:
     allow_pickle: bool = False
     engines_dir: str = ''  # '' = $SEGCAP_ENGINES, ./engines, or the checkout's engines/
     rebuild_engines: bool = False  # re-export stale/missing engines instead of refusing
-    decode_path: str = 'fast'  # LLM decode: fast | fast-int8 | reference (llm.DECODE_PATHS)
+    decode_path: str = DEFAULT_DECODE_PATH  # LLM decode: one of llm.DECODE_PATHS
 
 
 class Pipeline:

@@ -90,6 +90,8 @@ class SegCapNode(Node):
         if config.image_size and 'image_size' not in wanted and config.image_size != size:
             raise ValueError(f'image_size={config.image_size}: model {config.model} has a fixed '
                              f'input size of {size}; set image_size to 0 or {size}')
+        if pipeline.model.llm.decode_path != 'reference':
+            pipeline.model.llm.fast()  # the decoder's weights now, not at the first command
         return pipeline
 
     def _create_publishers(self) -> None:

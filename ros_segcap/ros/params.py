@@ -17,7 +17,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
-from ros_segcap.core.llm import DECODE_PATHS
+from ros_segcap.core.llm import DECODE_PATHS, DEFAULT_DECODE_PATH
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt', 'auto')
 IMAGE_QOS = ('sensor_data', 'best_effort', 'reliable')
@@ -32,7 +32,7 @@ class NodeConfig:
     backend: str = 'torch'
     device: str = 'cpu'
     image_size: int = 0  # 0 = the model's own input size
-    decode_path: str = 'fast'
+    decode_path: str = DEFAULT_DECODE_PATH
     max_new_tokens: int = 48
     temperature: float = 0.0
     mask_threshold: float = 0.5
@@ -66,7 +66,8 @@ SPECS = (
     ParamSpec('backend', 'vision backend', choices=BACKENDS),
     ParamSpec('device', 'torch device for the model, e.g. cpu or cuda:0'),
     ParamSpec('image_size', 'model input size in pixels; 0 = the model default', lo=0, hi=4096),
-    ParamSpec('decode_path', 'LLM decode path (reference = Hugging Face generate)',
+    ParamSpec('decode_path', 'LLM decode path: fast-q4 (GGUF blocks, C kernels; falls back to '
+              'fast), fast (fp32), fast-int8, reference (Hugging Face forward)',
               choices=DECODE_PATHS),
     ParamSpec('max_new_tokens', 'longest answer in tokens', live=True, lo=1, hi=1024),
     ParamSpec('temperature', 'sampling temperature; 0 = greedy', live=True, lo=0.0, hi=2.0),
