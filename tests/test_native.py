@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,11 @@ try:
 except native.NativeError as e:  # pragma: no cover - machines without a C compiler
     NO_KERNELS = str(e)
 needs_kernels = pytest.mark.skipif(bool(NO_KERNELS), reason=f'C kernels: {NO_KERNELS}')
+try:
+    HAS_AVX2 = 'avx2' in Path('/proc/cpuinfo').read_text().split()
+except OSError:  # pragma: no cover - not Linux
+    HAS_AVX2 = False
+BUILDS = ['native', 'portable'] + (['avx2'] if HAS_AVX2 else [])
 
 
 def random_q4(rows: int, cols: int, seed: int, rank: int = 0) -> Q4Blocks:
@@ -33,10 +39,10 @@ def random_q4(rows: int, cols: int, seed: int, rank: int = 0) -> Q4Blocks:
 
 
 @needs_kernels
-@pytest.mark.parametrize('portable', [False, True])
+@pytest.mark.parametrize('build', BUILDS)
 @pytest.mark.parametrize('rows,cols,rank', [(37, 64, 0), (96, 576, 0), (50, 96, 3)])
-def test_q4_gemv_equals_dequantised_product(portable, rows, cols, rank):
-    lib = native.load(portable)
+def test_q4_gemv_equals_dequantised_product(build, rows, cols, rank):
+    lib = native.load(build)
     w = random_q4(rows, cols, rows + cols, rank)
     x = torch.randn(cols)
     ref = w.dequantize() @ x
@@ -48,9 +54,9 @@ def test_q4_gemv_equals_dequantised_product(portable, rows, cols, rank):
 
 
 @needs_kernels
-@pytest.mark.parametrize('portable', [False, True])
-def test_q8_gemv_equals_dequantised_product(portable):
-    lib = native.load(portable)
+@pytest.mark.parametrize('build', BUILDS)
+def test_q8_gemv_equals_dequantised_product(build):
+    lib = native.load(build)
     g = torch.Generator().manual_seed(1)
     w = Q8Blocks(torch.randint(-127, 128, (41, 96), dtype=torch.int8, generator=g),
                  torch.rand(41, 3, generator=g) * 0.01)
@@ -63,8 +69,12 @@ def test_q8_gemv_equals_dequantised_product(portable):
 
 @needs_kernels
 def test_vector_variant_is_named():
-    assert native.variant(native.load(True)) == 'portable'
+    assert native.variant(native.load('portable')) == 'portable'
     assert native.variant(native.load()) in ('avx512', 'avx2', 'portable')
+    if HAS_AVX2:
+        assert native.variant(native.load('avx2')) == 'avx2'
+    with pytest.raises(ValueError, match='build'):
+        native.load('sse9')
 
 
 def test_missing_compiler_is_a_clear_error(monkeypatch):

@@ -6,8 +6,9 @@
 
 The library is compiled with `cc -O3 -march=native -fopenmp` into
 cache_dir()/native/<hash of source and flags>/ (atomically: temp dir, then rename), so it
-is built once per machine and source version (~1 s). `portable=True` builds the plain-C
-variant (no vector intrinsics), which tests compare with the vector code.
+is built once per machine and source version (~1 s). `load('portable')` builds the plain-C
+variant (no vector intrinsics) and `load('avx2')` the AVX2 one, which tests compare with the
+default build for this CPU.
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from .assets import cache_dir
 
 SOURCE = Path(__file__).with_name('kernels.c')
 _P = ctypes.c_void_p
-_LIBS: dict[bool, ctypes.CDLL] = {}
+_LIBS: dict[str, ctypes.CDLL] = {}
+BUILDS = {'native': ['-march=native'], 'avx2': ['-mavx2', '-mfma', '-mno-avx512f'],
+          'portable': ['-DSEGCAP_PORTABLE']}
 
 
 class NativeError(RuntimeError):
@@ -74,11 +77,10 @@ class Q8Blocks(NamedTuple):
         return sum(t.numel() * t.element_size() for t in self)
 
 
-def _flags(portable: bool) -> list[str]:
-    flags = ['-O3', '-fopenmp', '-fPIC', '-shared', '-std=c11']
-    if portable:
-        return flags + ['-DSEGCAP_PORTABLE']
-    return flags + ['-march=native']
+def _flags(build: str) -> list[str]:
+    if build not in BUILDS:
+        raise ValueError(f'build must be one of {sorted(BUILDS)}, got {build!r}')
+    return ['-O3', '-fopenmp', '-fPIC', '-shared', '-std=c11'] + BUILDS[build]
 
 
 def _compiler() -> str:
@@ -88,9 +90,9 @@ def _compiler() -> str:
     raise NativeError('no C compiler found (install gcc, e.g. apt install gcc)')
 
 
-def _build(portable: bool) -> Path:
+def _build(build: str) -> Path:
     cc = _compiler()
-    flags = _flags(portable)
+    flags = _flags(build)
     key = hashlib.sha256(SOURCE.read_bytes() + ' '.join([cc] + flags).encode()).hexdigest()[:16]
     target = cache_dir() / 'native' / key / 'libsegcap_kernels.so'
     if target.exists():
@@ -112,10 +114,10 @@ def _build(portable: bool) -> Path:
     return target
 
 
-def load(portable: bool = False) -> ctypes.CDLL:
+def load(build: str = 'native') -> ctypes.CDLL:
     """The kernel library (built on first use); raises NativeError when unavailable."""
-    if portable not in _LIBS:
-        lib = ctypes.CDLL(str(_build(portable)))
+    if build not in _LIBS:
+        lib = ctypes.CDLL(str(_build(build)))
         lib.segcap_kernel_variant.restype = ctypes.c_char_p
         lib.segcap_gemv_q4_1.argtypes = [_P] * 5 + [ctypes.c_long] * 2 + [_P, _P] + \
             [ctypes.c_long, ctypes.c_int]
@@ -124,8 +126,8 @@ def load(portable: bool = False) -> ctypes.CDLL:
         lib.segcap_gemv_q8_0.restype = None
         lib.segcap_decode_step.argtypes = [ctypes.POINTER(StepModel), _P, ctypes.c_long]
         lib.segcap_decode_step.restype = None
-        _LIBS[portable] = lib
-    return _LIBS[portable]
+        _LIBS[build] = lib
+    return _LIBS[build]
 
 
 def variant(lib: ctypes.CDLL) -> str:
