@@ -166,25 +166,3 @@ def test_seg_queries_are_independent(tiny_model, tiny_frame) -> None:
         alone = torch.cat([tiny_model.decode_seg(frame, hidden[i:i + 1]).mask_logits[-1][0]
                            for i in range(5)])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
-
-
-def test_max_pooled_attention_masks_keep_small_objects() -> None:
-    """A 2x2-cell mask on the stride-8 grid between the resize's sample points: a bilinear
-    resize to the stride-32 map loses it (the query then attends everywhere); 'max' keeps
-    exactly the cells it touches."""
-    from ros_segcap.core.config import get_config
-    from ros_segcap.core.decoder import OMGDecoder
-
-    logits = torch.full((1, 1, 64, 64), -5.0)
-    logits[..., 23:25, 39:41] = 5.0  # rows 23-24 -> cells 5-6, columns 39-40 -> cells 9-10
-    cfg = get_config('tiny-random')
-    allowed = {}
-    for pool in ('bilinear', 'max'):
-        dec = OMGDecoder(replace(cfg, attn_mask_pool=pool))
-        allowed[pool] = dec._cross_allowed(logits, (16, 16), None, 0).view(16, 16)
-    assert allowed['bilinear'].all()  # empty after the resize: falls back to everything
-    want = torch.zeros(16, 16, dtype=torch.bool)
-    want[5:7, 9:11] = True
-    assert torch.equal(allowed['max'], want)
-    with pytest.raises(ValueError, match='attn_mask_pool'):
-        OMGDecoder(replace(cfg, attn_mask_pool='mean'))

@@ -55,11 +55,6 @@ class SegCapConfig:
     num_heads: int = 8
     ffn_dim: int = 512
     mask_stride: int = 8  # stride of the mask features
-    # how a query's previous mask becomes its attention mask on the coarser memories:
-    # 'bilinear' resize (Mask2Former; an object under ~2 cells of the stride-32 map can
-    # vanish, and the query then attends everywhere) or 'max' (a cell is allowed if any of
-    # its mask pixels is)
-    attn_mask_pool: str = 'bilinear'
     llm: str = 'smollm2-135m-instruct'  # asset name, or 'random' (uses llm_config)
     llm_hidden: int = 576  # H
     llm_config: Optional[dict[str, Any]] = None  # LlamaConfig kwargs for a random LLM

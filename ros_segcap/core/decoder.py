@@ -108,10 +108,6 @@ class OMGDecoder(nn.Module):
         d = config.dim
         self.num_layers = config.decoder_layers
         self.num_heads = config.num_heads
-        if config.attn_mask_pool not in ('bilinear', 'max'):
-            raise ValueError(f"attn_mask_pool must be 'bilinear' or 'max', got "
-                             f'{config.attn_mask_pool!r}')
-        self.attn_mask_pool = config.attn_mask_pool
         self.query_feat = nn.Embedding(config.num_queries, d)
         self.query_pos = nn.Embedding(config.num_queries, d)
         self.prompt_feat = nn.Embedding(len(PROMPT_KIND_IDS), d)
@@ -139,14 +135,10 @@ class OMGDecoder(nn.Module):
         masks = torch.einsum('bnd,bdhw->bnhw', self.mask_embed(x), mask_features)
         return self.class_head(x), masks
 
-    def _cross_allowed(self, mask_logits, size, restrict_maps, level):
+    @staticmethod
+    def _cross_allowed(mask_logits, size, restrict_maps, level):
         """Allowed pixels (B, N, h*w) of one memory scale from the previous masks."""
-        m = mask_logits.detach()
-        factor = m.shape[-1] // size[1]
-        if self.attn_mask_pool == 'max' and m.shape[-1] == factor * size[1] and factor > 1:
-            m = F.max_pool2d(m, factor)
-        elif tuple(m.shape[-2:]) != tuple(size) or self.attn_mask_pool != 'max':
-            m = F.interpolate(m, size=size, mode='bilinear', align_corners=False)
+        m = F.interpolate(mask_logits.detach(), size=size, mode='bilinear', align_corners=False)
         allowed = m.flatten(2) >= 0  # sigmoid >= 0.5
         if restrict_maps is not None:
             region = restrict_maps[level]
