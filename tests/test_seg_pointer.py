@@ -112,3 +112,30 @@ def test_simple_absent_names_pairs_that_are_not_in_the_scene(tiny):
             assert a.task == 'absent' and a.masks.shape[0] == 0 and '[SEG]' not in a.answer
             colour, kind = pair.split()
             assert any(p.startswith(colour + ' ') or p.endswith(' ' + kind) for p in present)
+
+
+def test_plural_referring_lists_three_or_more_targets_left_to_right(tiny):
+    from ros_segcap.core.answer import parse_answer
+    from training.cache import join_targets, plural_referring
+    root, _ = tiny
+    assert join_targets(['red cup']) == '<p> the red cup </p> [SEG].'
+    assert join_targets(['a', 'b', 'c']) == ('<p> the a </p> [SEG], <p> the b </p> [SEG] and '
+                                             '<p> the c </p> [SEG].')
+    made_any = False
+    for scene in load_cache(root / 'cache'):
+        gcg = next(a for a in scene.samples if a.task == 'gcg')
+        objects = [p for p, m in zip(parse_answer(gcg.answer).phrases, gcg.masks)
+                   if 'table' not in p and m.any()]  # visible on the mask grid
+        made = plural_referring(scene, 2)
+        if len(objects) < 3:
+            assert made == []
+            continue
+        made_any = True
+        first = made[0]
+        assert first.question.count('all the objects') == 1 and first.task == 'referring'
+        got = parse_answer(first.answer).phrases
+        assert sorted(got) == sorted(f'the {p}' for p in objects)
+        assert first.masks.shape[0] == len(got) == first.answer.count('[SEG]')
+        xs = [float(m.float().nonzero()[:, 1].float().mean()) for m in first.masks]
+        assert xs == sorted(xs)
+    assert made_any, 'the test cache should have a scene with three or more objects'

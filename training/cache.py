@@ -205,6 +205,56 @@ def simple_absent(scene: CachedScene, per_scene: int = 1) -> list[CachedSample]:
     return out
 
 
+PLURAL_TEMPLATES = ('Please segment all the {} in this image.', 'Segment all the {}.',
+                    'Show all the {}.')
+
+
+def join_targets(phrases: Sequence[str]) -> str:
+    """['red cup', 'blue ball', 'green cone'] -> '<p> the red cup </p> [SEG], <p> the blue
+    ball </p> [SEG] and <p> the green cone </p> [SEG].' (the world's list format)."""
+    items = [f'<p> the {p} </p> [SEG]' for p in phrases]
+    body = items[0] if len(items) == 1 else ', '.join(items[:-1]) + ' and ' + items[-1]
+    return body + '.'
+
+
+def plural_referring(scene: CachedScene, per_scene: int = 1, min_targets: int = 3
+                     ) -> list[CachedSample]:
+    """'Please segment all the objects / cups / red objects in this image.' samples with
+    min_targets or more targets, listed left to right.
+
+    The world's own plural expressions mostly have two targets, and a model trained on them
+    stops its lists after two. These are built from the scene's grounded caption (every
+    object, with its mask): all the objects first, then kinds, then colours with enough
+    members.
+    """
+    from ros_segcap.core.answer import parse_answer
+    from ros_segcap.world.palette import COLOUR_NAMES, KINDS
+    from ros_segcap.world.refer import noun
+    gcg = next((a for a in scene.samples if a.task == 'gcg'), None)
+    if gcg is None or per_scene <= 0:
+        return []
+    phrases = parse_answer(gcg.answer).phrases
+    objs = [(p, m) for p, m in zip(phrases, gcg.masks) if 'table' not in p and m.any()]
+    cols = torch.arange(gcg.masks.shape[-1], dtype=torch.float32)
+    objs.sort(key=lambda o: float((o[1].float().sum(0) * cols).sum() / o[1].sum()))
+    groups = [('objects', objs)]
+    groups += [(noun(None, k, plural=True), [o for o in objs if o[0].split()[-1] == k])
+               for k in KINDS]
+    groups += [(noun(c, None, plural=True), [o for o in objs if o[0].split()[0] == c])
+               for c in COLOUR_NAMES]
+    out = []
+    for name, members in groups:
+        if len(out) >= per_scene:
+            break
+        if len(members) < min_targets:
+            continue
+        q = PLURAL_TEMPLATES[(scene.seed + len(out)) % len(PLURAL_TEMPLATES)].format(name)
+        out.append(CachedSample(gcg.scene, 'referring', q, join_targets([p for p, _ in members]),
+                                torch.stack([m for _, m in members]), gcg.kinds, gcg.boxes,
+                                gcg.restrict))
+    return out
+
+
 def load_cache(path: str | Path, limit: Optional[int] = None) -> list[CachedScene]:
     """All scenes of the shards in a cache directory (sorted by name), up to `limit`."""
     path = Path(path)

@@ -23,7 +23,8 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ros_segcap.core.weights import save_model
-from training.cache import CachedScene, load_cache, simple_absent, simple_referring
+from training.cache import (CachedScene, load_cache, plural_referring, simple_absent,
+                            simple_referring)
 from training.config import TrainConfig, make_config, parse_overrides
 from training.loop import dist_info, train_loop
 from training.stages import build_stage
@@ -40,6 +41,8 @@ def make_items(scenes: list[CachedScene], cfg: TrainConfig) -> list[Any]:
         items += [(s, a) for s in scenes for a in simple_referring(s, cfg.simple_refs)]
     if cfg.simple_absent:
         items += [(s, a) for s in scenes for a in simple_absent(s, cfg.simple_absent)]
+    if cfg.plural_refs:
+        items += [(s, a) for s in scenes for a in plural_referring(s, cfg.plural_refs)]
     if not items:
         raise ValueError(f'no cached samples for tasks {tasks}; check --tasks and --cache')
     if cfg.pack > 1:  # one item = up to `pack` samples of a scene, one LLM forward
