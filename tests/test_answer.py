@@ -67,3 +67,31 @@ def test_referring_answer_round_trip(phrases: list[str]) -> None:
     text = referring_answer(phrases)
     assert text.count('[SEG]') == len(phrases)
     assert parse_answer(text).phrases == phrases
+
+
+def test_repeated_list_items_are_dropped():
+    """'a, b, a and b' with the same masks -> 'a and b'; a caption is left alone."""
+    import numpy as np
+
+    from ros_segcap.core.answer import referring_answer
+    from ros_segcap.core.pipeline import drop_repeats
+    from ros_segcap.core.types import SegCapResult
+
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    b = ~a
+    a2 = a.copy()
+    a2[2, 0] = True  # IoU 8/9 with a: below REPEAT_IOU, a different object
+    phrases = ['the blue cone', 'the blue ball', 'the blue cone', 'the blue ball', 'the blue cone']
+    masks = [a, b, a.copy(), b.copy(), a2]
+    raw = referring_answer(phrases)
+    r = drop_repeats(SegCapResult(answer='x', raw_text=raw, phrases=list(phrases),
+                                  masks=list(masks), scores=[.9, .8, .7, .6, .5],
+                                  boxes=[(0, 0, 1, 1)] * 5))
+    assert r.phrases == ['the blue cone', 'the blue ball', 'the blue cone']
+    assert r.scores == [.9, .8, .5] and r.masks[2] is a2 and r.raw_text == raw
+    assert r.answer == 'the blue cone, the blue ball and the blue cone.'
+    caption = 'A <p> blue cone </p> [SEG] next to a <p> blue cone </p> [SEG].'
+    c = drop_repeats(SegCapResult(answer='y', raw_text=caption, phrases=['blue cone'] * 2,
+                                  masks=[a, a.copy()], scores=[1, 1], boxes=[(0, 0, 1, 1)] * 2))
+    assert len(c.masks) == 2 and c.answer == 'y'

@@ -15,7 +15,7 @@ from typing import Callable, Hashable, Optional
 import numpy as np
 import torch
 
-from .answer import parse_answer
+from .answer import parse_answer, referring_answer
 from .config import MARK_TOKEN, REGION_TOKEN
 from .decoder import DecoderOutput
 from .llm import DECODE_PATHS, DEFAULT_DECODE_PATH
@@ -248,7 +248,38 @@ class Pipeline:
             result.phrases.append(phrases[i])
             result.scores.append(float(probs.cpu().numpy()[m].mean()) if m.any() else 0.0)
             result.boxes.append(mask_box(m))
+        return drop_repeats(result)
+
+
+REPEAT_IOU = 0.9  # two [SEG] with the same phrase and masks this alike name one object
+
+
+def drop_repeats(result: SegCapResult) -> SegCapResult:
+    """Drop list items that repeat an earlier one (same phrase, mask IoU >= REPEAT_IOU).
+
+    Only for answers that are a plain list ('<p> a </p> [SEG], <p> b </p> [SEG] and ...'):
+    the list is rewritten without the repeats; raw_text keeps what the model said. Models
+    trained on long 'all the ...' lists can name an object twice.
+    """
+    phrases = result.phrases
+    if len(phrases) < 2 or result.raw_text.strip() != referring_answer(phrases):
         return result
+    keep: list[int] = []
+    for i, (p, m) in enumerate(zip(phrases, result.masks)):
+        if not any(phrases[k] == p and mask_iou(result.masks[k], m) >= REPEAT_IOU
+                   for k in keep):
+            keep.append(i)
+    if len(keep) == len(phrases):
+        return result
+    result.answer = parse_answer(referring_answer([phrases[k] for k in keep])).text
+    for name in ('phrases', 'masks', 'scores', 'boxes'):
+        setattr(result, name, [getattr(result, name)[k] for k in keep])
+    return result
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
