@@ -132,6 +132,7 @@ static float q8_row(const int8_t *q, const float *d, const float *x, long nb) {
 static void lora_down(const float *a, const float *x, float *t, long r, long cols) {
     for (long k = 0; k < r; k++) {
         float s = 0.f;
+        #pragma omp simd reduction(+:s)
         for (long i = 0; i < cols; i++) s += a[k * cols + i] * x[i];
         t[k] = s;
     }
@@ -155,11 +156,15 @@ void segcap_gemv_q4_1(const uint8_t *qs, const float *d, const float *m, const f
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (long row = 0; row < rows; row++) {
         const float *mr = m + row * nb;
-        float acc = q4_row(qs + row * nb * 16, d + row * nb, x, nb);
-        for (long b = 0; b < nb; b++) acc += mr[b] * xsum[b];
-        if (lora)
-            for (long k = 0; k < r; k++) acc += lb[row * r + k] * t[k];
-        y[row] = acc;
+        float acc = q4_row(qs + row * nb * 16, d + row * nb, x, nb), extra = 0.f;
+        #pragma omp simd reduction(+:extra)
+        for (long b = 0; b < nb; b++) extra += mr[b] * xsum[b];
+        if (lora) {
+            const float *lr = lb + row * r;
+            #pragma omp simd reduction(+:extra)
+            for (long k = 0; k < r; k++) extra += lr[k] * t[k];
+        }
+        y[row] = acc + extra;
     }
 }
 
