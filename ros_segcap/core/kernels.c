@@ -38,6 +38,15 @@ const char *segcap_kernel_variant(void) {
 #endif
 }
 
+#if defined(SEGCAP_AVX2)
+static inline float hsum256(__m256 v) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+#endif
+
 /* sum over blocks of d_b * (q_b . x_b) for one Q4_1 row (the m_b terms are added apart) */
 static float q4_row(const uint8_t *q, const float *d, const float *x, long nb) {
 #if defined(SEGCAP_AVX512)
@@ -70,10 +79,7 @@ static float q4_row(const uint8_t *q, const float *d, const float *x, long nb) {
                             _mm256_loadu_ps(xb + 24), s);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), s, acc);
     }
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
+    return hsum256(acc);
 #else
     float acc = 0.f;
     for (long b = 0; b < nb; b++) {
@@ -113,10 +119,7 @@ static float q8_row(const int8_t *q, const float *d, const float *x, long nb) {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), s, acc);
     }
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
+    return hsum256(acc);
 #else
     float acc = 0.f;
     for (long b = 0; b < nb; b++) {
