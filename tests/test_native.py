@@ -194,12 +194,30 @@ def test_fused_lora_is_block_diagonal():
 def test_q4_falls_back_where_there_is_no_gguf(tiny_model, capsys):
     """The random test LLM has no GGUF: fast-q4 decodes with fast and says why, once."""
     llm = tiny_model.llm
-    llm.decode_path = 'fast-q4'
-    llm.q4_unavailable = ''
+    saved = llm.decode_path, llm.q4_unavailable
+    llm.decode_path, llm.q4_unavailable = 'fast-q4', ''
     try:
         fast = llm.fast()
         assert fast.quantize is None and 'GGUF' in llm.q4_unavailable
         assert 'fast-q4 unavailable' in capsys.readouterr().err
         assert llm.fast() is fast
     finally:
-        llm.decode_path = 'fast'
+        llm.decode_path, llm.q4_unavailable = saved
+
+
+def test_q4_falls_back_without_kernels(tiny_model, monkeypatch, capsys):
+    """No C compiler: fast-q4 decodes with fast and the one line says so."""
+    llm = tiny_model.llm
+
+    def no_kernels(build='native'):
+        raise native.NativeError('no C compiler found (install gcc, e.g. apt install gcc)')
+    monkeypatch.setattr(native, 'load', no_kernels)
+    monkeypatch.setattr(llm, '_gguf', lambda: '/nonexistent.gguf')
+    saved = llm.decode_path, llm.q4_unavailable
+    llm.decode_path, llm.q4_unavailable, llm._fast = 'fast-q4', '', None
+    try:
+        assert llm.fast().quantize is None
+        assert llm.effective_decode_path() == 'fast'
+        assert 'no C compiler' in capsys.readouterr().err
+    finally:
+        (llm.decode_path, llm.q4_unavailable), llm._fast = saved, None
