@@ -78,6 +78,7 @@ RESTRICTED = {
     'box-unaligned': VisualPrompt('box', box=(20.0, 10.0, 61.0, 50.0)),
     'mask': VisualPrompt('mask', mask=_disk(90, 150, 100, 40, 18)),
 }
+POINT = VisualPrompt('point', point=(75.0, 45.0))
 
 
 @pytest.mark.parametrize('name', sorted(RESTRICTED))
@@ -105,15 +106,23 @@ def test_aligned_box_region_is_its_cells(tiny_model, tiny_frame) -> None:
     assert (coarse == region).all()
 
 
-def test_point_prompt_is_not_restricted(tiny_model, tiny_frame) -> None:
-    """A point prompt attends everywhere: the same outside-the-box noise changes it."""
+def test_point_window_is_around_the_point(tiny_model, tiny_frame) -> None:
+    """A point's query may attend to the cells within POINT_WINDOW of it, and only those."""
+    from ros_segcap.core.decoder import POINT_WINDOW
     frame, box = tiny_frame
-    _, region = _queries(tiny_model, box, RESTRICTED['box-aligned'])
-    q, point_region = _queries(tiny_model, box, VisualPrompt('point', point=(75.0, 45.0)))
-    assert point_region.all()
+    hm = tiny_model.config.mask_size
+    q, region = _queries(tiny_model, box, POINT)
+    x, y = box.to_unit(75.0, 45.0)
+    centres = (np.arange(hm) + 0.5) / hm
+    near_x = np.abs(centres - x) <= POINT_WINDOW
+    near_y = np.abs(centres - y) <= POINT_WINDOW
+    assert (region == (near_y[:, None] & near_x[None, :])).all()
+    assert region[int(y * hm), int(x * hm)]
     base = _decode(tiny_model, frame, q)
-    moved = _decode(tiny_model, perturb_memories(frame, region, inside=False), q)
-    assert _change(base, moved) > 1e-3
+    outside = _decode(tiny_model, perturb_memories(frame, region, inside=False), q)
+    inside = _decode(tiny_model, perturb_memories(frame, region, inside=True), q)
+    assert _change(base, outside) <= 1e-6
+    assert _change(base, inside) > 1e-3
 
 
 def _random_prompts(n: int, seed: int, height: int = 90, width: int = 150):

@@ -4,8 +4,8 @@ Each layer: masked cross-attention to one memory scale (round robin 32 -> 16 -> 
 self-attention, then an FFN (post-norm). Before the first layer and after every layer a head
 gives class logits (K+1, last = void) and mask logits (query embedding . mask features). The
 cross-attention of layer l only sees pixels where layer l-1's mask has sigmoid >= 0.5,
-intersected with the query's restriction (a box or mask prompt); a fully blocked row falls
-back to the restriction alone.
+intersected with the query's restriction (a window around a point, a box, a mask); a fully
+blocked row falls back to the restriction alone.
 
 Learnable queries attend to each other. Prompt and [SEG] queries ('independent' mode) attend
 only to themselves, so each one's output depends on its own inputs and the frame only: the
@@ -26,6 +26,9 @@ from .config import SegCapConfig
 
 PROMPT_KIND_IDS = {'point': 0, 'box': 1, 'mask': 2}
 POINT_HALF_SIZE = 0.01  # a point becomes a box of +-1% of the image side around it
+# a point's query attends only within +-8% of the image side around it: its first mask
+# (query . mask features) carries no position, so unrestricted it never found its object
+POINT_WINDOW = 0.08
 
 
 @dataclass

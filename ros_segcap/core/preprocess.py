@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decoder import POINT_HALF_SIZE, PROMPT_KIND_IDS
+from .decoder import POINT_HALF_SIZE, POINT_WINDOW, PROMPT_KIND_IDS
 from .types import InputError, VisualPrompt
 
 MEAN_RGB = (124, 116, 104)  # pad colour (ImageNet mean, 0..255)
@@ -129,6 +129,8 @@ def prompt_queries(prompts: Sequence[VisualPrompt], box: Letterbox, mask_size: i
             restrict[0, i] = torch.from_numpy(small)
         else:
             x, y = box.to_unit(*p.point)
+            w = POINT_WINDOW
+            restrict[0, i] = torch.from_numpy(_box_region(x - w, y - w, x + w, y + w, hm))
         s = POINT_HALF_SIZE
         boxes[0, i] = torch.tensor([x, y, 2 * s, 2 * s])
     return PromptQueries(kinds, boxes, restrict)
