@@ -1,6 +1,7 @@
 """Projectors: token_norm puts visual / region tokens at the word embeddings' scale."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ros_segcap.core.config import get_config
@@ -54,3 +55,25 @@ def test_word_anchor_adds_the_expected_word_embeddings():
                                    rtol=1e-4, atol=1e-4)
     plain = build_model(get_config('tiny-random'), pretrained=False)
     assert plain.anchored(tokens, logits) is tokens
+
+
+def test_place_anchor_adds_place_words_by_mask_position():
+    config = get_config('tiny-random').replace(token_norm=True, place_anchor=True)
+    model = build_model(config, pretrained=False)
+    words = model.llm.embed(model.place_ids)  # left, right, front, back
+    hm = config.mask_size
+    masks = torch.full((2, hm, hm), -20.0)
+    masks[0, :, :3] = 20.0  # a column at the left edge
+    masks[1, :, -3:] = 20.0  # one at the right edge
+    tokens = torch.randn(2, config.llm_hidden)
+    logits = torch.zeros(2, config.num_classes + 1)
+    with torch.no_grad():
+        assert torch.equal(model.anchored(tokens, logits, masks), tokens)  # zero at init
+        model.projectors.place_head.weight[0, 0] = -4.0  # 'left' grows as x falls
+        model.projectors.place_head.bias[0] = 2.0
+        out = model.anchored(tokens, logits, masks)
+    shift = out - tokens
+    left_weight = (shift @ words[0]) / words[0].pow(2).sum()
+    assert left_weight[0] > 0.8 and left_weight[1] < -0.8  # tanh(+-~2)
+    with pytest.raises(ValueError, match='mask_logits'):
+        model.anchored(tokens, logits)

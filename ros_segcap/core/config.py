@@ -72,6 +72,10 @@ class SegCapConfig:
     # a word-shaped anchor the frozen LLM already reads. False = paper.
     word_anchor: bool = False
     colour_names: tuple[str, ...] = TABLETOP_COLOURS
+    # object / region tokens also get the LLM's word embeddings of 'left', 'right', 'front'
+    # and 'back', weighted by a learned map (zero at init) of their mask's centre and size:
+    # where a thing is, in words the LLM reads. False = paper.
+    place_anchor: bool = False
     # a [SEG] state selects one of the frame's object tokens (bilinear score against the
     # token plus its mask's centre and size) and its mask is that query's mask, instead of
     # becoming a new decoder query. False = paper.

@@ -17,7 +17,7 @@ from .decoder import DecoderOutput, OMGDecoder
 from .encoder import PixelDecoder, build_backbone, normalize_image
 from .llm import LanguageModel, build_language_model, load_tokenizer
 from .prior import foreground_queries, mask_pool, perception_prior, query_scores
-from .projectors import Projectors
+from .projectors import PLACE_WORDS, Projectors
 
 
 @dataclass
@@ -53,6 +53,10 @@ class SegCapModel(nn.Module):
             words = [n.replace('_', ' ') for n in config.class_names + config.colour_names]
             ids = [tokenizer(' ' + w, add_special_tokens=False)['input_ids'][0] for w in words]
             self.register_buffer('anchor_ids', torch.tensor(ids), persistent=False)
+        if config.place_anchor:
+            ids = [tokenizer(' ' + w, add_special_tokens=False)['input_ids'][0]
+                   for w in PLACE_WORDS]
+            self.register_buffer('place_ids', torch.tensor(ids), persistent=False)
         table = lm.get_input_embeddings().weight
         if self.projectors.token_gain is not None and not table.is_meta:
             with torch.no_grad():  # start at the word embeddings' scale
@@ -86,19 +90,28 @@ class SegCapModel(nn.Module):
                                              align_corners=False)
         return fine
 
-    def anchored(self, tokens: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:
-        """word_anchor: tokens (N, H) + expected class and colour word embeddings.
+    def anchored(self, tokens: torch.Tensor, class_logits: torch.Tensor,
+                 mask_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Word anchors: tokens (N, H) + expected class and colour word embeddings
+        (word_anchor) + place word embeddings (place_anchor).
 
         class_logits (N, K+1) from the decoder (void dropped and renormalised); the colour
-        distribution comes from projectors.colour_head on the tokens themselves.
+        distribution comes from projectors.colour_head on the tokens themselves; the place
+        weights from projectors.place_head on the places of mask_logits (N, Hm, Wm).
         """
-        if not self.config.word_anchor:
-            return tokens
-        words = self.llm.embed(self.anchor_ids).detach()  # (K + n_colours, H), frozen rows
-        k = self.config.num_classes
-        p_class = class_logits[..., :k].softmax(-1)
-        p_colour = self.projectors.colour_head(tokens).softmax(-1)
-        return tokens + p_class @ words[:k] + p_colour @ words[k:]
+        if self.config.word_anchor:
+            words = self.llm.embed(self.anchor_ids).detach()  # (K + n_colours, H), frozen
+            k = self.config.num_classes
+            p_class = class_logits[..., :k].softmax(-1)
+            p_colour = self.projectors.colour_head(tokens).softmax(-1)
+            tokens = tokens + p_class @ words[:k] + p_colour @ words[k:]
+        if self.config.place_anchor:
+            if mask_logits is None:
+                raise ValueError('this model anchors its tokens by place: pass mask_logits')
+            weights = torch.tanh(self.projectors.place_head(mask_places(mask_logits)))
+            tokens = tokens + weights.to(tokens.dtype) @ \
+                self.llm.embed(self.place_ids).detach().to(tokens.dtype)
+        return tokens
 
     def pooled(self, frame: FrameFeatures, mask_logits: torch.Tensor) -> Optional[torch.Tensor]:
         """Fine features pooled under masks (1, N, Hm, Wm) -> (N, C8); None without fine_pool."""
@@ -152,7 +165,8 @@ class SegCapModel(nn.Module):
         objects = self.projectors.object_tokens(frame.query_feat[0, keep],
                                                 frame.query_pos[0, keep],
                                                 None if pooled is None else pooled[keep])
-        return keep, self.anchored(objects, frame.class_logits[0, keep])
+        return keep, self.anchored(objects, frame.class_logits[0, keep],
+                                   frame.mask_logits[0, keep])
 
     def seg_pointer(self, frame: FrameFeatures, hidden: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,7 +200,8 @@ class SegCapModel(nn.Module):
             pooled = self.pooled(frame, prompt_out.mask_logits[-1])
         tokens = self.projectors.object_tokens(prompt_out.query_feat[0],
                                                prompt_out.query_pos[0], pooled)
-        return self.anchored(tokens, prompt_out.class_logits[-1][0])
+        return self.anchored(tokens, prompt_out.class_logits[-1][0],
+                             prompt_out.mask_logits[-1][0])
 
     def build_embeds(self, ids: torch.Tensor, visual: torch.Tensor,
                      region_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -6,6 +6,8 @@ object:       2D -> 4C (query_proj), then 4C -> H -> H, shared by learnable and 
               backbone features
 separator:    one learned H-dim embedding between pixel and object tokens
 text2vision:  H -> 2D -> 2D, split into (query feature, query position) for the decoder
+place head:   with place_anchor, (centre x, centre y, sqrt area) -> weights (tanh) of the
+              place words' embeddings added to object / region tokens (zero at init)
 seg pointer:  with seg_pointer, H -> H for [SEG] states and H + 3 -> H for object tokens with
               their mask's (centre x, centre y, sqrt area); score = scaled dot product
 """
@@ -17,6 +19,8 @@ import torch
 from torch import nn
 
 from .config import SegCapConfig
+
+PLACE_WORDS = ('left', 'right', 'front', 'back')  # place_anchor's words
 
 
 def mlp2(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -45,6 +49,11 @@ class Projectors(nn.Module):
             self.colour_head = nn.Linear(h, len(config.colour_names))
             nn.init.zeros_(self.colour_head.weight)
             nn.init.zeros_(self.colour_head.bias)
+        self.place_head = None  # place_anchor: (centre x, centre y, sqrt area) -> word weights
+        if config.place_anchor:
+            self.place_head = nn.Linear(3, len(PLACE_WORDS))
+            nn.init.zeros_(self.place_head.weight)
+            nn.init.zeros_(self.place_head.bias)
         self.seg_query = self.seg_key = self.seg_place = None
         if config.seg_pointer:
             self.seg_query = nn.Linear(h, h)
