@@ -63,6 +63,12 @@ class TrainConfig:
     mask_dice_weight: float = 5.0
     void_weight: float = 0.1  # class weight of unmatched queries (no object)
     prompt_weight: float = 1.0  # stage 0 prompt queries vs their target mask
+    # stage 0, models with proposals: the centre heatmap's focal loss, and the class of the
+    # prompt queries (a proposal's class is its prompt query's); the first stuff_classes
+    # classes (background, table) have no centres
+    centre_weight: float = 1.0
+    prompt_class_weight: float = 1.0
+    stuff_classes: int = 2
     # LoRA (stage 2)
     lora_r: int = 8
     lora_alpha: int = 16

@@ -15,6 +15,7 @@ from ros_segcap.core.config import TABLETOP_COLOURS, get_config
 from ros_segcap.core.lora import apply_lora, set_lora_dropout
 from ros_segcap.core.model import FrameFeatures, SegCapModel, build_model
 from ros_segcap.core.prior import foreground_queries
+from ros_segcap.core.proposals import centre_loss, centre_targets
 from ros_segcap.core.weights import load_model
 from training.cache import CachedSample, CachedScene
 from training.config import TrainConfig
@@ -43,8 +44,9 @@ def features(scene: CachedScene) -> dict[str, torch.Tensor]:
 
 
 def frame_from_features(model: SegCapModel, feats: dict[str, torch.Tensor]) -> FrameFeatures:
-    """model.encode without the backbone: cached backbone features -> FrameFeatures."""
-    return model.encode_features(feats)
+    """model.encode without the backbone: cached backbone features -> FrameFeatures (with
+    proposals, for such models)."""
+    return model.with_proposals(model.encode_features(feats))
 
 
 def new_rows_only(model: SegCapModel) -> nn.Parameter:
@@ -86,6 +88,16 @@ class Stage0(nn.Module):
             logs['prompt'] = mask_losses([x[0] for x in p_out.mask_logits], target,
                                          cfg.mask_bce_weight, cfg.mask_dice_weight)
             loss = loss + cfg.prompt_weight * logs['prompt']
+            if m.decoder.centre_head is not None:  # a proposal's class is its prompt's
+                classes = scene.pan_classes[scene.prompt_targets]
+                logs['prompt_class'] = sum(nn.functional.cross_entropy(c[0].float(), classes)
+                                           for c in p_out.class_logits)
+                loss = loss + cfg.prompt_class_weight * logs['prompt_class']
+        if m.decoder.centre_head is not None:
+            things = scene.pan_masks[scene.pan_classes >= cfg.stuff_classes]
+            logs['centre'] = centre_loss(m.decoder.centre_head(mask_features)[0],
+                                         centre_targets(things))
+            loss = loss + cfg.centre_weight * logs['centre']
         return loss, {k: _num(v) for k, v in logs.items()}
 
 

@@ -5,7 +5,7 @@ prompt queries and [SEG] queries reuse them (`decode_queries`) without re-encodi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import torch
@@ -16,8 +16,10 @@ from .backbone import pixel_shuffle_tokens
 from .decoder import DecoderOutput, OMGDecoder
 from .encoder import PixelDecoder, build_backbone, normalize_image
 from .llm import LanguageModel, build_language_model, load_tokenizer
+from .preprocess import point_queries
 from .prior import foreground_queries, mask_pool, perception_prior, query_scores
 from .projectors import PLACE_WORDS, Projectors
+from .proposals import cell_points, new_masks, peak_cells
 
 
 @dataclass
@@ -135,6 +137,38 @@ class SegCapModel(nn.Module):
         """Prompt queries: kinds (1, N), boxes (1, N, 4) cxcywh, restrict (1, N, Hm, Wm)."""
         feat, pos = self.decoder.prompt_queries(kinds, boxes)
         return self.decode_queries(frame, feat, pos, restrict)
+
+    def with_proposals(self, frame: FrameFeatures, decode=None) -> FrameFeatures:
+        """The frame with its proposals' queries appended (proposals > 0; else the frame).
+
+        decode(frame, kinds, boxes, restrict) runs prompt queries (default decode_prompts;
+        the Pipeline passes its engines'). See proposals.py.
+        """
+        limit = self.config.proposals
+        if not limit:
+            return frame
+        keep = self.kept_queries(frame)
+        kept = frame.mask_logits[0, keep] >= 0
+        cells = peak_cells(self.decoder.centre_head(frame.mask_features)[0], kept.any(0), limit)
+        if not cells:
+            return frame
+        hm = self.config.mask_size
+        q = point_queries(cell_points(cells, hm), hm)
+        dev = frame.mask_logits.device
+        out = (decode or self.decode_prompts)(frame, q.kinds.to(dev), q.boxes.to(dev),
+                                              q.restrict.to(dev))
+        chosen = new_masks(out.mask_logits[-1][0] >= 0, kept)
+        if not chosen:
+            return frame
+        idx = torch.tensor(chosen, device=dev)
+
+        def cat(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+            return torch.cat([old, new[:, idx].to(old.dtype)], 1)
+
+        return replace(frame, class_logits=cat(frame.class_logits, out.class_logits[-1]),
+                       mask_logits=cat(frame.mask_logits, out.mask_logits[-1]),
+                       query_feat=cat(frame.query_feat, out.query_feat),
+                       query_pos=cat(frame.query_pos, out.query_pos))
 
     def decode_seg(self, frame: FrameFeatures, hidden: torch.Tensor) -> DecoderOutput:
         """[SEG] hidden states (N, H) -> decoder output for N queries (batch 1)."""

@@ -201,12 +201,13 @@ class Pipeline:
     # ----- vision and seg stages: the model's torch path or the engines -------------------
 
     def _vision(self, tensor: torch.Tensor) -> FrameFeatures:
-        """(1, 3, S, S) float 0..255 -> FrameFeatures."""
+        """(1, 3, S, S) float 0..255 -> FrameFeatures (with proposals, for such models)."""
         if self.engines is None:
-            return self.model.encode(tensor.to(self.device))
+            return self.model.with_proposals(self.model.encode(tensor.to(self.device)))
         from ros_segcap.backends.graphs import frame_from_outputs
 
-        return frame_from_outputs(self.engines.encode(tensor.cpu().numpy()), self.device)
+        frame = frame_from_outputs(self.engines.encode(tensor.cpu().numpy()), self.device)
+        return self.model.with_proposals(frame, self._decode_prompts)
 
     def _decode_queries(self, frame: FrameFeatures, feat: torch.Tensor, pos: torch.Tensor,
                         restrict: Optional[torch.Tensor] = None) -> DecoderOutput:

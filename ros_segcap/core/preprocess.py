@@ -106,6 +106,22 @@ def _box_region(x0: float, y0: float, x1: float, y1: float, hm: int) -> np.ndarr
     return region
 
 
+def point_window(x: float, y: float, hm: int) -> np.ndarray:
+    """(hm, hm) bool: where a point prompt at unit (x, y) may attend."""
+    w = POINT_WINDOW
+    return _box_region(x - w, y - w, x + w, y + w, hm)
+
+
+def point_queries(points: Sequence[tuple[float, float]], hm: int) -> PromptQueries:
+    """Point-prompt decoder inputs for points (x, y) in 0..1 of the padded square."""
+    n, s = len(points), POINT_HALF_SIZE
+    kinds = torch.full((1, n), PROMPT_KIND_IDS['point'], dtype=torch.long)
+    boxes = torch.tensor([[[x, y, 2 * s, 2 * s] for x, y in points]]).reshape(1, n, 4)
+    restrict = torch.from_numpy(np.stack([point_window(x, y, hm) for x, y in points]))[None] \
+        if n else torch.zeros((1, 0, hm, hm), dtype=torch.bool)
+    return PromptQueries(kinds, boxes.float(), restrict)
+
+
 def prompt_queries(prompts: Sequence[VisualPrompt], box: Letterbox, mask_size: int
                    ) -> PromptQueries:
     """Turn visual prompts (original pixel coordinates) into decoder query inputs."""
@@ -129,8 +145,7 @@ def prompt_queries(prompts: Sequence[VisualPrompt], box: Letterbox, mask_size: i
             restrict[0, i] = torch.from_numpy(small)
         else:
             x, y = box.to_unit(*p.point)
-            w = POINT_WINDOW
-            restrict[0, i] = torch.from_numpy(_box_region(x - w, y - w, x + w, y + w, hm))
+            restrict[0, i] = torch.from_numpy(point_window(x, y, hm))
         s = POINT_HALF_SIZE
         boxes[0, i] = torch.tensor([x, y, 2 * s, 2 * s])
     return PromptQueries(kinds, boxes, restrict)

@@ -1,0 +1,136 @@
+"""Proposals: centre targets and loss, peak picking, and frames that gain proposal queries."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ros_segcap.core.config import get_config
+from ros_segcap.core.decoder import DecoderOutput
+from ros_segcap.core.model import build_model
+from ros_segcap.core.preprocess import letterbox
+from ros_segcap.core.proposals import (centre_loss, centre_targets, new_masks, peak_cells,
+                                       PROPOSAL_THRESHOLD)
+from ros_segcap.core.weights import load_model, save_model
+from training.cache import build_shard
+from training.config import make_config
+from training.train import run
+from conftest import make_image
+
+
+def _two_objects(hm: int = 16) -> torch.Tensor:
+    m = torch.zeros(3, hm, hm, dtype=torch.bool)
+    m[0, 2:7, 2:7] = True  # 5x5: inner-most cell (4, 4)
+    m[1, 10:15, 9:14] = True  # 5x5: (12, 11)
+    return m  # m[2] is empty
+
+
+def test_centre_targets_peak_at_inner_cells():
+    heat = centre_targets(_two_objects())
+    assert (heat == 1).nonzero().tolist() == [[4, 4], [12, 11]]
+    assert 0 < heat[4, 6] < heat[4, 5] < 1  # decays away from the centre
+    assert heat[0, 15] < 1e-3
+
+
+def test_centre_loss_prefers_the_true_centres():
+    heat = centre_targets(_two_objects())
+    right = torch.full((16, 16), -6.0)
+    right[4, 4] = right[12, 11] = 6.0
+    wrong = torch.full((16, 16), -6.0)
+    wrong[8, 0] = wrong[0, 8] = 6.0
+    assert centre_loss(right, heat) < 0.01 < centre_loss(wrong, heat)
+
+
+def test_peaks_skip_covered_cells_and_weak_peaks():
+    logits = torch.full((16, 16), -6.0)
+    logits[4, 4], logits[12, 11], logits[8, 8] = 3.0, 2.0, -2.0  # last one below threshold
+    logits[4, 5] = 2.5  # next to a stronger peak: not a local maximum
+    assert torch.sigmoid(torch.tensor(-2.0)) < PROPOSAL_THRESHOLD
+    none = torch.zeros(16, 16, dtype=torch.bool)
+    assert peak_cells(logits, none, 5) == [(4, 4), (12, 11)]
+    assert peak_cells(logits, none, 1) == [(4, 4)]
+    covered = none.clone()
+    covered[:8] = True
+    assert peak_cells(logits, covered, 5) == [(12, 11)]
+
+
+def test_new_masks_drop_empty_and_known_objects():
+    m = _two_objects()
+    kept = m[:1]
+    nearly_kept = m[0].clone()
+    nearly_kept[2, 2] = False
+    candidates = torch.stack([nearly_kept, m[2], m[1], m[1]])
+    assert new_masks(candidates, kept) == [2]  # not the kept one, the empty one, the repeat
+
+
+class FixedHeat(torch.nn.Module):
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, mask_features: torch.Tensor) -> torch.Tensor:
+        return self.logits[None]
+
+
+def test_frame_gains_new_proposal_queries_only():
+    torch.manual_seed(0)
+    model = build_model(get_config('tiny-random').replace(proposals=4), pretrained=False).eval()
+    tensor, _ = letterbox(make_image(90, 150), model.config.image_size)
+    with torch.no_grad():
+        frame = model.encode(tensor)
+    n, hm = frame.class_logits.shape[1], model.config.mask_size
+    masks = torch.full_like(frame.mask_logits, -10.0)
+    masks[0, 0, :8] = 10.0  # the only object: the top half
+    frame = replace(frame, mask_logits=masks)
+    heat = torch.full((hm, hm), -8.0)
+    heat[2, 3] = heat[12, 5] = heat[12, 12] = 4.0  # the first one is covered
+    model.decoder.centre_head = FixedHeat(heat)
+    calls = []
+
+    def decode(frame, kinds, boxes, restrict):
+        calls.append(boxes[0, :, :2].tolist())
+        p = boxes.shape[1]
+        block = torch.full((1, p, hm, hm), -10.0)
+        block[:, :, 10:15, 3:15] = 10.0  # both proposals find the same object
+        cls = torch.randn(1, p, model.config.num_classes + 1)
+        feat = torch.randn(1, p, model.config.dim)
+        return DecoderOutput([cls], [block], feat, feat + 1)
+
+    with torch.no_grad():
+        out = model.with_proposals(frame, decode)
+    assert calls == [[[5.5 / hm, 12.5 / hm], [12.5 / hm, 12.5 / hm]]]
+    assert out.class_logits.shape[1] == n + 1  # the repeat is dropped
+    for name in ('class_logits', 'mask_logits', 'query_feat', 'query_pos'):
+        assert getattr(out, name).shape[1] == n + 1
+        assert torch.equal(getattr(out, name)[:, :n], getattr(frame, name))
+    assert (out.mask_logits[0, n] > 0).sum() == 5 * 12
+    model.decoder.centre_head = FixedHeat(torch.full((hm, hm), -8.0))
+    assert model.with_proposals(frame, decode) is frame  # no peak: nothing to add
+
+
+def test_plain_model_frames_are_unchanged(tiny_model, tiny_frame):
+    frame, _ = tiny_frame
+    assert tiny_model.decoder.centre_head is None
+    assert tiny_model.with_proposals(frame) is frame
+
+
+def test_stage0_trains_the_centre_head_and_stage2_runs_on_proposals(tmp_path):
+    torch.manual_seed(0)
+    config = get_config('tiny-random').replace(proposals=4, place_anchor=True)
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    torch.save(build_shard(config, 'train', 0, 2), cache / 'shard-0000000.pt')
+    init = save_model(build_model(config, pretrained=False), tmp_path / 'init')
+    common = dict(model='tiny-random', cache=str(cache), steps=3, accum=1, log_every=1,
+                  ckpt_every=3, threads=1, init=str(init))
+    s0 = run(make_config(0, dict(common, out=str(tmp_path / 's0'))))
+    header = (tmp_path / 's0' / 'metrics.csv').read_text().splitlines()[0].split(',')
+    assert 'centre' in header and 'prompt_class' in header
+    before, after = load_model(str(init)), load_model(str(s0))
+    assert not torch.equal(before.decoder.centre_head.conv.weight,
+                           after.decoder.centre_head.conv.weight)
+    s2 = run(make_config(2, dict(common, init=str(s0), out=str(tmp_path / 's2'))))
+    trained = load_model(str(s2))
+    assert trained.config.proposals == 4 and trained.config.place_anchor
+    assert not torch.equal(trained.projectors.place_head.weight,
+                           after.projectors.place_head.weight)
