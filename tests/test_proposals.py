@@ -41,17 +41,14 @@ def test_centre_loss_prefers_the_true_centres():
     assert centre_loss(right, heat) < 0.01 < centre_loss(wrong, heat)
 
 
-def test_peaks_skip_covered_cells_and_weak_peaks():
+def test_peaks_are_local_maxima_above_threshold():
     logits = torch.full((16, 16), -6.0)
     logits[4, 4], logits[12, 11], logits[8, 8] = 3.0, 2.0, -2.0  # last one below threshold
     logits[4, 5] = 2.5  # next to a stronger peak: not a local maximum
     assert torch.sigmoid(torch.tensor(-2.0)) < PROPOSAL_THRESHOLD
-    none = torch.zeros(16, 16, dtype=torch.bool)
-    assert peak_cells(logits, none, 5) == [(4, 4), (12, 11)]
-    assert peak_cells(logits, none, 1) == [(4, 4)]
-    covered = none.clone()
-    covered[:8] = True
-    assert peak_cells(logits, covered, 5) == [(12, 11)]
+    assert peak_cells(logits, 5) == [(4, 4), (12, 11)]
+    assert peak_cells(logits, 1) == [(4, 4)]
+    assert peak_cells(logits, 5, threshold=0.05) == [(4, 4), (12, 11), (8, 8)]
 
 
 def test_new_masks_drop_empty_and_known_objects():
@@ -72,38 +69,46 @@ class FixedHeat(torch.nn.Module):
         return self.logits[None]
 
 
-def test_frame_gains_new_proposal_queries_only():
+def test_proposals_split_look_alikes_out_of_a_merged_mask():
     torch.manual_seed(0)
     model = build_model(get_config('tiny-random').replace(proposals=4), pretrained=False).eval()
     tensor, _ = letterbox(make_image(90, 150), model.config.image_size)
     with torch.no_grad():
         frame = model.encode(tensor)
     n, hm = frame.class_logits.shape[1], model.config.mask_size
+    two = _two_objects(hm)
+    two[0] = False
+    two[0, 3:6, 3:6] = True  # a small object (9 cells) around (4, 4)
+    merged = two[0] | two[1]  # one query holds two look-alikes (9 + 25 cells)
     masks = torch.full_like(frame.mask_logits, -10.0)
-    masks[0, 0, :8] = 10.0  # the only object: the top half
+    masks[0, 0][merged] = 10.0
     frame = replace(frame, mask_logits=masks)
     heat = torch.full((hm, hm), -8.0)
-    heat[2, 3] = heat[12, 5] = heat[12, 12] = 4.0  # the first one is covered
+    heat[4, 4], heat[12, 11], heat[8, 0] = 4.0, 3.0, 2.0  # the last one is on nothing
     model.decoder.centre_head = FixedHeat(heat)
     calls = []
 
-    def decode(frame, kinds, boxes, restrict):
+    def decode(frame, kinds, boxes, restrict):  # every point query finds the merged mask
         calls.append(boxes[0, :, :2].tolist())
         p = boxes.shape[1]
-        block = torch.full((1, p, hm, hm), -10.0)
-        block[:, :, 10:15, 3:15] = 10.0  # both proposals find the same object
+        out = torch.full((1, p, hm, hm), -10.0)
+        out[:, :, merged] = 10.0
         cls = torch.randn(1, p, model.config.num_classes + 1)
         feat = torch.randn(1, p, model.config.dim)
-        return DecoderOutput([cls], [block], feat, feat + 1)
+        return DecoderOutput([cls], [out], feat, feat + 1)
 
     with torch.no_grad():
         out = model.with_proposals(frame, decode)
-    assert calls == [[[5.5 / hm, 12.5 / hm], [12.5 / hm, 12.5 / hm]]]
-    assert out.class_logits.shape[1] == n + 1  # the repeat is dropped
-    for name in ('class_logits', 'mask_logits', 'query_feat', 'query_pos'):
+    assert calls == [[[4.5 / hm, 4.5 / hm], [11.5 / hm, 12.5 / hm], [0.5 / hm, 8.5 / hm]]]
+    # the first peak's part (IoU 9/34 with the merged mask) is new; the second's (25/34)
+    # is the merged query's own object; the third holds no mask
+    assert out.class_logits.shape[1] == n + 1
+    for name in ('class_logits', 'query_feat', 'query_pos'):
         assert getattr(out, name).shape[1] == n + 1
         assert torch.equal(getattr(out, name)[:, :n], getattr(frame, name))
-    assert (out.mask_logits[0, n] > 0).sum() == 5 * 12
+    assert torch.equal(out.mask_logits[0, n] > 0, two[0])
+    assert torch.equal(out.mask_logits[0, 0] > 0, two[1])  # carved out of the merged mask
+    assert torch.equal(out.mask_logits[0, 1:n], frame.mask_logits[0, 1:n].clamp(max=-10.0))
     model.decoder.centre_head = FixedHeat(torch.full((hm, hm), -8.0))
     assert model.with_proposals(frame, decode) is frame  # no peak: nothing to add
 

@@ -80,9 +80,9 @@ class SegCapConfig:
     # token plus its mask's centre and size) and its mask is that query's mask, instead of
     # becoming a new decoder query. False = paper.
     seg_pointer: bool = False
-    # a centre heatmap on the mask features proposes up to N points that no kept query's
-    # mask covers; each becomes a point-prompt query and, if its mask is new, joins the
-    # frame's queries (proposals.py). 0 = paper.
+    # a centre heatmap on the mask features proposes up to N points; each becomes a
+    # point-prompt query and, if the part of its mask around the point is a new object,
+    # joins the frame's queries (proposals.py). 0 = paper.
     proposals: int = 0
     lora_rank: int = 16
     lora_alpha: int = 32

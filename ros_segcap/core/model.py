@@ -19,7 +19,7 @@ from .llm import LanguageModel, build_language_model, load_tokenizer
 from .preprocess import point_queries
 from .prior import foreground_queries, mask_pool, perception_prior, query_scores
 from .projectors import PLACE_WORDS, Projectors
-from .proposals import cell_points, new_masks, peak_cells
+from .proposals import OUTSIDE, cell_points, component_at, new_masks, peak_cells
 
 
 @dataclass
@@ -149,7 +149,7 @@ class SegCapModel(nn.Module):
             return frame
         keep = self.kept_queries(frame)
         kept = frame.mask_logits[0, keep] >= 0
-        cells = peak_cells(self.decoder.centre_head(frame.mask_features)[0], kept.any(0), limit)
+        cells = peak_cells(self.decoder.centre_head(frame.mask_features)[0], limit)
         if not cells:
             return frame
         hm = self.config.mask_size
@@ -157,16 +157,22 @@ class SegCapModel(nn.Module):
         dev = frame.mask_logits.device
         out = (decode or self.decode_prompts)(frame, q.kinds.to(dev), q.boxes.to(dev),
                                               q.restrict.to(dev))
-        chosen = new_masks(out.mask_logits[-1][0] >= 0, kept)
+        logits = out.mask_logits[-1][0]
+        parts = torch.stack([component_at(m >= 0, c) for m, c in zip(logits, cells)])
+        chosen = new_masks(parts, kept)
         if not chosen:
             return frame
         idx = torch.tensor(chosen, device=dev)
+        taken = parts[idx].any(0)  # the proposals' pixels leave the other masks
+        old_masks = torch.where(taken, frame.mask_logits.clamp(max=OUTSIDE), frame.mask_logits)
+        new_masks_ = torch.where(parts[idx], logits[idx], logits[idx].clamp(max=OUTSIDE))
 
         def cat(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
             return torch.cat([old, new[:, idx].to(old.dtype)], 1)
 
         return replace(frame, class_logits=cat(frame.class_logits, out.class_logits[-1]),
-                       mask_logits=cat(frame.mask_logits, out.mask_logits[-1]),
+                       mask_logits=torch.cat([old_masks, new_masks_[None].to(old_masks.dtype)],
+                                             1),
                        query_feat=cat(frame.query_feat, out.query_feat),
                        query_pos=cat(frame.query_pos, out.query_pos))
 

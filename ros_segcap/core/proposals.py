@@ -1,12 +1,15 @@
 """Object proposals from a centre heatmap, for objects no learnable query found.
 
-Mask2Former-style queries start from content, not place: small objects next to a larger
-one of the same kind are often left without a query of their own. A model with
+Mask2Former-style queries start from content, not place: small objects next to a larger one
+of the same kind are often left without a query of their own, or share one. A model with
 `proposals=N` also predicts, on the mask features, a heatmap of object centres (CenterNet
-style: a Gaussian per object, peak 1 at its inner-most cell). At inference up to N peaks that
-no kept query's mask covers become point-prompt queries; each one whose mask is new (IoU < 0.5
-with every kept mask and earlier proposal) joins the frame's queries, so it becomes an
-object token like any other.
+style: a Gaussian per object, peak 1 at its inner-most cell). At inference its N best peaks
+become point-prompt queries, also peaks inside a kept mask (that mask may hold two objects).
+The mask features hardly tell apart two objects of one kind, so a point query's mask (like a
+learnable query's) may cover several look-alikes: a proposal keeps only the connected part
+of its mask that holds its peak. Each proposal whose mask is then new (IoU < 0.5 with every
+kept mask and earlier proposal) joins the frame's queries, so it becomes an object token like
+any other, and its pixels are taken out of the other queries' masks.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 
 PROPOSAL_THRESHOLD = 0.3  # heatmap peak probability to try a proposal
 PROPOSAL_MAX_IOU = 0.5  # a proposal's mask must overlap every kept mask less than this
+OUTSIDE = -10.0  # mask logit given to pixels a proposal leaves out or takes away
 CENTRE_PRIOR = 0.1  # initial peak probability everywhere (bias of the last conv)
 
 
@@ -75,13 +79,13 @@ def centre_loss(logits: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
     return (pos_loss + neg_loss) / max(1, int(pos.sum()))
 
 
-def peak_cells(logits: torch.Tensor, covered: torch.Tensor, limit: int,
-               threshold: float = PROPOSAL_THRESHOLD) -> list[tuple[int, int]]:
-    """Local maxima (3x3) of the centre heatmap (Hm, Wm) above threshold that `covered`
-    (Hm, Wm) bool does not hold, best first, at most `limit`: [(row, col)]."""
+def peak_cells(logits: torch.Tensor, limit: int, threshold: float = PROPOSAL_THRESHOLD
+               ) -> list[tuple[int, int]]:
+    """Local maxima (3x3) of the centre heatmap (Hm, Wm) above threshold, best first, at
+    most `limit`: [(row, col)]."""
     p = logits.float().sigmoid()
     local = F.max_pool2d(p[None, None], 3, stride=1, padding=1)[0, 0]
-    peaks = (p >= local) & (p >= threshold) & ~covered
+    peaks = (p >= local) & (p >= threshold)
     idx = peaks.flatten().nonzero()[:, 0]
     order = torch.argsort(p.flatten()[idx], descending=True)[:limit]
     wm = p.shape[1]
@@ -103,6 +107,15 @@ def new_masks(candidates: torch.Tensor, kept: torch.Tensor,
         chosen.append(i)
         others.append(m)
     return chosen
+
+
+def component_at(mask: torch.Tensor, cell: tuple[int, int]) -> torch.Tensor:
+    """The 8-connected component of the bool mask (Hm, Wm) that holds `cell` (all False when
+    the cell is outside the mask)."""
+    if not bool(mask[cell]):
+        return torch.zeros_like(mask)
+    _, labels = cv2.connectedComponents(mask.cpu().numpy().astype(np.uint8), connectivity=8)
+    return torch.from_numpy(labels == labels[cell]).to(mask.device)
 
 
 def cell_points(cells: list[tuple[int, int]], hm: int) -> list[tuple[float, float]]:
