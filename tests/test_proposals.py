@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from ros_segcap.core.config import get_config
@@ -139,3 +140,30 @@ def test_stage0_trains_the_centre_head_and_stage2_runs_on_proposals(tmp_path):
     assert trained.config.proposals == 4 and trained.config.place_anchor
     assert not torch.equal(trained.projectors.place_head.weight,
                            after.projectors.place_head.weight)
+
+
+def test_onnxruntime_pipeline_adds_the_same_proposals(tmp_path):
+    """The Pipeline runs proposals on the engines' seg graph: same queries as torch."""
+    pytest.importorskip('onnxruntime')
+    from engines_util import exported
+    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+
+    torch.manual_seed(0)
+    model = build_model(get_config('tiny-random').replace(proposals=16), pretrained=False)
+    model.eval()
+    hm = model.config.mask_size
+    heat = torch.full((hm, hm), -8.0)
+    heat[1::4, 1::4] = torch.linspace(4.0, 1.0, 16).view(4, 4)  # 16 peaks, some find a part
+    model.decoder.centre_head = FixedHeat(heat)
+    engines = exported(model)
+    base = dict(model='tiny-random', engines_dir=str(engines))
+    pt = Pipeline(PipelineConfig(backend='torch', **base), model=model)
+    po = Pipeline(PipelineConfig(backend='onnxruntime', **base), model=model)
+    assert po.engines is not None
+    image = make_image(90, 150, seed=3)
+    (ft, _), (fo, _) = pt.encode(image), po.encode(image)
+    plain = model.encode(letterbox(image, model.config.image_size)[0])
+    assert ft.class_logits.shape == fo.class_logits.shape
+    assert ft.class_logits.shape[1] > plain.class_logits.shape[1]  # proposals were added
+    torch.testing.assert_close(fo.mask_logits, ft.mask_logits, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(fo.query_feat, ft.query_feat, atol=2e-3, rtol=1e-3)
