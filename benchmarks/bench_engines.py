@@ -9,8 +9,8 @@ Prints:
      ONNX file) vs this machine's fp32 GEMM GFLOP/s: goal >= 0.4;
   4. peak RSS of `segcap infer` with each backend (fresh processes, /usr/bin/time).
 
-The decoder and projectors of segcap-tiny are untrained until weights ship, so the model is
-saved once to a temporary model directory: the engines and the `segcap infer` subprocesses
+The model is saved once to a temporary model directory (untrained parts, where no weights
+are shipped, are random): the engines and the `segcap infer` subprocesses
 then use the very same weights (the manifest hash would refuse anything else).
 
 Usage: .venv/bin/python benchmarks/bench_engines.py [--threads 2] [--repeats 7] [--tokens 16]
