@@ -23,7 +23,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .config import SegCapConfig
-from .proposals import maybe_head
+from .proposals import CentreHead
 
 PROMPT_KIND_IDS = {'point': 0, 'box': 1, 'mask': 2}
 POINT_HALF_SIZE = 0.01  # a point becomes a box of +-1% of the image side around it
@@ -121,7 +121,7 @@ class OMGDecoder(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.class_head = nn.Linear(d, config.num_classes + 1)
         self.mask_embed = MLP([d, d, d, d])
-        self.centre_head = maybe_head(d, config.proposals)  # object centres (proposals > 0)
+        self.centre_head = CentreHead(d) if config.proposals else None  # object centres
 
     def learnable_queries(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, Nq, D) features and positions of the learnable object queries."""

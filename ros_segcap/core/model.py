@@ -165,14 +165,13 @@ class SegCapModel(nn.Module):
         idx = torch.tensor(chosen, device=dev)
         taken = parts[idx].any(0)  # the proposals' pixels leave the other masks
         old_masks = torch.where(taken, frame.mask_logits.clamp(max=OUTSIDE), frame.mask_logits)
-        new_masks_ = torch.where(parts[idx], logits[idx], logits[idx].clamp(max=OUTSIDE))
+        part_logits = torch.where(parts, logits, logits.clamp(max=OUTSIDE))[None]
 
         def cat(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
             return torch.cat([old, new[:, idx].to(old.dtype)], 1)
 
         return replace(frame, class_logits=cat(frame.class_logits, out.class_logits[-1]),
-                       mask_logits=torch.cat([old_masks, new_masks_[None].to(old_masks.dtype)],
-                                             1),
+                       mask_logits=cat(old_masks, part_logits),
                        query_feat=cat(frame.query_feat, out.query_feat),
                        query_pos=cat(frame.query_pos, out.query_pos))
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .decoder import POINT_HALF_SIZE, POINT_WINDOW, PROMPT_KIND_IDS
+from .proposals import inner_cell
 from .types import InputError, VisualPrompt
 
 MEAN_RGB = (124, 116, 104)  # pad colour (ImageNet mean, 0..255)
@@ -89,8 +90,7 @@ class PromptQueries:
 
 def _innermost_point(mask: np.ndarray) -> tuple[float, float]:
     """(x, y) of the mask pixel farthest from the background (distance transform)."""
-    dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    y, x = inner_cell(mask, precision=5)
     return float(x) + 0.5, float(y) + 0.5
 
 

@@ -14,8 +14,6 @@ any other, and its pixels are taken out of the other queries' masks.
 from __future__ import annotations
 
 import math
-from typing import Optional
-
 import cv2
 import numpy as np
 import torch
@@ -41,9 +39,11 @@ class CentreHead(nn.Module):
         return self.out(F.relu(self.conv(mask_features)))[:, 0]
 
 
-def inner_cell(mask: np.ndarray) -> tuple[int, int]:
-    """(row, col) of the mask cell farthest from the background."""
-    dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+def inner_cell(mask: np.ndarray, precision: int = 3) -> tuple[int, int]:
+    """(row, col) of the mask cell farthest from the background (distance transform with a
+    3x3 or 5x5 mask)."""
+    dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2,
+                                 precision)[1:-1, 1:-1]
     r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return int(r), int(c)
 
@@ -97,15 +97,15 @@ def new_masks(candidates: torch.Tensor, kept: torch.Tensor,
     """Indices of the candidate masks (P, Hm, Wm) bool that are non-empty and overlap every
     kept mask (K, Hm, Wm) and every earlier accepted candidate with IoU < max_iou."""
     chosen: list[int] = []
-    others: list[torch.Tensor] = list(kept)
-    for i, m in enumerate(candidates):
-        area = int(m.sum())
-        if area == 0:
+    others = kept.flatten(1)
+    for i, m in enumerate(candidates.flatten(1)):
+        if not bool(m.any()):
             continue
-        if any(float((m & o).sum()) / max(1, int((m | o).sum())) >= max_iou for o in others):
+        iou = (m & others).sum(1) / (m | others).sum(1).clamp(min=1)
+        if bool((iou >= max_iou).any()):
             continue
         chosen.append(i)
-        others.append(m)
+        others = torch.cat([others, m[None]])
     return chosen
 
 
@@ -121,7 +121,3 @@ def component_at(mask: torch.Tensor, cell: tuple[int, int]) -> torch.Tensor:
 def cell_points(cells: list[tuple[int, int]], hm: int) -> list[tuple[float, float]]:
     """Grid cells (row, col) -> their centres (x, y) in 0..1 of the padded square."""
     return [((c + 0.5) / hm, (r + 0.5) / hm) for r, c in cells]
-
-
-def maybe_head(dim: int, proposals: int) -> Optional[CentreHead]:
-    return CentreHead(dim) if proposals > 0 else None
