@@ -175,3 +175,31 @@ def test_seg_queries_are_independent(tiny_model, tiny_frame) -> None:
         alone = torch.cat([tiny_model.decode_seg(frame, hidden[i:i + 1]).mask_logits[-1][0]
                            for i in range(5)])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_point_on_a_kept_object_becomes_that_object(tiny_model, tiny_frame):
+    """visual_prompts: a point inside a kept frame mask takes that query's outputs; a point
+    outside every kept mask and a box keep their own prompt queries."""
+    frame, box = tiny_frame
+    hm = tiny_model.config.mask_size
+    masks = torch.full_like(frame.mask_logits, -8.0)
+    masks[0, 1, :hm // 4, :hm // 4] = 8.0  # query 1 owns the top-left corner only
+    cls = torch.zeros_like(frame.class_logits)
+    cls[0, :, -1] = 8.0  # every query void ...
+    cls[0, 1, 0] = 8.0  # ... but query 1
+    frame = replace(frame, mask_logits=masks, class_logits=cls)
+    assert tiny_model.kept_queries(frame).tolist() == [1]
+    inside = VisualPrompt('point', point=(5.0, 3.0))  # image pixels; 90x150 in the top-left
+    outside = VisualPrompt('point', point=(140.0, 85.0))
+    corner = VisualPrompt('box', box=(0, 0, 10, 10))
+    q = prompt_queries([inside, outside, corner], box, hm)
+    with torch.no_grad():
+        plain = tiny_model.decode_prompts(frame, q.kinds, q.boxes, q.restrict)
+        out = tiny_model.visual_prompts(frame, q)
+    assert torch.equal(out.query_feat[0, 0], frame.query_feat[0, 1])
+    assert torch.equal(out.mask_logits[-1][0, 0], masks[0, 1])
+    assert torch.equal(out.class_logits[-1][0, 0], cls[0, 1])
+    assert not torch.equal(plain.query_feat[0, 0], frame.query_feat[0, 1])
+    for i in (1, 2):
+        assert torch.equal(out.query_feat[0, i], plain.query_feat[0, i])
+        assert torch.equal(out.mask_logits[-1][0, i], plain.mask_logits[-1][0, i])

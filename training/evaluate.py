@@ -44,7 +44,7 @@ def answer_with_prompts(pipe: Pipeline, sample: Sample) -> SegCapResult:
     with torch.no_grad():
         frame, box = pipe.encode(sample.image)
         q = prompt_queries(sample.prompts, box, model.config.mask_size)
-        out = model.decode_prompts(frame, q.kinds, q.boxes, q.restrict)
+        out = model.visual_prompts(frame, q)
         embeds, _ = model.prompt_embeds(frame, sample.question, model.prompt_tokens(out, frame))
         gen = model.llm.generate(embeds, max_new_tokens=pipe.config.max_new_tokens)
         parsed = parse_answer(gen.text)

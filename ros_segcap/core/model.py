@@ -13,10 +13,10 @@ from torch import nn
 
 from .config import MARK_TOKEN, REGION_TOKEN, SegCapConfig
 from .backbone import pixel_shuffle_tokens
-from .decoder import DecoderOutput, OMGDecoder
+from .decoder import PROMPT_KIND_IDS, DecoderOutput, OMGDecoder
 from .encoder import PixelDecoder, build_backbone, normalize_image
 from .llm import LanguageModel, build_language_model, load_tokenizer
-from .preprocess import point_queries
+from .preprocess import PromptQueries, point_queries
 from .prior import foreground_queries, mask_pool, perception_prior, query_scores
 from .projectors import PLACE_WORDS, Projectors
 from .proposals import OUTSIDE, cell_points, component_at, new_masks, peak_cells
@@ -137,6 +137,43 @@ class SegCapModel(nn.Module):
         """Prompt queries: kinds (1, N), boxes (1, N, 4) cxcywh, restrict (1, N, Hm, Wm)."""
         feat, pos = self.decoder.prompt_queries(kinds, boxes)
         return self.decode_queries(frame, feat, pos, restrict)
+
+    def visual_prompts(self, frame: FrameFeatures, q: PromptQueries, decode=None
+                       ) -> DecoderOutput:
+        """Decoder outputs of the user's visual prompts, for their <region> / <mark> tokens.
+
+        A point that falls inside a kept object mask of the frame (learnable query or
+        proposal) becomes that object: its query, class and mask replace the point query's.
+        The frame's queries attend to the whole image and were kept for their mask; a point
+        query sees only a small window, so its mask often misses a small object or spills
+        onto a look-alike. Boxes and masks keep their own queries. decode: as in
+        with_proposals.
+        """
+        out = (decode or self.decode_prompts)(frame, q.kinds, q.boxes, q.restrict)
+        keep = self.kept_queries(frame)
+        hm = self.config.mask_size
+        snapped = {}
+        for i in (q.kinds[0] == PROMPT_KIND_IDS['point']).nonzero()[:, 0].tolist():
+            x, y = q.boxes[0, i, :2].tolist()
+            row, col = min(hm - 1, int(y * hm)), min(hm - 1, int(x * hm))
+            at = frame.mask_logits[0, keep, row, col]
+            if at.numel() and float(at.max()) >= 0:
+                snapped[i] = int(keep[at.argmax()])
+        if not snapped:
+            return out
+        rows = torch.tensor(list(snapped), device=out.query_feat.device)
+        src = torch.tensor(list(snapped.values()), device=out.query_feat.device)
+
+        def put(mine: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+            mine = mine.clone()
+            mine[:, rows] = frames[:, src].to(mine.dtype)
+            return mine
+
+        return DecoderOutput(
+            class_logits=out.class_logits[:-1] + [put(out.class_logits[-1], frame.class_logits)],
+            mask_logits=out.mask_logits[:-1] + [put(out.mask_logits[-1], frame.mask_logits)],
+            query_feat=put(out.query_feat, frame.query_feat),
+            query_pos=put(out.query_pos, frame.query_pos))
 
     def with_proposals(self, frame: FrameFeatures, decode=None) -> FrameFeatures:
         """The frame with its proposals' queries appended (proposals > 0; else the frame).

@@ -20,7 +20,8 @@ from .config import MARK_TOKEN, REGION_TOKEN
 from .decoder import DecoderOutput
 from .llm import DECODE_PATHS, DEFAULT_DECODE_PATH
 from .model import FrameFeatures, SegCapModel
-from .preprocess import Letterbox, check_image, letterbox, prompt_queries, unletterbox
+from .preprocess import (Letterbox, PromptQueries, check_image, letterbox, prompt_queries,
+                         unletterbox)
 from .types import InputError, SegCapResult, Timing, VisualPrompt
 
 MAX_PROMPT_CHARS = 2000
@@ -134,9 +135,9 @@ class Pipeline:
             if visual_prompt is not None:
                 with self._timed(timing, 'prompt_decode'):
                     q = prompt_queries([visual_prompt], box, self.model.config.mask_size)
-                    out = self._decode_prompts(frame, q.kinds.to(self.device),
-                                               q.boxes.to(self.device),
-                                               q.restrict.to(self.device))
+                    q = PromptQueries(q.kinds.to(self.device), q.boxes.to(self.device),
+                                      q.restrict.to(self.device))
+                    out = self.model.visual_prompts(frame, q, self._decode_prompts)
                     regions = self.model.prompt_tokens(out, frame)
             with self._timed(timing, 'prior_projectors'):
                 visual = self.model.visual_block(frame)
