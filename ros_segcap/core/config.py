@@ -80,6 +80,10 @@ class SegCapConfig:
     # token plus its mask's centre and size) and its mask is that query's mask, instead of
     # becoming a new decoder query. False = paper.
     seg_pointer: bool = False
+    # the seg_pointer's score also gets learned weights of rank features (how many members
+    # of the named group lie left / right, lower / higher, larger / smaller) and of the
+    # relation to an anchor object (selector.py): 'the second cup from the left'. False = paper.
+    selector: bool = False
     # a centre heatmap on the mask features proposes up to N points; each becomes a
     # point-prompt query and, if the part of its mask around the point is a new object,
     # joins the frame's queries (proposals.py). 0 = paper.

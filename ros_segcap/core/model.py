@@ -20,6 +20,7 @@ from .preprocess import PromptQueries, point_queries
 from .prior import foreground_queries, mask_pool, perception_prior, query_scores
 from .projectors import PLACE_WORDS, Projectors
 from .proposals import OUTSIDE, cell_points, component_at, new_masks, peak_cells
+from .selector import object_places
 
 
 @dataclass
@@ -248,8 +249,10 @@ class SegCapModel(nn.Module):
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """seg_pointer: [SEG] states (G, H) -> (scores (G, N_obj), kept query indices)."""
         keep, tokens = self.object_rows(frame)
-        place = mask_places(frame.mask_logits[0, keep])
-        return self.projectors.pointer_logits(hidden.to(tokens.dtype), tokens, place), keep
+        masks = frame.mask_logits[0, keep]
+        ranks = object_places(masks) if self.config.selector else None
+        return self.projectors.pointer_logits(hidden.to(tokens.dtype), tokens,
+                                              mask_places(masks), ranks), keep
 
     def seg_masks(self, frame: FrameFeatures, hidden: torch.Tensor) -> torch.Tensor:
         """[SEG] states (G, H) -> mask logits (G, Hm, Wm): the pointed object's mask with

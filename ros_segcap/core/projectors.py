@@ -9,7 +9,9 @@ text2vision:  H -> 2D -> 2D, split into (query feature, query position) for the 
 place head:   with place_anchor, (centre x, centre y, sqrt area) -> weights (tanh) of the
               place words' embeddings added to object / region tokens (zero at init)
 seg pointer:  with seg_pointer, H -> H for [SEG] states and H + 3 -> H for object tokens with
-              their mask's (centre x, centre y, sqrt area); score = scaled dot product
+              their mask's (centre x, centre y, sqrt area); score = scaled dot product;
+              with selector, + ranks within the named group and relation to an anchor
+              (selector.py)
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from .config import SegCapConfig
+from .selector import Selector
 
 PLACE_WORDS = ('left', 'right', 'front', 'back')  # place_anchor's words
 
@@ -59,6 +62,11 @@ class Projectors(nn.Module):
             self.seg_query = nn.Linear(h, h)
             self.seg_key = nn.Linear(h, h)
             self.seg_place = nn.Linear(3, h)
+        self.selector = None
+        if config.selector:
+            if not config.seg_pointer:
+                raise ValueError('selector adds to the seg_pointer: set seg_pointer=true too')
+            self.selector = Selector(h)
 
     def to_llm_scale(self, tokens: torch.Tensor) -> torch.Tensor:
         """With token_norm: RMS-normalise tokens (..., H) and apply the learned gain."""
@@ -88,8 +96,17 @@ class Projectors(nn.Module):
         return out[..., :self.dim], out[..., self.dim:]
 
     def pointer_logits(self, seg_hidden: torch.Tensor, tokens: torch.Tensor,
-                       place: torch.Tensor) -> torch.Tensor:
-        """[SEG] states (G, H), object tokens (N, H), places (N, 3) -> scores (G, N)."""
+                       place: torch.Tensor, rank_places: Optional[torch.Tensor] = None
+                       ) -> torch.Tensor:
+        """[SEG] states (G, H), object tokens (N, H), places (N, 3) -> scores (G, N).
+
+        With a selector, rank_places (N, 3) are selector.object_places of the tokens' masks.
+        """
         q = self.seg_query(seg_hidden)
-        k = self.seg_key(tokens) + self.seg_place(place)
-        return q @ k.T * q.shape[-1] ** -0.5
+        keys = self.seg_key(tokens)
+        scores = q @ (keys + self.seg_place(place)).T * q.shape[-1] ** -0.5
+        if self.selector is None:
+            return scores
+        if rank_places is None:
+            raise ValueError('this model has a selector: pass rank_places')
+        return scores + self.selector(seg_hidden, q, keys, rank_places)
