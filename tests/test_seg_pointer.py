@@ -80,6 +80,22 @@ def test_pointer_training_points_at_the_target(tiny):
     assert named['model.projectors.seg_key.weight'].requires_grad
 
 
+def test_stage2_trains_a_selector(tiny, tmp_path):
+    from training.reconfigure import reconfigure
+    root, init = tiny
+    reconfigure(init, {'selector': True}, tmp_path / 'init')
+    cfg = make_config(2, dict(init=str(tmp_path / 'init'), cache=str(root / 'cache'),
+                              ptr_min_iou=0.0))
+    stage = build_stage(cfg)
+    scene = load_cache(root / 'cache')[0]
+    sample = next(a for a in scene.samples if a.task == 'gcg' and a.masks.shape[0] >= 2)
+    weights = stage.model.projectors.selector.weights.weight
+    assert weights.requires_grad and not weights.any()
+    loss, _ = stage((scene, sample))
+    loss.backward()
+    assert weights.grad is not None and weights.grad.abs().sum() > 0
+
+
 def test_pointer_masks_come_out_of_the_pipeline_at_image_size(tiny):
     from ros_segcap.core.pipeline import Pipeline, PipelineConfig
     from ros_segcap.core.preprocess import unletterbox
