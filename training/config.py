@@ -58,6 +58,7 @@ class TrainConfig:
     # it pushes colour into the tokens the LLM reads (the probe itself is not shipped)
     colour_weight: float = 0.0
     proj_lr_mult: float = 1.0  # learning-rate multiplier of the projectors
+    selector_lr_mult: float = 1.0  # ... and of a model's selector on top (starts at zero)
     class_weight: float = 2.0  # stage 0 Hungarian losses (Mask2Former weights)
     mask_bce_weight: float = 5.0
     mask_dice_weight: float = 5.0

@@ -48,17 +48,20 @@ def cosine_lambda(cfg: TrainConfig):
 
 def build_optimizer(stage: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms, embeddings and 1-d tensors; the projectors
-    learn at lr * proj_lr_mult."""
-    groups: dict[tuple[bool, bool], list] = {}
+    learn at lr * proj_lr_mult, their selector at lr * proj_lr_mult * selector_lr_mult."""
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in stage.named_parameters():
         if not p.requires_grad:
             continue
         plain = p.ndim < 2 or 'embed' in name or 'norm' in name or 'separator' in name
-        groups.setdefault((plain, 'projectors.' in name), []).append(p)
+        mult = cfg.proj_lr_mult if 'projectors.' in name else 1.0
+        if 'projectors.selector.' in name:
+            mult *= cfg.selector_lr_mult
+        groups.setdefault((plain, mult), []).append(p)
     return torch.optim.AdamW(
         [{'params': ps, 'weight_decay': 0.0 if plain else cfg.weight_decay,
-          'lr': cfg.lr * (cfg.proj_lr_mult if proj else 1.0)}
-         for (plain, proj), ps in sorted(groups.items())], lr=cfg.lr)
+          'lr': cfg.lr * mult}
+         for (plain, mult), ps in sorted(groups.items())], lr=cfg.lr)
 
 
 def trained_state(stage: nn.Module) -> dict[str, torch.Tensor]:
