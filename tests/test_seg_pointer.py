@@ -1,6 +1,8 @@
 """seg_pointer: a [SEG] state selects one of the frame's object tokens and returns its mask."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -94,6 +96,9 @@ def test_stage2_trains_a_selector(tiny, tmp_path):
     loss, _ = stage((scene, sample))
     loss.backward()
     assert weights.grad is not None and weights.grad.abs().sum() > 0
+    only = build_stage(cfg.__class__(**dict(cfg.to_dict(), train_only='projectors.selector.')))
+    trained = [n for n, p in only.named_parameters() if p.requires_grad]
+    assert trained and all(n.startswith('model.projectors.selector.') for n in trained)
 
 
 def test_pointer_masks_come_out_of_the_pipeline_at_image_size(tiny):

@@ -25,6 +25,8 @@ class TrainConfig:
     simple_refs: int = 0  # stages 1-2: add N 'segment the <colour> <kind>' samples per scene
     simple_absent: int = 0  # stages 1-2: add N such requests for pairs the scene does not have
     plural_refs: int = 0  # stages 1-2: add N 'segment all the <group>' requests of >= 3 targets
+    train_only: str = ''  # stages 1-2: comma-separated parameter-name prefixes to train
+    # (e.g. 'projectors.selector.'); everything else of the stage stays frozen ('' = all)
     pack: int = 1  # stages 1-2: samples of one scene per LLM forward (training.pack)
     out: str = ''  # run directory ('' = runs/stage{stage})
     steps: int = 100  # optimizer steps

@@ -157,7 +157,8 @@ def _steps(module, stage, items, cfg: TrainConfig, opt, sched, start: int,
             sync = a == cfg.accum - 1 or world == 1
             with (nullcontext() if sync else module.no_sync()), autocast:
                 loss, logs = module(item)
-            (loss / cfg.accum).backward()
+            if loss.requires_grad:  # with train_only, a sample may touch no trained part
+                (loss / cfg.accum).backward()
             for k, v in dict(logs, loss=float(loss.detach())).items():
                 totals[k] = totals.get(k, 0.0) + v / cfg.accum
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -111,6 +111,10 @@ class LanguageStage(nn.Module):
             p.requires_grad_(name.startswith('projectors.') or
                              (cfg.stage == 2 and 'lora_' in name))
         new_rows_only(model)
+        if cfg.train_only:  # e.g. 'projectors.selector.': everything else stays as it was
+            prefixes = tuple(p for p in cfg.train_only.split(',') if p)
+            for name, p in model.named_parameters():
+                p.requires_grad_(p.requires_grad and name.startswith(prefixes))
         self._frames: dict[int, FrameFeatures] = {}  # frozen decoder: one frame per scene
         self.colour_probe = None
         if cfg.stage == 2 and cfg.colour_weight and model.projectors.colour_head is None:
