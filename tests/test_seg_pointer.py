@@ -96,7 +96,7 @@ def test_stage2_trains_a_selector(tiny, tmp_path):
     loss, _ = stage((scene, sample))
     loss.backward()
     assert weights.grad is not None and weights.grad.abs().sum() > 0
-    only = build_stage(cfg.__class__(**dict(cfg.to_dict(), train_only='projectors.selector.')))
+    only = build_stage(replace(cfg, train_only='projectors.selector.'))
     trained = [n for n, p in only.named_parameters() if p.requires_grad]
     assert trained and all(n.startswith('model.projectors.selector.') for n in trained)
 
