@@ -99,6 +99,8 @@ def test_decoder_coverage_command_runs(tiny_dir, capsys):
     assert out['scenes'] == 2 and out['objects'] >= 2
     assert 0.0 <= out['best_kept_iou'] <= out['best_any_iou'] <= 1.0
     assert out['small_objects'] <= out['objects']
+    for key in ('point_alone_iou', 'point_iou', 'point_alone_recall50', 'point_recall50'):
+        assert 0.0 <= out[key] <= 1.0, key
 
 
 def test_referring_error_kinds():

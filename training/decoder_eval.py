@@ -7,16 +7,21 @@ object tokens the LLM reads), so its masks can be no better than the best kept q
 true object. For every object of >= MIN_PIXELS visible pixels this prints the best IoU
 over all decoder queries and over the kept ones (mean, and the share with IoU >= 0.5),
 also for small objects alone (< SMALL_PIXELS at 640x480, where the decoder is weakest).
+It also puts one point prompt on each object (its innermost pixel) and gives the IoU of the
+prompt's mask: from the point query alone ('point_alone') and as the runtime answers it
+('point': a point on a kept object stands for that object, SegCapModel.visual_prompts).
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ros_segcap.core.pipeline import Pipeline, PipelineConfig
-from ros_segcap.core.preprocess import unletterbox
+from ros_segcap.core.preprocess import Letterbox, _innermost_point, prompt_queries, unletterbox
+from ros_segcap.core.types import VisualPrompt
 from ros_segcap.world import render, sample_scene, split_seed
 from training.eval.cli import model_command
 from training.eval.metrics import iou_matrix
@@ -36,10 +41,33 @@ def best_ious(pred: np.ndarray, truth: Sequence[np.ndarray], kept: Sequence[int]
             for col in iou.T]
 
 
+def point_ious(pipe: Pipeline, frame, box: Letterbox, truth: Sequence[np.ndarray]
+                ) -> list[tuple[float, float]]:
+    """Per true mask: IoU of the mask of a point prompt on its innermost pixel, from the
+    point query alone and as the runtime answers it (snapped to a kept object)."""
+    model, out = pipe.model, []
+    for t in truth:
+        q = prompt_queries([VisualPrompt('point', point=_innermost_point(t))], box,
+                           model.config.mask_size)
+        with torch.no_grad():
+            alone = model.decode_prompts(frame, q.kinds, q.boxes, q.restrict)
+            snapped = model.visual_prompts(frame, q)
+        ious = []
+        for dec in (alone, snapped):
+            m = (unletterbox(dec.mask_logits[-1][0, :1], box)[0] > 0).cpu().numpy()
+            ious.append(float(iou_matrix([m], [t])[0, 0]))
+        out.append((ious[0], ious[1]))
+    return out
+
+
+def _recall(ious: np.ndarray) -> Optional[float]:
+    return float((ious >= 0.5).mean()) if len(ious) else None
+
+
 def decoder_coverage(model: str, split: str = 'test', n: int = 30) -> dict:
     """Best-any and best-kept IoU statistics over the objects of n rendered scenes."""
     pipe = Pipeline(PipelineConfig(model=model))
-    pairs, kept_counts, small = [], [], []
+    pairs, points, kept_counts, small = [], [], [], []
     for i in tqdm(range(n), desc='scenes'):
         spec = sample_scene(split_seed(split, i))
         scene = render(spec, *IMAGE_SIZE)
@@ -50,10 +78,13 @@ def decoder_coverage(model: str, split: str = 'test', n: int = 30) -> dict:
         truth = [t for t in (scene.mask(k) for k in range(len(spec.objects)))
                  if t.sum() >= MIN_PIXELS]
         pairs += best_ious(pred, truth, kept)
+        points += point_ious(pipe, frame, box, truth)
         small += [bool(t.sum() < SMALL_PIXELS) for t in truth]
     best_any = np.array([p[0] for p in pairs])
     best_kept = np.array([p[1] for p in pairs])
-    small_kept = best_kept[np.array(small, bool)]
+    small = np.array(small, bool)
+    small_kept = best_kept[small]
+    alone, point = (np.array([p[k] for p in points]) for k in (0, 1))
     return dict(model=model, split=split, scenes=n, objects=len(pairs),
                 best_any_iou=float(best_any.mean()), best_any_recall50=float(
                     (best_any >= 0.5).mean()),
@@ -63,7 +94,11 @@ def decoder_coverage(model: str, split: str = 'test', n: int = 30) -> dict:
                 small_best_kept_iou=float(small_kept.mean()) if len(small_kept) else None,
                 small_best_kept_recall50=float((small_kept >= 0.5).mean())
                 if len(small_kept) else None,
-                kept_per_scene=float(np.mean(kept_counts)))
+                kept_per_scene=float(np.mean(kept_counts)),
+                point_alone_iou=float(alone.mean()), point_alone_recall50=_recall(alone),
+                point_iou=float(point.mean()), point_recall50=_recall(point),
+                small_point_alone_recall50=_recall(alone[small]),
+                small_point_recall50=_recall(point[small]))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
