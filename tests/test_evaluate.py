@@ -128,6 +128,15 @@ def test_referring_errors_command_counts_every_target(tiny_dir, capsys):
     assert out['targets'] == sum(len(s.masks) for s in truth) >= 2
     assert sum(out[k] for k in KINDS) == out['targets']
     assert len(out['examples']) == out['targets'] - out['ok']
+    forms = out['by_form'].values()
+    assert sum(f['samples'] for f in forms) == 2
+    assert sum(f['targets'] for f in forms) == out['targets']
+    assert sum(f['ok'] for f in forms) == out['ok']
+    assert all(0.0 <= f['ciou'] <= 1.0 for f in forms)
+    errors_main(['--model', str(tiny_dir), '--n', '1', '--seed-offset', '7', '--threads', '1'])
+    moved = json.loads(capsys.readouterr().out)
+    assert moved['seed_offset'] == 7
+    assert moved['targets'] == len(tabletop_sample('test', 0, (480, 640), 'referring', 7).masks)
 
 
 def test_plain_requests_pick_a_unique_object_and_a_near_miss():

@@ -67,6 +67,20 @@ def test_a_new_selector_changes_no_score():
         Projectors(config.replace(seg_pointer=False, selector=True))
 
 
+def test_membership_is_relative_to_the_best_object():
+    """A trained pointer scores every object far above zero; members are still the objects
+    near the best score, and a shift of all scores changes nothing."""
+    sel = Selector(4)
+    keys = torch.tensor([[10.0, 0, 0, 0], [9.0, 0, 0, 0], [2.0, 0, 0, 0]])
+    query = torch.tensor([[4.0, 0, 0, 0]])  # scores 20, 18, 4 (scale 1/2)
+    m = sel.membership(torch.zeros(1, 4), query, keys)[0]
+    assert m[0] > 0.85 and 0.4 < m[1] < 0.6 and m[2] < 1e-5
+    shifted_keys = keys.clone()
+    shifted_keys[:, 1] = 5.0  # every score + 5
+    shifted = sel.membership(torch.zeros(1, 4), torch.tensor([[4.0, 2.0, 0, 0]]), shifted_keys)
+    assert torch.allclose(m, shifted[0])
+
+
 HIDDEN, OBJECTS, KINDS = 16, 6, 3
 ASKS = ('leftmost', 'second from the left', 'largest')
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ros_segcap.core.preprocess import innermost_point
+from ros_segcap.core.types import VisualPrompt
 from ros_segcap.core.weights import SHIPPED_DIR
 from ros_segcap.world import render, sample_scene, split_seed
 
@@ -52,3 +54,15 @@ def test_absent_object_gives_empty_result(pipeline):
     result = pipeline.run(scene.image, 'Please segment the purple bottle in this image.')
     assert result.masks == [], result.raw_text
     assert '[SEG]' not in result.raw_text
+
+
+@pytest.mark.parametrize('index', RED_CUP_SCENES)
+def test_point_on_the_red_cup_segments_it(pipeline, index):
+    """'Please segment <mark>.' with a point on the cup's innermost pixel."""
+    spec, scene = _scene(index)
+    cup = scene.mask([k for k, o in enumerate(spec.objects)
+                      if (o.colour, o.kind) == ('red', 'cup')][0])
+    point = VisualPrompt('point', point=innermost_point(cup))
+    result = pipeline.run(scene.image, 'Please segment <mark>.', visual_prompt=point)
+    assert len(result.masks) >= 1, f'no mask; answer: {result.raw_text!r}'
+    assert _iou(np.logical_or.reduce(result.masks), cup) >= 0.5, result.raw_text

@@ -20,7 +20,8 @@ import torch
 from tqdm import tqdm
 
 from ros_segcap.core.pipeline import Pipeline, PipelineConfig
-from ros_segcap.core.preprocess import Letterbox, _innermost_point, prompt_queries, unletterbox
+from ros_segcap.core.preprocess import (Letterbox, innermost_point, prompt_queries,
+                                        unletterbox)
 from ros_segcap.core.types import VisualPrompt
 from ros_segcap.world import render, sample_scene, split_seed
 from training.eval.cli import model_command
@@ -41,13 +42,13 @@ def best_ious(pred: np.ndarray, truth: Sequence[np.ndarray], kept: Sequence[int]
             for col in iou.T]
 
 
-def point_ious(pipe: Pipeline, frame, box: Letterbox, truth: Sequence[np.ndarray]
-                ) -> list[tuple[float, float]]:
+def point_ious(pipe: Pipeline, frame, box: Letterbox,
+               truth: Sequence[np.ndarray]) -> list[tuple[float, float]]:
     """Per true mask: IoU of the mask of a point prompt on its innermost pixel, from the
     point query alone and as the runtime answers it (snapped to a kept object)."""
     model, out = pipe.model, []
     for t in truth:
-        q = prompt_queries([VisualPrompt('point', point=_innermost_point(t))], box,
+        q = prompt_queries([VisualPrompt('point', point=innermost_point(t))], box,
                            model.config.mask_size)
         with torch.no_grad():
             alone = model.decode_prompts(frame, q.kinds, q.boxes, q.restrict)
@@ -64,12 +65,13 @@ def _recall(ious: np.ndarray) -> Optional[float]:
     return float((ious >= 0.5).mean()) if len(ious) else None
 
 
-def decoder_coverage(model: str, split: str = 'test', n: int = 30) -> dict:
+def decoder_coverage(model: str, split: str = 'test', n: int = 30, seed_offset: int = 0
+                     ) -> dict:
     """Best-any and best-kept IoU statistics over the objects of n rendered scenes."""
     pipe = Pipeline(PipelineConfig(model=model))
     pairs, points, kept_counts, small = [], [], [], []
     for i in tqdm(range(n), desc='scenes'):
-        spec = sample_scene(split_seed(split, i))
+        spec = sample_scene(split_seed(split, seed_offset + i))
         scene = render(spec, *IMAGE_SIZE)
         frame, box = pipe.encode(scene.image)
         pred = (unletterbox(frame.mask_logits[0], box).sigmoid() > 0.5).cpu().numpy()
@@ -85,7 +87,7 @@ def decoder_coverage(model: str, split: str = 'test', n: int = 30) -> dict:
     small = np.array(small, bool)
     small_kept = best_kept[small]
     alone, point = (np.array([p[k] for p in points]) for k in (0, 1))
-    return dict(model=model, split=split, scenes=n, objects=len(pairs),
+    return dict(model=model, split=split, seed_offset=seed_offset, scenes=n, objects=len(pairs),
                 best_any_iou=float(best_any.mean()), best_any_recall50=float(
                     (best_any >= 0.5).mean()),
                 best_kept_iou=float(best_kept.mean()),

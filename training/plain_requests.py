@@ -39,14 +39,15 @@ def pick_requests(pairs: Sequence[tuple[str, str]], rng: np.random.Generator
     return k, absent[int(rng.integers(len(absent)))] if absent else None
 
 
-def plain_requests(model: str, n: int = 40, split: str = 'test') -> dict:
+def plain_requests(model: str, n: int = 40, split: str = 'test', seed_offset: int = 0
+                   ) -> dict:
     """Present / absent plain-request scores over n scenes of a split."""
     pipe = Pipeline(PipelineConfig(model=model))
     ious, no_mask, false_mask = [], [], []
     for i in tqdm(range(n), desc='scenes'):
-        spec = sample_scene(split_seed(split, i))
+        spec = sample_scene(split_seed(split, seed_offset + i))
         pairs = [(o.colour, o.kind) for o in spec.objects]
-        k, absent = pick_requests(pairs, np.random.default_rng(i))
+        k, absent = pick_requests(pairs, np.random.default_rng(seed_offset + i))
         if k is None:
             continue
         scene = render(spec, *IMAGE_SIZE)
@@ -59,7 +60,7 @@ def plain_requests(model: str, n: int = 40, split: str = 'test') -> dict:
             false_mask.append(bool(pipe.run(scene.image, TEMPLATE.format(*absent),
                                             frame_key=i).masks))
     iou = np.array(ious)
-    return dict(model=model, split=split, scenes=n, present=len(ious),
+    return dict(model=model, split=split, seed_offset=seed_offset, scenes=n, present=len(ious),
                 present_iou50=float((iou >= 0.5).mean()) if len(iou) else None,
                 present_no_mask=float(np.mean(no_mask)) if no_mask else None,
                 present_mean_iou=float(iou.mean()) if len(iou) else None,

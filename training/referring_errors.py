@@ -6,7 +6,10 @@ never names it) or 'pointer' (it is named and covered, but the [SEG] points else
     python -m training.referring_errors --model checkpoints/segcap-tiny-dec-wip --n 40
 
 Sample i is the evaluation's referring sample 4 * i (the samples `training.evaluate --n
-4n` scores), so the counts explain its referring cIoU.
+4n` scores, with the same --seed-offset), so the counts explain its referring cIoU.
+`by_form` splits the samples by the kind of expression (unique 'the red cup', extreme 'the
+largest cup', ordinal 'the second cup from the left', relation 'the cup left of the box',
+plural 'all the cups'): samples, targets, targets found and the form's cIoU.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from tqdm import tqdm
 from ros_segcap.core.answer import parse_answer
 from ros_segcap.core.pipeline import Pipeline, PipelineConfig
 from ros_segcap.core.preprocess import unletterbox
-from training.data.tabletop import tabletop_sample
+from training.data.tabletop import tabletop_example
 from training.eval.cli import model_command
 from training.eval.metrics import iou_matrix
 from training.evaluate import IMAGE_SIZE, MAX_NEW_TOKENS
@@ -43,26 +46,42 @@ def classify(answer_masks: Sequence[np.ndarray], kept_masks: Sequence[np.ndarray
     return 'pointer'
 
 
-def referring_errors(model: str, n: int = 40, split: str = 'test') -> dict:
-    """Counts of KINDS over the true targets of n referring samples (+ their examples)."""
+def referring_errors(model: str, n: int = 40, split: str = 'test', seed_offset: int = 0
+                     ) -> dict:
+    """Counts of KINDS over the true targets of n referring samples (+ their examples), and
+    the same split by expression form."""
     pipe = Pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS))
     counts: Counter = Counter()
+    forms: dict[str, Counter] = {}
     examples = []
     for i in tqdm(range(n), desc='samples'):
-        sample = tabletop_sample(split, 4 * i, IMAGE_SIZE, 'referring')
+        sample, ann = tabletop_example(split, 4 * i, IMAGE_SIZE, 'referring', seed_offset)
         result = pipe.run(sample.image, sample.question, frame_key=i)
         frame, box = pipe.encode(sample.image, frame_key=i)  # the frame run() encoded
         kept = pipe.model.kept_queries(frame)
         kept_masks = (unletterbox(frame.mask_logits[0, kept], box).sigmoid() > 0.5).numpy()
         truth_phrases = parse_answer(sample.answer).phrases
+        form = forms.setdefault(ann.ref.form if ann.ref else 'other', Counter())
+        form['samples'] += 1
         for truth, phrase in zip(sample.masks, truth_phrases):
             kind = classify(result.masks, list(kept_masks), truth, phrase, result.phrases)
             counts[kind] += 1
+            form['targets'] += 1
+            form['ok'] += kind == 'ok'
             if kind != 'ok':
                 examples.append(f'{4 * i}: {kind}: {phrase!r} in {sample.question!r} -> '
                                 f'{result.raw_text!r}')
-    return dict(model=model, split=split, samples=n, targets=sum(counts.values()),
-                **{k: counts[k] for k in KINDS}, examples=examples)
+        union_truth = np.logical_or.reduce(sample.masks)
+        union_pred = (np.logical_or.reduce(result.masks) if result.masks
+                      else np.zeros_like(union_truth))
+        form['intersection'] += int((union_truth & union_pred).sum())
+        form['union'] += int((union_truth | union_pred).sum())
+    by_form = {name: dict(samples=c['samples'], targets=c['targets'], ok=c['ok'],
+                          ciou=c['intersection'] / max(c['union'], 1))
+               for name, c in sorted(forms.items())}
+    return dict(model=model, split=split, seed_offset=seed_offset, samples=n,
+                targets=sum(counts.values()), **{k: counts[k] for k in KINDS},
+                by_form=by_form, examples=examples)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

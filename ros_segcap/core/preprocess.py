@@ -88,7 +88,7 @@ class PromptQueries:
     restrict: torch.Tensor  # (1, N, Hm, Wm) bool: where each query may attend
 
 
-def _innermost_point(mask: np.ndarray) -> tuple[float, float]:
+def innermost_point(mask: np.ndarray) -> tuple[float, float]:
     """(x, y) of the mask pixel farthest from the background (distance transform)."""
     y, x = inner_cell(mask, precision=5)
     return float(x) + 0.5, float(y) + 0.5
@@ -140,7 +140,7 @@ def prompt_queries(prompts: Sequence[VisualPrompt], box: Letterbox, mask_size: i
             continue
         if p.kind == 'mask':
             mask = np.asarray(p.mask, dtype=bool)
-            x, y = box.to_unit(*_innermost_point(mask))
+            x, y = box.to_unit(*innermost_point(mask))
             small = _mask_to_grid(mask, box, hm)
             restrict[0, i] = torch.from_numpy(small)
         else:

@@ -7,8 +7,11 @@ place can learn the group but hardly the comparison: the largest of three cups d
 the runner-up by a few thousandths of the place features. The Selector makes comparisons
 features of their own, on the scale of whole objects:
 
-- membership m_j in 0..1: how well object j fits the named group (a score like the
-  pointer's, from its own query head);
+- membership m_j in 0..1: how well object j fits the named group, from a score like the
+  pointer's (its own query head) taken relative to the best object's: objects within about
+  MEMBER_MARGIN of the best count as members at the start. (An absolute score saturates: a
+  trained pointer scores every object far above zero, so every object was a member and
+  the gradient that should have told them apart vanished.)
 - ranks: for each of x (mask centre), bottom (the mask's lowest row: nearer objects stand
   lower in a robot's view) and log area, the soft number of group members below and above
   object i, turned into soft one-hot counts 0..RANK_SLOTS-1 ('leftmost' = none of the group
@@ -29,6 +32,7 @@ RANK_SLOTS = 6  # soft one-hot counts 0..5
 RANK_WIDTH = 0.3  # std of a count's soft one-hot bump
 SCALES = (0.015, 0.01, 0.08)  # sigmoid temperature of x, bottom, log area differences
 IN_LINE = 0.25  # x distance (unit) at which 'in line with' falls to exp(-1)
+MEMBER_MARGIN = 2.0  # initial membership: sigmoid(score - best score + MEMBER_MARGIN)
 N_RELATION = 6
 N_FEATURES = 3 * 2 * RANK_SLOTS + N_RELATION
 
@@ -83,20 +87,25 @@ class Selector(nn.Module):
         # group and anchor queries start as the pointer's own query (plus these deltas)
         self.member_delta = nn.Linear(hidden, hidden)
         self.anchor_delta = nn.Linear(hidden, hidden)
-        self.member_bias = nn.Parameter(torch.zeros(()))
+        self.member_bias = nn.Parameter(torch.tensor(MEMBER_MARGIN))
         self.weights = nn.Linear(hidden, N_FEATURES)
         for layer in (self.member_delta, self.anchor_delta, self.weights):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
+    def membership(self, seg_hidden: torch.Tensor, query: torch.Tensor, keys: torch.Tensor
+                   ) -> torch.Tensor:
+        """(G, N) in 0..1: how well each object fits the group named by each [SEG] state."""
+        score = (query + self.member_delta(seg_hidden)) @ keys.T * keys.shape[-1] ** -0.5
+        return torch.sigmoid(score - score.amax(-1, keepdim=True) + self.member_bias)
+
     def forward(self, seg_hidden: torch.Tensor, query: torch.Tensor, keys: torch.Tensor,
                 places: torch.Tensor) -> torch.Tensor:
         """seg_hidden (G, H), the pointer's query (G, H) and place-free keys (N, H),
         object places (N, 3) from object_places -> scores (G, N) to add."""
-        scale = keys.shape[-1] ** -0.5
-        member = torch.sigmoid((query + self.member_delta(seg_hidden)) @ keys.T * scale
-                               + self.member_bias)
-        anchor = ((query + self.anchor_delta(seg_hidden)) @ keys.T * scale).softmax(-1)
+        member = self.membership(seg_hidden, query, keys)
+        anchor = ((query + self.anchor_delta(seg_hidden)) @ keys.T
+                  * keys.shape[-1] ** -0.5).softmax(-1)
         places = places.to(keys.dtype)
         features = torch.cat([rank_features(member, places),
                               relation_features(anchor, places)], -1)  # (G, N, F)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ros_segcap.core.types import VisualPrompt
 from ros_segcap.world import TASKS, annotate, render, sample_scene, split_seed
-from ros_segcap.world.annotate import PromptSpec
+from ros_segcap.world.annotate import Annotation, PromptSpec
 from training.data.sample import Sample
 
 ImageSize = Union[int, tuple[int, int]]  # S (square) or (H, W)
@@ -44,6 +44,13 @@ def to_visual_prompt(p: PromptSpec) -> VisualPrompt:
 def tabletop_sample(split: str, index: int, image_size: ImageSize = 512, task: str = 'referring',
                     seed_offset: int = 0) -> Sample:
     """Build one Sample: scene `split_seed(split, seed_offset + index)` and a `task` annotation."""
+    return tabletop_example(split, index, image_size, task, seed_offset)[0]
+
+
+def tabletop_example(split: str, index: int, image_size: ImageSize = 512,
+                     task: str = 'referring', seed_offset: int = 0
+                     ) -> tuple[Sample, Annotation]:
+    """tabletop_sample and the world's annotation it came from (its expression's form...)."""
     _check_tasks([task])
     seed = split_seed(split, seed_offset + index)
     h, w = _hw(image_size)
@@ -57,7 +64,7 @@ def tabletop_sample(split: str, index: int, image_size: ImageSize = 512, task: s
                     panoptic_masks=pan_masks, panoptic_classes=pan_classes,
                     source=f'tabletop/{split}/{seed}/{task}')
     sample.check()
-    return sample
+    return sample, ann
 
 
 def tabletop_samples(split: str, n: int, image_size: ImageSize = 512,

@@ -11,12 +11,16 @@ import torch
 
 def model_command(doc: str, run: Callable[..., dict], n_default: int,
                   n_help: str, argv: Optional[Sequence[str]] = None) -> None:
-    """--model --split --n --threads -> print run(model, n=, split=) as JSON."""
+    """--model --split --n --seed-offset --threads -> print run(model, n=, split=,
+    seed_offset=) as JSON."""
     ap = argparse.ArgumentParser(description=doc.split('\n')[0])
     ap.add_argument('--model', default='segcap-tiny', help='model directory or name')
     ap.add_argument('--split', default='test', choices=('train', 'val', 'test'))
     ap.add_argument('--n', type=int, default=n_default, help=n_help)
+    ap.add_argument('--seed-offset', type=int, default=0,
+                    help='start at scene seed_offset of the split (e.g. 1000: fresh scenes)')
     ap.add_argument('--threads', type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(json.dumps(run(args.model, n=args.n, split=args.split), indent=2))
+    print(json.dumps(run(args.model, n=args.n, split=args.split,
+                         seed_offset=args.seed_offset), indent=2))
