@@ -52,7 +52,7 @@ def point_ious(pipe: Pipeline, frame, box: Letterbox,
                            model.config.mask_size)
         with torch.no_grad():
             alone = model.decode_prompts(frame, q.kinds, q.boxes, q.restrict)
-            snapped = model.visual_prompts(frame, q)
+            snapped = model.visual_prompts(frame, q, decode=lambda *_: alone)
         ious = []
         for dec in (alone, snapped):
             m = (unletterbox(dec.mask_logits[-1][0, :1], box)[0] > 0).cpu().numpy()
@@ -88,14 +88,11 @@ def decoder_coverage(model: str, split: str = 'test', n: int = 30, seed_offset: 
     small_kept = best_kept[small]
     alone, point = (np.array([p[k] for p in points]) for k in (0, 1))
     return dict(model=model, split=split, seed_offset=seed_offset, scenes=n, objects=len(pairs),
-                best_any_iou=float(best_any.mean()), best_any_recall50=float(
-                    (best_any >= 0.5).mean()),
-                best_kept_iou=float(best_kept.mean()),
-                best_kept_recall50=float((best_kept >= 0.5).mean()),
+                best_any_iou=float(best_any.mean()), best_any_recall50=_recall(best_any),
+                best_kept_iou=float(best_kept.mean()), best_kept_recall50=_recall(best_kept),
                 small_objects=int(len(small_kept)),
                 small_best_kept_iou=float(small_kept.mean()) if len(small_kept) else None,
-                small_best_kept_recall50=float((small_kept >= 0.5).mean())
-                if len(small_kept) else None,
+                small_best_kept_recall50=_recall(small_kept),
                 kept_per_scene=float(np.mean(kept_counts)),
                 point_alone_iou=float(alone.mean()), point_alone_recall50=_recall(alone),
                 point_iou=float(point.mean()), point_recall50=_recall(point),

@@ -24,7 +24,7 @@ from ros_segcap.core.pipeline import Pipeline, PipelineConfig
 from ros_segcap.core.preprocess import unletterbox
 from training.data.tabletop import tabletop_example
 from training.eval.cli import model_command
-from training.eval.metrics import iou_matrix
+from training.eval.metrics import ReferringMeter, iou_matrix
 from training.evaluate import IMAGE_SIZE, MAX_NEW_TOKENS
 
 KINDS = ('ok', 'decoder', 'no mask', 'phrase', 'pointer')
@@ -53,6 +53,7 @@ def referring_errors(model: str, n: int = 40, split: str = 'test', seed_offset: 
     pipe = Pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS))
     counts: Counter = Counter()
     forms: dict[str, Counter] = {}
+    form_ciou: dict[str, ReferringMeter] = {}
     examples = []
     for i in tqdm(range(n), desc='samples'):
         sample, ann = tabletop_example(split, 4 * i, IMAGE_SIZE, 'referring', seed_offset)
@@ -61,7 +62,9 @@ def referring_errors(model: str, n: int = 40, split: str = 'test', seed_offset: 
         kept = pipe.model.kept_queries(frame)
         kept_masks = (unletterbox(frame.mask_logits[0, kept], box).sigmoid() > 0.5).numpy()
         truth_phrases = parse_answer(sample.answer).phrases
-        form = forms.setdefault(ann.ref.form if ann.ref else 'other', Counter())
+        name = ann.ref.form if ann.ref else 'other'
+        form = forms.setdefault(name, Counter())
+        form_ciou.setdefault(name, ReferringMeter()).update(result.masks or None, sample.masks)
         form['samples'] += 1
         for truth, phrase in zip(sample.masks, truth_phrases):
             kind = classify(result.masks, list(kept_masks), truth, phrase, result.phrases)
@@ -71,13 +74,8 @@ def referring_errors(model: str, n: int = 40, split: str = 'test', seed_offset: 
             if kind != 'ok':
                 examples.append(f'{4 * i}: {kind}: {phrase!r} in {sample.question!r} -> '
                                 f'{result.raw_text!r}')
-        union_truth = np.logical_or.reduce(sample.masks)
-        union_pred = (np.logical_or.reduce(result.masks) if result.masks
-                      else np.zeros_like(union_truth))
-        form['intersection'] += int((union_truth & union_pred).sum())
-        form['union'] += int((union_truth | union_pred).sum())
     by_form = {name: dict(samples=c['samples'], targets=c['targets'], ok=c['ok'],
-                          ciou=c['intersection'] / max(c['union'], 1))
+                          ciou=form_ciou[name].compute().ciou)
                for name, c in sorted(forms.items())}
     return dict(model=model, split=split, seed_offset=seed_offset, samples=n,
                 targets=sum(counts.values()), **{k: counts[k] for k in KINDS},
