@@ -13,7 +13,8 @@ import torch
 from ros_segcap.core.config import get_config
 from ros_segcap.core.model import build_model
 from ros_segcap.core.weights import load_model, save_model
-from training.cache import build_shard, load_cache
+from training.cache import build_shard, load_cache, parse_mix
+from training.cache import main as cache_main
 from training.config import make_config, parse_overrides
 from training.loop import CHECKPOINT
 from training.train import main as train_main
@@ -110,6 +111,21 @@ def test_cache_round_trip(tiny):
     for a in s.samples:
         assert a.answer.count('[SEG]') == a.masks.shape[0]
         assert a.question.count('<region>') + a.question.count('<mark>') == a.kinds.shape[1]
+
+
+def test_cache_command_takes_a_task_mix(tmp_path, capsys):
+    cache_main(['--model', 'tiny-random', '--scenes', '2', '--out', str(tmp_path),
+                '--mix', 'region=2,referring=1,absent=0,gcg=0,caption=0,vqa=0'])
+    scenes = load_cache(tmp_path)
+    assert [[a.task for a in s.samples] for s in scenes] == [['referring', 'region', 'region']] * 2
+    assert dict(parse_mix('')) == dict(parse_mix('referring=2'))  # default counts
+    for bad in ('region=x', 'regions=2', 'region', 'referring=0,absent=0,gcg=0,region=0,'
+                'caption=0,vqa=0'):
+        with pytest.raises(ValueError, match='--mix'):
+            parse_mix(bad)
+    with pytest.raises(SystemExit):
+        cache_main(['--out', str(tmp_path / 'x'), '--mix', 'colour=1'])
+    assert "got 'colour=1'" in capsys.readouterr().err
 
 
 def test_ddp_two_ranks_hold_identical_parameters(tiny):

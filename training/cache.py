@@ -139,6 +139,21 @@ def build_shard(config: SegCapConfig, split: str, start: int, count: int,
     return [cache_scene(config, backbone, split, start + i, mix, i) for i in range(count)]
 
 
+def parse_mix(text: str) -> tuple[tuple[str, int], ...]:
+    """'referring=3,region=3' -> the annotations per scene (tasks not named keep their
+    DEFAULT_MIX count; 0 drops a task). Unknown tasks and bad counts raise ValueError."""
+    counts = dict(DEFAULT_MIX)
+    for part in (p for p in text.split(',') if p.strip()):
+        task, eq, value = part.strip().partition('=')
+        if task not in counts or not eq or not value.isdigit():
+            raise ValueError(f'--mix takes task=count pairs of {", ".join(counts)}, '
+                             f'got {part.strip()!r}')
+        counts[task] = int(value)
+    if not any(counts.values()):
+        raise ValueError('--mix leaves no annotation per scene')
+    return tuple((t, n) for t, n in counts.items() if n)
+
+
 # Shards are read with torch.load(weights_only=True): only tensors, plain containers and the
 # two dataclasses below can come back (no arbitrary code). Shards written before the module
 # name was fixed name the classes __main__.*; the same classes are allowed under that name.
@@ -281,7 +296,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--shard-size', type=int, default=50)
     ap.add_argument('--out', required=True)
     ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--mix', default='', help='annotations per scene, e.g. referring=3,region=3 '
+                    f'(default {",".join(f"{t}={n}" for t, n in DEFAULT_MIX)})')
     args = ap.parse_args(argv)
+    try:
+        mix = parse_mix(args.mix)
+    except ValueError as exc:
+        ap.error(str(exc))
     torch.set_num_threads(args.threads)
     config = get_config(args.model)
     torch.manual_seed(0)
@@ -294,7 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             continue
         t0 = time.time()
         n = min(args.shard_size, args.start + args.scenes - s)
-        shard = build_shard(config, args.split, s, n, backbone=backbone)
+        shard = build_shard(config, args.split, s, n, mix, backbone=backbone)
         tmp = target.with_suffix('.tmp')
         torch.save(shard, tmp)
         tmp.replace(target)
