@@ -62,6 +62,16 @@ class CachedScene:
     prompt_restrict: torch.Tensor  # (1, P, Hm, Wm) bool
     prompt_targets: torch.Tensor  # (P,) index into pan_masks
     samples: list[CachedSample] = field(default_factory=list)
+    # (height, width) of the image in the padded square (Letterbox.extent); None in shards
+    # written before it was stored (scene_extent reads it off the panoptic masks then)
+    extent: Optional[tuple[float, float]] = None
+
+
+def scene_extent(scene: CachedScene) -> tuple[float, float]:
+    """Where the image lies in the padded square: stored, else what its panoptic map covers
+    (a tabletop scene's segments cover every pixel)."""
+    from ros_segcap.core.places import extent_of
+    return scene.extent if scene.extent is not None else extent_of(scene.pan_masks)
 
 
 def letterbox_mask(mask: np.ndarray, box: Letterbox, hm: int) -> np.ndarray:
@@ -128,7 +138,7 @@ def cache_scene(config: SegCapConfig, backbone: torch.nn.Module, split: str, ind
     return CachedScene(
         seed, {k: feats[k].half() for k in ('s8', 's16', 's32')}, pan_grid[keep],
         torch.from_numpy(pan_classes)[keep], q.kinds, q.boxes, q.restrict, remap[targets],
-        _annotations(scene, box, hm, rng, mix, local))
+        _annotations(scene, box, hm, rng, mix, local), box.extent)
 
 
 def build_shard(config: SegCapConfig, split: str, start: int, count: int,

@@ -98,7 +98,7 @@ def cache_group(config: SegCapConfig, backbone: torch.nn.Module, group: Sequence
                                     _masks_grid(s.masks, box, hm), sq.kinds, sq.boxes,
                                     sq.restrict))
     return CachedScene(index, {k: feats[k].half() for k in ('s8', 's16', 's32')}, pan_grid,
-                       pan_classes, q.kinds, q.boxes, q.restrict, targets, samples)
+                       pan_classes, q.kinds, q.boxes, q.restrict, targets, samples, box.extent)
 
 
 def load_samples(args: argparse.Namespace) -> Sequence[Sample]:

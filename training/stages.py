@@ -5,6 +5,7 @@ A stage is an nn.Module whose forward takes one cached item (batch size 1) and r
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional, Sequence, Union
 
 import torch
@@ -17,7 +18,7 @@ from ros_segcap.core.model import FrameFeatures, SegCapModel, build_model
 from ros_segcap.core.prior import foreground_queries
 from ros_segcap.core.proposals import centre_loss, centre_targets
 from ros_segcap.core.weights import load_model
-from training.cache import CachedSample, CachedScene
+from training.cache import CachedSample, CachedScene, scene_extent
 from training.config import TrainConfig
 from training.losses import (mask_iou_matrix, mask_losses, pointer_losses, set_losses,
                              shifted_ce)
@@ -126,7 +127,8 @@ class LanguageStage(nn.Module):
     def frame(self, scene: CachedScene) -> FrameFeatures:
         """The scene's FrameFeatures, computed once (the pixel decoder and decoder are frozen)."""
         if scene.seed not in self._frames:
-            self._frames[scene.seed] = frame_from_features(self.model, features(scene))
+            frame = frame_from_features(self.model, features(scene))
+            self._frames[scene.seed] = replace(frame, extent=scene_extent(scene))
         return self._frames[scene.seed]
 
     def region_tokens(self, frame: FrameFeatures, sample: CachedSample):

@@ -76,6 +76,12 @@ class SegCapConfig:
     # and 'back', weighted by a learned map (zero at init) of their mask's centre and size:
     # where a thing is, in words the LLM reads. False = paper.
     place_anchor: bool = False
+    # place_anchor and seg_pointer also read each mask in image coordinates (places.py): its
+    # centre x and bottom edge as fractions of the image, not of the padded square, and its
+    # depth on the table (0 at the table's far edge, 1 at the image bottom). Added through
+    # zero-initialised layers: a model reconfigured with it answers as before until trained.
+    # False = paper.
+    depth_places: bool = False
     # a [SEG] state selects one of the frame's object tokens (bilinear score against the
     # token plus its mask's centre and size) and its mask is that query's mask, instead of
     # becoming a new decoder query. False = paper.

@@ -110,7 +110,7 @@ class Pipeline:
             with self._timed(timing, 'preprocess'):
                 tensor, box = letterbox(image, self.model.config.image_size)
             with self._timed(timing, 'vision'), torch.no_grad():
-                frame = self._vision(tensor)
+                frame = replace(self._vision(tensor), extent=box.extent)
             self.encode_count += 1
             if frame_key is not None:
                 self._frames[frame_key] = (frame, box)

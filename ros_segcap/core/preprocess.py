@@ -26,6 +26,11 @@ class Letterbox:
     size: int  # S
     scale: float  # S / max(height, width)
 
+    @property
+    def extent(self) -> tuple[float, float]:
+        """(height, width) of the image in the padded square, as fractions."""
+        return self.height * self.scale / self.size, self.width * self.scale / self.size
+
     def to_unit(self, x: float, y: float) -> tuple[float, float]:
         """Original pixel coordinates -> 0..1 coordinates of the padded square."""
         return x * self.scale / self.size, y * self.scale / self.size
