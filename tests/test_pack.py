@@ -140,3 +140,27 @@ def test_loaded_adapters_follow_the_configured_dropout(tiny):
                 else:
                     assert isinstance(layer, nn.Identity)
         assert stage.model.lora_info['dropout'] == p
+
+
+def test_training_region_tokens_are_the_runtime_ones(tiny):
+    """A point on a found object stands for it in training too (as in visual_prompts)."""
+    from ros_segcap.core.decoder import PROMPT_KIND_IDS
+    root, init = tiny
+    stage = build_stage(make_config(2, dict(init=str(init), cache=str(root / 'cache'))))
+    scene = load_cache(root / 'cache')[0]
+    m = stage.model
+    with torch.no_grad():
+        frame = stage.frame(scene)
+        keep, objects = m.object_rows(frame)
+        logits = frame.mask_logits[0, keep]
+        best = logits.max(0)
+        row, col = (best.values >= 0).nonzero()[0].tolist()  # a cell some kept mask owns
+        k = int(best.indices[row, col])
+        hm = m.config.mask_size
+        point = [(col + 0.5) / hm, (row + 0.5) / hm, 0.0, 0.0]
+        sample = next(a for a in scene.samples if a.kinds.shape[1] == 1)
+        sample = type(sample)(sample.scene, sample.task, sample.question, sample.answer,
+                              sample.masks, torch.tensor([[PROMPT_KIND_IDS['point']]]),
+                              torch.tensor([[point]]), torch.ones(1, 1, hm, hm, dtype=bool))
+        tokens = stage.region_tokens(frame, sample)
+    torch.testing.assert_close(tokens[0], objects[k])

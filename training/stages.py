@@ -15,6 +15,7 @@ from ros_segcap.core.answer import parse_answer
 from ros_segcap.core.config import TABLETOP_COLOURS, get_config
 from ros_segcap.core.lora import apply_lora, set_lora_dropout
 from ros_segcap.core.model import FrameFeatures, SegCapModel, build_model
+from ros_segcap.core.preprocess import PromptQueries
 from ros_segcap.core.prior import foreground_queries
 from ros_segcap.core.proposals import centre_loss, centre_targets
 from ros_segcap.core.weights import load_model
@@ -132,12 +133,14 @@ class LanguageStage(nn.Module):
         return self._frames[scene.seed]
 
     def region_tokens(self, frame: FrameFeatures, sample: CachedSample):
-        """Object tokens (N, H) of the sample's visual prompts (None without prompts)."""
+        """Object tokens (N, H) of the sample's visual prompts (None without prompts), as
+        the runtime makes them (a point on a found object stands for it: visual_prompts)."""
         if not sample.kinds.shape[1]:
             return None
         m = self.model
         with torch.no_grad():
-            p_out = m.decode_prompts(frame, sample.kinds, sample.boxes, sample.restrict)
+            p_out = m.visual_prompts(frame, PromptQueries(sample.kinds, sample.boxes,
+                                                          sample.restrict))
         return m.prompt_tokens(p_out, frame)
 
     def alignment(self, frame: FrameFeatures) -> torch.Tensor:
