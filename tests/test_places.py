@@ -63,7 +63,7 @@ def test_places_without_a_table_or_a_mask():
     assert table_top(torch.zeros(2, 3), logits, None) == 0.0
 
 
-def test_depth_places_start_as_the_model_without_them():
+def test_depth_places_start_at_the_world_rule():
     config = get_config('tiny-random').to_dict()
     plain_config = SegCapConfig.from_dict(dict(config, place_anchor=True, seg_pointer=True))
     torch.manual_seed(0)
@@ -74,18 +74,22 @@ def test_depth_places_start_as_the_model_without_them():
     assert sorted(missing) == ['projectors.place_extra.bias', 'projectors.place_extra.weight',
                                'projectors.seg_place_extra.bias',
                                'projectors.seg_place_extra.weight']
+    # the place words start at the rule: (x, bottom, depth) -> left, right, front, back
+    places = torch.tensor([[0.1, 0.9, 0.9], [0.9, 0.2, 0.1], [0.5, 0.6, 0.45]])
+    words = grown.projectors.place_weights(torch.zeros(3, 3), places)
+    assert (words[0, [0, 2]] > 0.9).all() and (words[0, [1, 3]] < -0.9).all()  # front left
+    assert (words[1, [1, 3]] > 0.9).all() and (words[1, [0, 2]] < -0.9).all()  # back right
+    assert (words[2] < 0).all()  # centre: none of the four
     torch.manual_seed(1)
     size = plain_config.image_size
     image = torch.randint(0, 255, (1, 3, size, size)).float()
     hidden = torch.randn(2, plain_config.llm_hidden)
     with torch.no_grad():
         frame = replace(plain.encode(image), extent=(0.75, 1.0))
-        tokens, scores = plain.object_rows(frame)[1], plain.seg_pointer(frame, hidden)[0]
-        assert torch.equal(grown.object_rows(frame)[1], tokens)
-        assert torch.equal(grown.seg_pointer(frame, hidden)[0], scores)
-        grown.projectors.place_extra.weight.fill_(1.0)  # trained: the place moves the token
-        grown.projectors.seg_place_extra.weight.fill_(1.0)
-        assert not torch.equal(grown.object_rows(frame)[1], tokens)
+        assert not grown.projectors.seg_place_extra.weight.any()  # the pointer's: zero start
+        assert not torch.equal(grown.object_rows(frame)[1], plain.object_rows(frame)[1])
+        scores = grown.seg_pointer(frame, hidden)[0]
+        grown.projectors.seg_place_extra.weight.fill_(1.0)  # trained: the place moves it
         assert not torch.equal(grown.seg_pointer(frame, hidden)[0], scores)
         with pytest.raises(ValueError, match='depth_places'):
             grown.image_places(None, frame.mask_logits[0])

@@ -78,9 +78,9 @@ class SegCapConfig:
     place_anchor: bool = False
     # place_anchor and seg_pointer also read each mask in image coordinates (places.py): its
     # centre x and bottom edge as fractions of the image, not of the padded square, and its
-    # depth on the table (0 at the table's far edge, 1 at the image bottom). Added through
-    # zero-initialised layers: a model reconfigured with it answers as before until trained.
-    # False = paper.
+    # depth on the table (0 at the table's far edge, 1 at the image bottom). The pointer's
+    # layer starts at zero; the place words' layer starts at the tabletop world's rule
+    # (places.RULE: a zero start stayed near zero in training). False = paper.
     depth_places: bool = False
     # a [SEG] state selects one of the frame's object tokens (bilinear score against the
     # token plus its mask's centre and size) and its mask is that query's mask, instead of

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+from torch import nn
 
 BOTTOM_SHARE = 0.98  # the bottom edge: the row where this share of the mask lies above
 
@@ -71,3 +72,23 @@ def extent_of(masks: torch.Tensor) -> tuple[float, float]:
     if not rows.numel():
         return 1.0, 1.0
     return (float(rows[-1, 0] + 1) / masks.shape[-2], float(cols[-1, 0] + 1) / masks.shape[-1])
+
+
+# The tabletop world's place words (world/captions.py place_words): left below x 0.38, right
+# above 0.62, back below depth 0.3, front above 0.6. RULE_GAIN sets how sharp the edges are.
+RULE = {'left': (0, -1.0, 0.38), 'right': (0, 1.0, 0.62), 'front': (2, 1.0, 0.6),
+        'back': (2, -1.0, 0.3)}  # word: (feature index, sign, edge)
+RULE_GAIN = 8.0
+
+
+def rule_init_(layer: nn.Linear, words: Sequence[str]) -> nn.Linear:
+    """Start a (3 -> len(words)) place layer at the world's rule: tanh(gain * sign *
+    (feature - edge)), about +1 well inside a word's zone and -1 well outside it."""
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.zero_()
+        for row, word in enumerate(words):
+            feature, sign, edge = RULE[word]
+            layer.weight[row, feature] = RULE_GAIN * sign
+            layer.bias[row] = -RULE_GAIN * sign * edge
+    return layer

@@ -9,7 +9,8 @@ text2vision:  H -> 2D -> 2D, split into (query feature, query position) for the 
 place head:   with place_anchor, (centre x, centre y, sqrt area) -> weights (tanh) of the
               place words' embeddings added to object / region tokens (zero at init)
 depth places: with depth_places, (x, bottom, depth) of the mask in image coordinates
-              (places.py) -> the place weights and the pointer's keys (zero at init)
+              (places.py) -> the place weights (starting at the tabletop world's rule) and
+              the pointer's keys (zero at init)
 seg pointer:  with seg_pointer, H -> H for [SEG] states and H + 3 -> H for object tokens with
               their mask's (centre x, centre y, sqrt area); score = scaled dot product;
               with selector, + ranks within the named group and relation to an anchor
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from .config import SegCapConfig
+from .places import rule_init_
 from .selector import Selector
 
 PLACE_WORDS = ('left', 'right', 'front', 'back')  # place_anchor's words
@@ -68,7 +70,7 @@ class Projectors(nn.Module):
             nn.init.zeros_(self.place_head.bias)
         self.place_extra = self.seg_place_extra = None  # depth_places (zero at init)
         if config.depth_places and config.place_anchor:
-            self.place_extra = _zero_linear(3, len(PLACE_WORDS))
+            self.place_extra = rule_init_(nn.Linear(3, len(PLACE_WORDS)), PLACE_WORDS)
         self.seg_query = self.seg_key = self.seg_place = None
         if config.seg_pointer:
             self.seg_query = nn.Linear(h, h)
