@@ -68,7 +68,7 @@ class Projectors(nn.Module):
             self.place_head = nn.Linear(3, len(PLACE_WORDS))
             nn.init.zeros_(self.place_head.weight)
             nn.init.zeros_(self.place_head.bias)
-        self.place_extra = self.seg_place_extra = None  # depth_places (zero at init)
+        self.place_extra = self.seg_place_extra = None  # depth_places
         if config.depth_places and config.place_anchor:
             self.place_extra = rule_init_(nn.Linear(3, len(PLACE_WORDS)), PLACE_WORDS)
         self.seg_query = self.seg_key = self.seg_place = None
