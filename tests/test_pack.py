@@ -144,6 +144,8 @@ def test_loaded_adapters_follow_the_configured_dropout(tiny):
 
 def test_training_region_tokens_are_the_runtime_ones(tiny):
     """A point on a found object stands for it in training too (as in visual_prompts)."""
+    from dataclasses import replace
+
     from ros_segcap.core.decoder import PROMPT_KIND_IDS
     root, init = tiny
     stage = build_stage(make_config(2, dict(init=str(init), cache=str(root / 'cache'))))
@@ -159,8 +161,8 @@ def test_training_region_tokens_are_the_runtime_ones(tiny):
         hm = m.config.mask_size
         point = [(col + 0.5) / hm, (row + 0.5) / hm, 0.0, 0.0]
         sample = next(a for a in scene.samples if a.kinds.shape[1] == 1)
-        sample = type(sample)(sample.scene, sample.task, sample.question, sample.answer,
-                              sample.masks, torch.tensor([[PROMPT_KIND_IDS['point']]]),
-                              torch.tensor([[point]]), torch.ones(1, 1, hm, hm, dtype=bool))
+        sample = replace(sample, kinds=torch.tensor([[PROMPT_KIND_IDS['point']]]),
+                         boxes=torch.tensor([[point]]),
+                         restrict=torch.ones(1, 1, hm, hm, dtype=torch.bool))
         tokens = stage.region_tokens(frame, sample)
     torch.testing.assert_close(tokens[0], objects[k])

@@ -51,23 +51,17 @@ class Projectors(nn.Module):
         self.object = mlp2(c4, h, h)
         self.pool_proj = None
         if config.fine_pool:
-            self.pool_proj = nn.Linear(config.backbone_channels[0], c4)
-            nn.init.zeros_(self.pool_proj.weight)
-            nn.init.zeros_(self.pool_proj.bias)
+            self.pool_proj = _zero_linear(config.backbone_channels[0], c4)
         self.separator = nn.Parameter(torch.zeros(h))
         nn.init.normal_(self.separator, std=0.02)
         self.text2vision = mlp2(h, d2, d2)
         self.token_gain = nn.Parameter(torch.ones(h)) if config.token_norm else None
         self.colour_head = None  # word_anchor: token -> colour word logits (zero at init)
         if config.word_anchor:
-            self.colour_head = nn.Linear(h, len(config.colour_names))
-            nn.init.zeros_(self.colour_head.weight)
-            nn.init.zeros_(self.colour_head.bias)
+            self.colour_head = _zero_linear(h, len(config.colour_names))
         self.place_head = None  # place_anchor: (centre x, centre y, sqrt area) -> word weights
         if config.place_anchor:
-            self.place_head = nn.Linear(3, len(PLACE_WORDS))
-            nn.init.zeros_(self.place_head.weight)
-            nn.init.zeros_(self.place_head.bias)
+            self.place_head = _zero_linear(3, len(PLACE_WORDS))
         self.place_extra = self.seg_place_extra = None  # depth_places
         if config.depth_places and config.place_anchor:
             self.place_extra = rule_init_(nn.Linear(3, len(PLACE_WORDS)), PLACE_WORDS)
