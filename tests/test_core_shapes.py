@@ -137,6 +137,20 @@ def test_unletterbox_edges(height: int, width: int) -> None:
     assert abs(got_x - min(edge_x, width)) <= 1.0, (got_x, edge_x)
 
 
+def test_unletterbox_keeps_the_edge_of_lopsided_logits() -> None:
+    """Decoder logits are far more negative outside than positive inside (-300 against
+    +10); the resized mask must still end at the cell edge, not half a cell inside it."""
+    size, hm = 128, 16
+    box = Letterbox(128, 128, size, 1.0)
+    logits = torch.full((1, hm, hm), -300.0)
+    logits[0, 4:12, 4:12] = 10.0  # cells 4-11: pixels 32-95
+    back = (unletterbox(logits, box)[0] > 0).numpy()
+    rows, cols = np.nonzero(back.any(1))[0], np.nonzero(back.any(0))[0]
+    assert abs(rows[0] - 32) <= 1 and abs(rows[-1] - 95) <= 1, (rows[0], rows[-1])
+    assert abs(cols[0] - 32) <= 1 and abs(cols[-1] - 95) <= 1, (cols[0], cols[-1])
+    assert abs(int(back.sum()) - 64 * 64) <= 2 * 64 + 1
+
+
 @pytest.mark.parametrize('height, width', [(90, 150), (150, 90), (64, 64)])
 def test_mask_prompt_cells(height: int, width: int) -> None:
     """A mask prompt allows exactly the mask cells under its pixels (any aspect ratio)."""

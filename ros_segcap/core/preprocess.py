@@ -15,6 +15,12 @@ from .proposals import inner_cell
 from .types import InputError, VisualPrompt
 
 MEAN_RGB = (124, 116, 104)  # pad colour (ImageNet mean, 0..255)
+# Mask logits are clamped to +-LOGIT_CLAMP before they are resized. Decoder logits run from
+# about -300 outside an object to +10 inside; resized as they are, the zero crossing moves
+# almost half a cell inwards, and the shipped weights' masks lost a quarter of their pixels
+# that way (precision 0.99, recall 0.76 on test objects). sigmoid(8) is 0.9997, so no
+# confidence that matters is lost.
+LOGIT_CLAMP = 8.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ def unletterbox(mask_logits: torch.Tensor, box: Letterbox) -> torch.Tensor:
     The image covers a fractional number of mask cells (e.g. 9.6 of 16). Cropping to whole
     cells and resizing that to (H, W) would stretch masks by up to half a cell; instead the
     covering cells are resized at the image's own scale and the result cropped to (H, W).
+    Logits are clamped to +-LOGIT_CLAMP first, so a mask's edge stays where its cells say.
     """
     hm, wm = mask_logits.shape[-2:]
     if mask_logits.shape[0] == 0:
@@ -79,7 +86,8 @@ def unletterbox(mask_logits: torch.Tensor, box: Letterbox) -> torch.Tensor:
     cells_w = min(wm, max(1, math.ceil(cover_w - 1e-6)))
     out_h = max(box.height, round(cells_h / cover_h * box.height))
     out_w = max(box.width, round(cells_w / cover_w * box.width))
-    up = F.interpolate(mask_logits[None, :, :cells_h, :cells_w], size=(out_h, out_w),
+    cells = mask_logits[None, :, :cells_h, :cells_w].clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
+    up = F.interpolate(cells, size=(out_h, out_w),
                        mode='bilinear', align_corners=False)
     return up[0, :, :box.height, :box.width]
 
