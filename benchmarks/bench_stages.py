@@ -5,8 +5,8 @@
 Each stage runs on the outputs of the previous one, as the pipeline chains them: preprocess
 (letterbox), backbone, pixel + OMG decoders, prior + projectors (+ prompt embeddings), LLM
 prefill (whole prompt, and with the frame's visual prefix reused), one decode step with the
-KV cache, and one [SEG] mask decode (text2vision -> decoder on cached features -> masks at
-the original size). Every stage is warmed up, then timed `--runs` times; the table gives the
+KV cache, one [SEG] mask decode (text2vision -> decoder on cached features -> masks at
+the original size), and the edge refinement of the largest object mask. Every stage is warmed up, then timed `--runs` times; the table gives the
 median, min and max in ms. Not a test: the numbers depend on the machine and its load.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from ros_segcap.core.encoder import normalize_image  # noqa: E402
 from ros_segcap.core.model import FrameFeatures  # noqa: E402
 from ros_segcap.core.preprocess import letterbox, unletterbox  # noqa: E402
+from ros_segcap.core.refine import radius_px, refine  # noqa: E402
 from ros_segcap.core.weights import load_model  # noqa: E402
 
 
@@ -129,6 +130,13 @@ def bench(args: argparse.Namespace) -> list[tuple[str, list[float]]]:
             return unletterbox(out.mask_logits[-1][0], box).sigmoid() > 0.5
         masks = add('mask decode (1 [SEG])', mask_decode)
         assert masks.shape == (1, args.height, args.width)
+        # the largest object mask the decoder found, refined as the pipeline does
+        kept = frame.mask_logits[0, model.kept_queries(frame)]
+        probs = unletterbox(kept, box).sigmoid().numpy()
+        big = probs[int((probs > 0.5).sum((1, 2)).argmax())] if len(probs) else probs[0]
+        radius = radius_px(box.size / (box.scale * cfg.mask_size))
+        add(f'mask edge refinement (1 mask, {int((big > 0.5).sum())} px)',
+            lambda: refine(image, big, radius))
     return rows
 
 

@@ -81,7 +81,8 @@ def cmd_infer(args) -> int:
         raise UsageError(str(exc)) from None
     config = PipelineConfig(model=args.model, backend=args.backend,
                             max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            allow_pickle=args.allow_pickle, decode_path=args.decode_path)
+                            allow_pickle=args.allow_pickle, decode_path=args.decode_path,
+                            refine_edges=args.refine_edges)
     from ros_segcap.core.assets import AssetError
 
     try:
@@ -149,6 +150,8 @@ def add_infer(sub) -> None:
                    help='LLM decode path (default %(default)s; it falls back to fast where it '
                         'cannot run)')
     p.add_argument('--temperature', type=float, default=0.0)
+    p.add_argument('--no-refine-edges', dest='refine_edges', action='store_false',
+                   help='keep mask edges as the mask grid gives them')
     p.add_argument('--allow-pickle', action='store_true',
                    help='allow loading pickle weight files (only if you trust them)')
     p.add_argument('--out', help='write result.json, masks/NN.png and overlay.png here')

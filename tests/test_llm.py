@@ -131,9 +131,10 @@ def test_seg_path(tiny_model, tiny_pipeline, force_answer, monkeypatch, path: st
         hidden = tiny_model.llm.hidden(torch.cat([prompt, gen], 1))[0]
         seg_at = [prompt.shape[1] + i for i, t in enumerate(ids) if t == tiny_model.llm.seg_id]
         torch.testing.assert_close(captured, hidden[seg_at], rtol=0, atol=1e-4)
-        # and the masks are that hidden state's decoder masks, un-letterboxed
+        # and the masks are that hidden state's decoder masks, un-letterboxed, with their
+        # edges refined against the image
         logits = unletterbox(tiny_model.decode_seg(frame, captured).mask_logits[-1][0], box)
-    probs = logits.sigmoid().numpy()
+    probs = tiny_pipeline.probabilities(logits, image, box)
     want = probs > tiny_pipeline.config.mask_threshold
     borderline = np.abs(probs - tiny_pipeline.config.mask_threshold) < 1e-4
     for got, w, b in zip(result.masks, want, borderline):

@@ -42,8 +42,8 @@ def best_ious(pred: np.ndarray, truth: Sequence[np.ndarray], kept: Sequence[int]
             for col in iou.T]
 
 
-def point_ious(pipe: Pipeline, frame, box: Letterbox,
-               truth: Sequence[np.ndarray]) -> list[tuple[float, float]]:
+def point_ious(pipe: Pipeline, frame, box: Letterbox, truth: Sequence[np.ndarray],
+               image: np.ndarray) -> list[tuple[float, float]]:
     """Per true mask: IoU of the mask of a point prompt on its innermost pixel, from the
     point query alone and as the runtime answers it (snapped to a kept object)."""
     model, out = pipe.model, []
@@ -55,7 +55,8 @@ def point_ious(pipe: Pipeline, frame, box: Letterbox,
             snapped = model.visual_prompts(frame, q, decode=lambda *_: alone)
         ious = []
         for dec in (alone, snapped):
-            m = (unletterbox(dec.mask_logits[-1][0, :1], box)[0] > 0).cpu().numpy()
+            m = pipe.probabilities(unletterbox(dec.mask_logits[-1][0, :1], box), image,
+                                   box)[0] > 0.5
             ious.append(float(iou_matrix([m], [t])[0, 0]))
         out.append((ious[0], ious[1]))
     return out
@@ -65,29 +66,31 @@ def _recall(ious: np.ndarray) -> Optional[float]:
     return float((ious >= 0.5).mean()) if len(ious) else None
 
 
-def decoder_coverage(model: str, split: str = 'test', n: int = 30, seed_offset: int = 0
-                     ) -> dict:
-    """Best-any and best-kept IoU statistics over the objects of n rendered scenes."""
-    pipe = Pipeline(PipelineConfig(model=model))
+def decoder_coverage(model: str, split: str = 'test', n: int = 30, seed_offset: int = 0,
+                     refine_edges: bool = True) -> dict:
+    """Best-any and best-kept IoU statistics over the objects of n rendered scenes, with
+    the masks as the runtime gives them (edges refined unless refine_edges is False)."""
+    pipe = Pipeline(PipelineConfig(model=model, refine_edges=refine_edges))
     pairs, points, kept_counts, small = [], [], [], []
     for i in tqdm(range(n), desc='scenes'):
         spec = sample_scene(split_seed(split, seed_offset + i))
         scene = render(spec, *IMAGE_SIZE)
         frame, box = pipe.encode(scene.image)
-        pred = (unletterbox(frame.mask_logits[0], box).sigmoid() > 0.5).cpu().numpy()
+        pred = pipe.probabilities(unletterbox(frame.mask_logits[0], box), scene.image, box) > 0.5
         kept = pipe.model.kept_queries(frame).tolist()
         kept_counts.append(len(kept))
         truth = [t for t in (scene.mask(k) for k in range(len(spec.objects)))
                  if t.sum() >= MIN_PIXELS]
         pairs += best_ious(pred, truth, kept)
-        points += point_ious(pipe, frame, box, truth)
+        points += point_ious(pipe, frame, box, truth, scene.image)
         small += [bool(t.sum() < SMALL_PIXELS) for t in truth]
     best_any = np.array([p[0] for p in pairs])
     best_kept = np.array([p[1] for p in pairs])
     small = np.array(small, bool)
     small_kept = best_kept[small]
     alone, point = (np.array([p[k] for p in points]) for k in (0, 1))
-    return dict(model=model, split=split, seed_offset=seed_offset, scenes=n, objects=len(pairs),
+    return dict(model=model, split=split, seed_offset=seed_offset, refine_edges=refine_edges,
+                scenes=n, objects=len(pairs),
                 best_any_iou=float(best_any.mean()), best_any_recall50=_recall(best_any),
                 best_kept_iou=float(best_kept.mean()), best_kept_recall50=_recall(best_kept),
                 small_objects=int(len(small_kept)),

@@ -102,10 +102,11 @@ class Evaluator:
 
 def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
              tasks: Sequence[str] = TASK_CYCLE, log: Optional[Path] = None,
-             decode_path: str = DEFAULT_DECODE_PATH) -> dict[str, Any]:
+             decode_path: str = DEFAULT_DECODE_PATH, refine_edges: bool = True
+             ) -> dict[str, Any]:
     """Run n samples of a split through a Pipeline and return the scores."""
     pipe = Pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS,
-                                   decode_path=decode_path))
+                                   decode_path=decode_path, refine_edges=refine_edges))
     ev = Evaluator()
     rows = []
     t0 = time.time()
@@ -119,6 +120,7 @@ def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
     scores = ev.scores()
     scores.update(split=split, n=n, seed_offset=seed_offset, seconds=time.time() - t0,
                   model=model, decode_path=pipe.model.llm.effective_decode_path(),
+                  refine_edges=refine_edges,
                   answers=[r['answer'] for r in rows])
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +149,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--out', default='', help='write the scores JSON here')
     ap.add_argument('--answers', default='', help='write every answer as JSON lines here')
     ap.add_argument('--decode-path', default=DEFAULT_DECODE_PATH, choices=DECODE_PATHS)
+    ap.add_argument('--no-refine-edges', dest='refine_edges', action='store_false',
+                    help='keep the masks as the mask grid gives them (no edge refinement)')
     ap.add_argument('--parity', action='store_true',
                     help='also run the reference decode path on the same samples and report '
                          'the answer mismatch rate and the score differences')
@@ -154,10 +158,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     log = Path(args.answers) if args.answers else None
     scores = evaluate(args.model, args.split, args.n, args.seed_offset, log=log,
-                      decode_path=args.decode_path)
+                      decode_path=args.decode_path, refine_edges=args.refine_edges)
     if args.parity:
         scores['parity'] = parity(scores, evaluate(args.model, args.split, args.n,
-                                                   args.seed_offset, decode_path='reference'))
+                                                   args.seed_offset, decode_path='reference',
+                                                   refine_edges=args.refine_edges))
     scores.pop('answers')  # in --answers
     text = json.dumps({k: (None if isinstance(v, float) and np.isnan(v) else v)
                        for k, v in scores.items()}, indent=2)

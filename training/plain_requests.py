@@ -39,10 +39,10 @@ def pick_requests(pairs: Sequence[tuple[str, str]], rng: np.random.Generator
     return k, absent[int(rng.integers(len(absent)))] if absent else None
 
 
-def plain_requests(model: str, n: int = 40, split: str = 'test', seed_offset: int = 0
-                   ) -> dict:
+def plain_requests(model: str, n: int = 40, split: str = 'test', seed_offset: int = 0,
+                   refine_edges: bool = True) -> dict:
     """Present / absent plain-request scores over n scenes of a split."""
-    pipe = Pipeline(PipelineConfig(model=model))
+    pipe = Pipeline(PipelineConfig(model=model, refine_edges=refine_edges))
     ious, no_mask, false_mask = [], [], []
     for i in tqdm(range(n), desc='scenes'):
         spec = sample_scene(split_seed(split, seed_offset + i))

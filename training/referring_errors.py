@@ -46,11 +46,12 @@ def classify(answer_masks: Sequence[np.ndarray], kept_masks: Sequence[np.ndarray
     return 'pointer'
 
 
-def referring_errors(model: str, n: int = 40, split: str = 'test', seed_offset: int = 0
-                     ) -> dict:
+def referring_errors(model: str, n: int = 40, split: str = 'test', seed_offset: int = 0,
+                     refine_edges: bool = True) -> dict:
     """Counts of KINDS over the true targets of n referring samples (+ their examples), and
     the same split by expression form."""
-    pipe = Pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS))
+    pipe = Pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS,
+                                   refine_edges=refine_edges))
     counts: Counter = Counter()
     forms: dict[str, Counter] = {}
     form_ciou: dict[str, ReferringMeter] = {}
@@ -60,7 +61,8 @@ def referring_errors(model: str, n: int = 40, split: str = 'test', seed_offset: 
         result = pipe.run(sample.image, sample.question, frame_key=i)
         frame, box = pipe.encode(sample.image, frame_key=i)  # the frame run() encoded
         kept = pipe.model.kept_queries(frame)
-        kept_masks = (unletterbox(frame.mask_logits[0, kept], box).sigmoid() > 0.5).numpy()
+        kept_masks = pipe.probabilities(unletterbox(frame.mask_logits[0, kept], box),
+                                        sample.image, box) > 0.5
         truth_phrases = parse_answer(sample.answer).phrases
         name = ann.ref.form if ann.ref else 'other'
         form = forms.setdefault(name, Counter())

@@ -22,10 +22,11 @@ from .llm import DECODE_PATHS, DEFAULT_DECODE_PATH
 from .model import FrameFeatures, SegCapModel
 from .preprocess import (Letterbox, PromptQueries, check_image, letterbox, prompt_queries,
                          unletterbox)
+from .refine import radius_px, refine
 from .types import InputError, SegCapResult, Timing, VisualPrompt
 
 MAX_PROMPT_CHARS = 2000
-LIVE_OPTIONS = ('max_new_tokens', 'temperature', 'mask_threshold')
+LIVE_OPTIONS = ('max_new_tokens', 'temperature', 'mask_threshold', 'refine_edges')
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class PipelineConfig:
     max_new_tokens: int = 48
     temperature: float = 0.0
     mask_threshold: float = 0.5
+    refine_edges: bool = True  # snap mask edges to the image's colour edges (core/refine.py)
     cache_frames: int = 4  # frames whose encoder outputs are kept (LRU)
     allow_pickle: bool = False
     engines_dir: str = ''  # '' = $SEGCAP_ENGINES, ./engines, or the checkout's engines/
@@ -146,15 +148,15 @@ class Pipeline:
                                                  visual, regions)
             prefix_len = ids.index(self.model.llm.image_id) + visual.shape[0]
             key = None if frame_key is None else (frame_key, id(frame))
-            early: list[torch.Tensor] = []
+            early: list[np.ndarray] = []
 
             def on_seg(hidden: torch.Tensor) -> None:
                 with self._timed(timing, 'mask_decode'):
-                    logits = self._mask_logits(frame, box, hidden[None])[0]
-                early.append(logits)
+                    logits = self._mask_logits(frame, box, hidden[None])
+                    probs = self.probabilities(logits, image, box)[0]
+                early.append(probs)
                 if on_mask is not None:
-                    on_mask(len(early) - 1, (logits.sigmoid() > self.config.mask_threshold)
-                            .cpu().numpy())
+                    on_mask(len(early) - 1, probs > self.config.mask_threshold)
             gen = self._generate(embeds, timing, on_text, prefix_len, key, on_seg)
             return self._finish(gen, early, timing)
 
@@ -190,6 +192,17 @@ class Pipeline:
         # masks were decoded inside the generation loop, as soon as each [SEG] appeared
         timing.add('llm_decode', gen.stats['decode_ms'] - timing.ms.get('mask_decode', 0.0))
         return gen
+
+    def probabilities(self, logits: torch.Tensor, image: np.ndarray, box: Letterbox
+                      ) -> np.ndarray:
+        """(n, H, W) mask logits on the image -> (n, H, W) float32 probabilities, with
+        edges refined against the image (refine_edges)."""
+        probs = logits.sigmoid().float().cpu().numpy()
+        if not self.config.refine_edges:
+            return probs
+        cell_px = box.size / (box.scale * self.model.config.mask_size)
+        r = radius_px(cell_px)
+        return np.stack([refine(image, p, r) for p in probs]) if len(probs) else probs
 
     def _mask_logits(self, frame: FrameFeatures, box: Letterbox, hidden: torch.Tensor
                      ) -> torch.Tensor:
@@ -235,7 +248,7 @@ class Pipeline:
         feat, pos = self.model.projectors.to_queries(hidden[None])
         return self._decode_queries(frame, feat, pos)
 
-    def _finish(self, gen, early: list[torch.Tensor], timing: Timing) -> SegCapResult:
+    def _finish(self, gen, early: list[np.ndarray], timing: Timing) -> SegCapResult:
         parsed = parse_answer(gen.text)
         result = SegCapResult(answer=parsed.text, raw_text=gen.text, timing=timing,
                               model=self.model.config.name)
@@ -243,12 +256,11 @@ class Pipeline:
             result.status = 'cancelled'
         n = len(early)
         phrases = parsed.phrases + [''] * (n - len(parsed.phrases))
-        for i, logits in enumerate(early):
-            probs = logits.sigmoid()
-            m = (probs > self.config.mask_threshold).cpu().numpy()
+        for i, probs in enumerate(early):
+            m = probs > self.config.mask_threshold
             result.masks.append(m)
             result.phrases.append(phrases[i])
-            result.scores.append(float(probs.cpu().numpy()[m].mean()) if m.any() else 0.0)
+            result.scores.append(float(probs[m].mean()) if m.any() else 0.0)
             result.boxes.append(mask_box(m))
         return drop_repeats(result)
 

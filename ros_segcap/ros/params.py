@@ -21,7 +21,7 @@ from ros_segcap.core.llm import DECODE_PATHS, DEFAULT_DECODE_PATH
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt', 'auto')
 IMAGE_QOS = ('sensor_data', 'best_effort', 'reliable')
-PIPELINE_OPTIONS = ('max_new_tokens', 'temperature', 'mask_threshold')
+PIPELINE_OPTIONS = ('max_new_tokens', 'temperature', 'mask_threshold', 'refine_edges')
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class NodeConfig:
     max_new_tokens: int = 48
     temperature: float = 0.0
     mask_threshold: float = 0.5
+    refine_edges: bool = True
     publish_overlay: bool = True
     continuous: bool = False
     continuous_rate: float = 1.0  # Hz
@@ -72,6 +73,7 @@ SPECS = (
     ParamSpec('max_new_tokens', 'longest answer in tokens', live=True, lo=1, hi=1024),
     ParamSpec('temperature', 'sampling temperature; 0 = greedy', live=True, lo=0.0, hi=2.0),
     ParamSpec('mask_threshold', 'mask probability threshold', live=True, lo=0.0, hi=1.0),
+    ParamSpec('refine_edges', "snap mask edges to the image's colour edges", live=True),
     ParamSpec('publish_overlay', 'publish segcap/overlay (rgb8)', live=True),
     ParamSpec('continuous', 're-run the last command on new frames', live=True),
     ParamSpec('continuous_rate', 'highest re-run rate in continuous mode (Hz)', live=True,

@@ -11,8 +11,8 @@ import torch
 
 def model_command(doc: str, run: Callable[..., dict], n_default: int,
                   n_help: str, argv: Optional[Sequence[str]] = None) -> None:
-    """--model --split --n --seed-offset --threads -> print run(model, n=, split=,
-    seed_offset=) as JSON."""
+    """--model --split --n --seed-offset --threads --no-refine-edges -> print run(model,
+    n=, split=, seed_offset=, refine_edges=) as JSON."""
     ap = argparse.ArgumentParser(description=doc.split('\n')[0])
     ap.add_argument('--model', default='segcap-tiny', help='model directory or name')
     ap.add_argument('--split', default='test', choices=('train', 'val', 'test'))
@@ -20,7 +20,9 @@ def model_command(doc: str, run: Callable[..., dict], n_default: int,
     ap.add_argument('--seed-offset', type=int, default=0,
                     help='start at scene seed_offset of the split (e.g. 1000: fresh scenes)')
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--no-refine-edges', dest='refine_edges', action='store_false',
+                    help='keep the masks as the mask grid gives them (no edge refinement)')
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(json.dumps(run(args.model, n=args.n, split=args.split,
-                         seed_offset=args.seed_offset), indent=2))
+    print(json.dumps(run(args.model, n=args.n, split=args.split, seed_offset=args.seed_offset,
+                         refine_edges=args.refine_edges), indent=2))
