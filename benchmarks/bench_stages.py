@@ -6,8 +6,9 @@ Each stage runs on the outputs of the previous one, as the pipeline chains them:
 (letterbox), backbone, pixel + OMG decoders, prior + projectors (+ prompt embeddings), LLM
 prefill (whole prompt, and with the frame's visual prefix reused), one decode step with the
 KV cache, one [SEG] mask decode (text2vision -> decoder on cached features -> masks at
-the original size), and the edge refinement of the largest object mask. Every stage is warmed up, then timed `--runs` times; the table gives the
-median, min and max in ms. Not a test: the numbers depend on the machine and its load.
+the original size), and the edge refinement of the largest object mask. Every stage is
+warmed up, then timed `--runs` times; the table gives the median, min and max in ms. Not a
+test: the numbers depend on the machine and its load.
 """
 from __future__ import annotations
 
