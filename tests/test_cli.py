@@ -156,3 +156,24 @@ def test_infer_subprocess(tmp_path: Path, photo: Path) -> None:
     assert proc.stdout.strip()
     info = json.loads((out / 'result.json').read_text())
     _check_out_dir(out, len(info['masks']))
+
+
+@pytest.mark.parametrize('flag, refine', [((), True), (('--no-refine-edges',), False)])
+def test_infer_refine_edges_flag(flag, refine, monkeypatch, tmp_path: Path, photo: Path,
+                                 capfd) -> None:
+    """--no-refine-edges reaches the pipeline; without it, edges are refined."""
+    import ros_segcap.core.pipeline as pipeline
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_pipeline(config):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(pipeline, 'Pipeline', fake_pipeline)
+    with pytest.raises(Stop):
+        _run(capfd, str(photo), '--prompt', 'segment the thing', *flag)
+    assert [c.refine_edges for c in seen] == [refine]
