@@ -77,3 +77,31 @@ def test_pipeline_refines_edges_unless_told_not_to(tiny_pipeline) -> None:
         np.testing.assert_allclose(plain, logits.sigmoid().numpy(), rtol=0, atol=1e-6)
     finally:
         tiny_pipeline.set_option('refine_edges', True)
+
+
+def test_weak_mask_on_texture_is_kept() -> None:
+    """No colour edge explains a faint blob on pure texture: the grid's mask comes back
+    rather than a shrunken or vanished one."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:120, :160]
+    probs = (0.62 * np.exp(-((yy - 60) ** 2 + (xx - 80) ** 2) / (2 * 12.0 ** 2))
+             ).astype(np.float32)
+    coarse = probs > 0.5
+    out = refine(image, probs, 12) > 0.5
+    assert coarse.sum() > 50 and out.sum() >= 0.5 * coarse.sum()
+
+
+def test_refined_mask_has_no_parts_away_from_the_grid_mask() -> None:
+    """On texture, the filter's output is noisy around a mask; any refined part that does
+    not touch the grid's mask keeps its grid probability (below 0.5)."""
+    import cv2
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:120, :160]
+    dist = np.sqrt((yy - 60) ** 2 + (xx - 80) ** 2)
+    probs = (0.98 / (1 + np.exp((dist - 20) / 6))).astype(np.float32)
+    coarse = probs > 0.5
+    out = refine(image, probs, 12) > 0.5
+    n, parts = cv2.connectedComponents(out.astype(np.uint8))
+    assert n > 1 and all((coarse & (parts == k)).any() for k in range(1, n))

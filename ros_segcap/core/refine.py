@@ -17,6 +17,7 @@ RADIUS_CELLS = 1.2  # filter radius in mask cells (12 px of a 640 x 480 frame)
 EPS = 3e-4  # regularisation: colour variance (0..1 scale) below which a window stays smooth
 MIN_PROB = 0.05  # pixels below this probability bound the box that is refined
 FIT_RADIUS = 3  # the coefficients are fitted on the image shrunk until the radius is ~3 px
+MIN_KEPT = 0.5  # a refined mask under this share of the grid mask's area is not used
 
 
 def radius_px(cell_px: float) -> int:
@@ -67,6 +68,10 @@ def refine(image: np.ndarray, probs: np.ndarray, r: int, eps: float = EPS) -> np
     Only the box around the pixels with probability >= MIN_PROB, grown by 2r, is filtered;
     outside it the probabilities are kept. An empty mask comes back unchanged. The filter's
     coefficients are fitted at 1 / (r // FIT_RADIUS) of the size (the fast guided filter).
+    Where the colours do not explain the mask (weak masks, textured real photos), the filter
+    can shrink or scatter it, so: parts of the refined mask (p > 0.5) that do not touch the
+    grid's mask keep their grid probability, and if the refined mask keeps less than MIN_KEPT
+    of the grid mask's area, the grid's probabilities come back unchanged.
     """
     probs = np.asarray(probs, np.float32)
     ys = np.flatnonzero((probs >= MIN_PROB).any(1))
@@ -77,8 +82,17 @@ def refine(image: np.ndarray, probs: np.ndarray, r: int, eps: float = EPS) -> np
     y0, y1 = max(0, ys[0] - 2 * r), min(h, ys[-1] + 2 * r + 1)
     x0, x1 = max(0, xs[0] - 2 * r), min(w, xs[-1] + 2 * r + 1)
     guide = image[y0:y1, x0:x1].astype(np.float32) / 255.0
-    out = probs.copy()
     step = max(1, r // FIT_RADIUS)
-    out[y0:y1, x0:x1] = np.clip(guided_filter(guide, probs[y0:y1, x0:x1], r, eps, step),
-                                0.0, 1.0)
+    before = probs[y0:y1, x0:x1]
+    after = np.clip(guided_filter(guide, before, r, eps, step), 0.0, 1.0)
+    coarse, fine = before > 0.5, after > 0.5
+    if coarse.any():
+        _, parts = cv2.connectedComponents(fine.astype(np.uint8))
+        touching = np.unique(parts[coarse & fine])
+        stray = fine & ~np.isin(parts, touching[touching > 0])
+        after[stray] = before[stray]
+        if (after > 0.5).sum() < MIN_KEPT * coarse.sum():
+            return probs.copy()
+    out = probs.copy()
+    out[y0:y1, x0:x1] = after
     return out
