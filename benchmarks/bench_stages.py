@@ -135,7 +135,7 @@ def bench(args: argparse.Namespace) -> list[tuple[str, list[float]]]:
         kept = frame.mask_logits[0, model.kept_queries(frame)]
         probs = unletterbox(kept, box).sigmoid().numpy()
         big = probs[int((probs > 0.5).sum((1, 2)).argmax())] if len(probs) else probs[0]
-        radius = radius_px(box.size / (box.scale * cfg.mask_size))
+        radius = radius_px(box.cell_px(cfg.mask_size))
         add(f'mask edge refinement (1 mask, {int((big > 0.5).sum())} px)',
             lambda: refine(image, big, radius))
     return rows

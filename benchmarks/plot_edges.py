@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+from ros_segcap.core.pipeline import Pipeline, PipelineConfig, mask_iou
 from ros_segcap.core.overlay import colour
 from ros_segcap.world import render, sample_scene, split_seed
 
@@ -37,7 +37,7 @@ def panel(image: np.ndarray, masks: list[np.ndarray], truth: list[np.ndarray],
     ious = []
     for i, m in enumerate(masks):
         outline(img, m, colour(i))
-        ious.append(max(float((m & t).sum() / max(1, (m | t).sum())) for t in truth))
+        ious.append(max(mask_iou(m, t) for t in truth))
     img = np.ascontiguousarray(img[crop])
     text = f'{title}: mean IoU {np.mean(ious):.2f}' if ious else f'{title}: no mask'
     cv2.putText(img, text, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2,

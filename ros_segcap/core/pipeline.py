@@ -200,8 +200,7 @@ class Pipeline:
         probs = logits.sigmoid().float().cpu().numpy()
         if not self.config.refine_edges:
             return probs
-        cell_px = box.size / (box.scale * self.model.config.mask_size)
-        r = radius_px(cell_px)
+        r = radius_px(box.cell_px(self.model.config.mask_size))
         return np.stack([refine(image, p, r) for p in probs]) if len(probs) else probs
 
     def _mask_logits(self, frame: FrameFeatures, box: Letterbox, hidden: torch.Tensor

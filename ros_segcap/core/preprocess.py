@@ -37,6 +37,10 @@ class Letterbox:
         """(height, width) of the image in the padded square, as fractions."""
         return self.height * self.scale / self.size, self.width * self.scale / self.size
 
+    def cell_px(self, hm: int) -> float:
+        """Original-image pixels across one cell of an hm x hm mask grid."""
+        return self.size / (self.scale * hm)
+
     def to_unit(self, x: float, y: float) -> tuple[float, float]:
         """Original pixel coordinates -> 0..1 coordinates of the padded square."""
         return x * self.scale / self.size, y * self.scale / self.size

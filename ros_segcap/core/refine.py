@@ -87,9 +87,10 @@ def refine(image: np.ndarray, probs: np.ndarray, r: int, eps: float = EPS) -> np
     after = np.clip(guided_filter(guide, before, r, eps, step), 0.0, 1.0)
     coarse, fine = before > 0.5, after > 0.5
     if coarse.any():
-        _, parts = cv2.connectedComponents(fine.astype(np.uint8))
-        touching = np.unique(parts[coarse & fine])
-        stray = fine & ~np.isin(parts, touching[touching > 0])
+        n, parts = cv2.connectedComponents(fine.astype(np.uint8))
+        touches = np.zeros(n, bool)
+        touches[parts[coarse & fine]] = True  # part 0 (background) is never `fine`
+        stray = fine & ~touches[parts]
         after[stray] = before[stray]
         if (after > 0.5).sum() < MIN_KEPT * coarse.sum():
             return probs.copy()
