@@ -344,3 +344,56 @@ def test_demo_knows_when_the_model_is_untrained(tmp_path):
             assert 'trained: false' in warning and 'README.md' in warning
     assert weights_warning(str(tmp_path / 'missing' / 'dir')) is None  # the node reports it
     assert 'meaningless' in weights_warning('tiny-random')  # a name with nothing shipped
+
+
+def test_a_signal_stops_the_demo_only_at_a_safe_point():
+    """SIGINT must not raise inside arbitrary code (rclpy's C++ take_message turned it into a
+    RuntimeError that killed the demo); spin_until raises KeyboardInterrupt at its next turn."""
+    from ros_segcap.ros import demo
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        demo.interrupt_on_signals()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            demo.STOP.clear()
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)  # the handler has run by now, and raised nothing here
+            assert demo.STOP.is_set()
+            with pytest.raises(KeyboardInterrupt):
+                demo.spin_until(None, [], lambda: False, 5.0)
+    finally:
+        demo.STOP.clear()
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def test_sigint_while_spinning_ends_rclpy_cleanly_and_interrupts_only_while_flagged():
+    """raise_while: once spinning, Ctrl-C ends spin via rclpy's shutdown (a safe point);
+    while the flag is set (model loading) it raises KeyboardInterrupt as usual."""
+    probe = ('import os, signal, sys, threading, time\n'
+             'import rclpy\n'
+             'from rclpy.executors import ExternalShutdownException\n'
+             'from ros_segcap.ros.sigint import raise_while\n'
+             'flag = threading.Event()\n'
+             'flag.set()\n'
+             'raise_while(flag)\n'
+             'rclpy.init()\n'
+             'try:\n'
+             '    os.kill(os.getpid(), signal.SIGINT)\n'
+             '    time.sleep(5)\n'
+             '    print("not interrupted")\n'
+             'except KeyboardInterrupt:\n'
+             '    print("interrupted while flagged")\n'
+             'rclpy.try_shutdown()\n'
+             'rclpy.init()\n'
+             'flag.clear()\n'
+             'node = rclpy.create_node("probe")\n'
+             'threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()\n'
+             'try:\n'
+             '    rclpy.spin(node)\n'
+             'except ExternalShutdownException:\n'
+             '    print("spin ended by shutdown")\n')
+    result = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split('\n')[:2] == ['interrupted while flagged',
+                                             'spin ended by shutdown'], result.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -23,6 +24,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from ros_segcap.ros.commands import add_camera_arguments
 from ros_segcap.ros.convert import compressed_to_rgb, image_to_rgb
+from ros_segcap.ros.sigint import raise_while
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
@@ -168,7 +170,12 @@ def publish_loop(node: CameraPublisher, rate: float, count: int = 0) -> None:
     period = 1.0 / rate
     next_time = time.monotonic()
     while rclpy.ok() and (count <= 0 or node.published < count):
-        node.publish_next()
+        try:
+            node.publish_next()
+        except RuntimeError:  # rclpy's RCLError
+            if rclpy.ok():
+                raise
+            return  # Ctrl-C shut the context down between the check and the publish
         next_time += period
         delay = next_time - time.monotonic()
         if delay > 0:
@@ -188,6 +195,7 @@ def run(args: argparse.Namespace, ros_args: Optional[list[str]] = None) -> int:
     except SourceError as error:
         print(f'segcap camera: {error}', file=sys.stderr)
         return 1
+    raise_while(threading.Event())  # Ctrl-C: rclpy shuts down, the loop sees rclpy.ok()
     rclpy.init(args=ros_args)
     node = CameraPublisher(itertools.chain([first], frames), topic=args.topic,
                            frame_id=args.frame_id, reliable=args.reliable)

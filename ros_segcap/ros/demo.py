@@ -35,6 +35,7 @@ from ros_segcap.ros.commands import add_demo_arguments
 PACKAGE = 'ros_segcap'
 OVERLAY_GRACE = 3.0  # seconds to wait for the overlay and mask once the answer is in
 CLEAN_EXIT_CODES = (0, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT)
+STOP = threading.Event()  # set by SIGINT/SIGTERM; spin_until turns it into KeyboardInterrupt
 
 
 class DemoError(RuntimeError):
@@ -232,9 +233,14 @@ class DemoClient(Node):
 
 def spin_until(client: DemoClient, children: list[Child], done, timeout: float,
                progress=None, every: float = 5.0) -> bool:
-    """Spin until done() or timeout; check the children and call progress(elapsed)."""
+    """Spin until done() or timeout; check the children and call progress(elapsed).
+
+    Raises KeyboardInterrupt once SIGINT or SIGTERM has arrived (see interrupt_on_signals).
+    """
     start = last = time.monotonic()
     while not done():
+        if STOP.is_set():
+            raise KeyboardInterrupt('stop requested by signal')
         now = time.monotonic()
         if now - start > timeout:
             return False
@@ -357,12 +363,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def interrupt_on_signals() -> None:
-    """Make SIGINT and SIGTERM raise KeyboardInterrupt, so the children are always stopped.
+    """Make SIGINT and SIGTERM stop the demo, so the children are always stopped.
 
-    (Shells start background jobs with SIGINT ignored; the children have their own sessions.)
+    The handler only sets STOP; spin_until raises KeyboardInterrupt at its next turn (within
+    0.1 s). Raising from the handler itself is unsafe: the signal can land inside rclpy's C++
+    take_message while it converts a message, and pybind11 turns the KeyboardInterrupt into
+    an uncaught RuntimeError. (Shells start background jobs with SIGINT ignored; the children
+    have their own sessions.)
     """
+    STOP.clear()
+
     def interrupt(signum: int, frame) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        STOP.set()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, interrupt)

@@ -37,6 +37,7 @@ from ros_segcap.ros.messages import (STATUS_CANCELLED, STATUS_DROPPED, STATUS_NO
                                      STATUS_OK, Envelope, Frame, Request, status_result)
 from ros_segcap.ros.params import (PIPELINE_OPTIONS, NodeConfig, apply_changes,
                                    declare_parameters, image_qos, use_default_dds_profile)
+from ros_segcap.ros.sigint import raise_while
 
 THROTTLE_S = 5.0
 # Results are kept until every reader has them: a burst of 'dropped' statuses from a command
@@ -390,13 +391,19 @@ class SegCapNode(Node):
 def main(args: Optional[list[str]] = None) -> int:
     """Run segcap_node until Ctrl-C or shutdown; return the exit code."""
     use_default_dds_profile()
+    loading = threading.Event()
+    loading.set()
+    raise_while(loading)  # Ctrl-C interrupts the model load; later rclpy's shutdown ends spin
     rclpy.init(args=args)
     try:
         node = SegCapNode()
+        loading.clear()
     except KeyboardInterrupt:
         rclpy.try_shutdown()
         return 0
     except Exception as exc:  # noqa: BLE001 - bad parameter or model: one line, exit 1
+        if not rclpy.ok():  # Ctrl-C while loading: rclpy shut the context down under us
+            return 0
         reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f'segcap_node: could not start: {reason}', file=sys.stderr)
         rclpy.try_shutdown()
