@@ -312,6 +312,14 @@ def test_demo_reports_a_failing_camera(tmp_path, ros_env):
 
 # ---------------------------------------------------------------- CLI registration
 
+def run_probe(probe: str) -> str:
+    """Run Python code in a fresh interpreter; it must exit 0. Return its stdout."""
+    result = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_commands_register_subcommands_without_importing_rclpy():
     probe = ('import argparse, sys\n'
              'from ros_segcap.ros import commands\n'
@@ -324,10 +332,7 @@ def test_commands_register_subcommands_without_importing_rclpy():
              '    assert callable(args.func), argv\n'
              'assert "rclpy" not in sys.modules, "commands must import rclpy lazily"\n'
              'print(parser.parse_args(["demo"]).command)\n')
-    result = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
-                            timeout=TIMEOUT)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == 'segment the red cup'
+    assert run_probe(probe).strip() == 'segment the red cup'
 
 
 def test_demo_knows_when_the_model_is_untrained(tmp_path):
@@ -392,8 +397,5 @@ def test_sigint_while_spinning_ends_rclpy_cleanly_and_interrupts_only_while_flag
              '    rclpy.spin(node)\n'
              'except ExternalShutdownException:\n'
              '    print("spin ended by shutdown")\n')
-    result = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
-                            timeout=TIMEOUT)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split('\n')[:2] == ['interrupted while flagged',
-                                             'spin ended by shutdown'], result.stdout
+    out = run_probe(probe)
+    assert out.split('\n')[:2] == ['interrupted while flagged', 'spin ended by shutdown'], out
