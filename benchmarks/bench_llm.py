@@ -115,7 +115,7 @@ def main() -> int:
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--tokens', type=int, default=48)
     ap.add_argument('--model', default='segcap-tiny')
-    ap.add_argument('--paths', default='reference,fast,fast-int8,fast-q4')
+    ap.add_argument('--paths', default='reference,fast,fast-q4')
     ap.add_argument('--rounds', type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

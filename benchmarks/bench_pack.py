@@ -1,6 +1,6 @@
 """Stage-2 throughput with shared-prefix packing vs one sample per forward, in one run.
 
-    python benchmarks/bench_pack.py --init checkpoints/segcap-tiny-wip --cache runs/cache/train
+    python benchmarks/bench_pack.py --init runs/stage1/model --cache runs/cache/train
 
 Times forward + backward of the same samples (all samples of --scenes cached scenes) once
 packed per scene and once one by one, after a warm-up, and prints samples/s of both, their
@@ -28,7 +28,7 @@ def grads(stage) -> dict[str, torch.Tensor]:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--init', default='checkpoints/segcap-tiny-wip')
+    ap.add_argument('--init', default='runs/stage1/model')
     ap.add_argument('--cache', default='runs/cache/train')
     ap.add_argument('--scenes', type=int, default=3)
     ap.add_argument('--threads', type=int, default=2)

@@ -115,7 +115,6 @@ def test_projector_learning_rate_multiplier(tiny):
     lr_of = {id(p): g['lr'] for g in opt.param_groups for p in g['params']}
     names = dict(stage.named_parameters())
     assert lr_of[id(names['model.projectors.pool_proj.weight'])] == pytest.approx(4e-3)
-    assert lr_of[id(names['colour_probe.weight'])] == pytest.approx(1e-3)
     lora = [n for n in names if 'lora_A' in n][0]
     assert lr_of[id(names[lora])] == pytest.approx(1e-3)
     assert sum(len(g['params']) for g in opt.param_groups) == \

@@ -1,7 +1,6 @@
 """seg_pointer: a [SEG] state selects one of the frame's object tokens and returns its mask."""
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -80,25 +79,6 @@ def test_pointer_training_points_at_the_target(tiny):
     assert logs['ptr'] < 0.5 * first and logs['ptr_acc'] == 1.0, (first, logs)
     named = dict(stage.named_parameters())
     assert named['model.projectors.seg_key.weight'].requires_grad
-
-
-def test_stage2_trains_a_selector(tiny, tmp_path):
-    from training.reconfigure import reconfigure
-    root, init = tiny
-    reconfigure(init, {'selector': True}, tmp_path / 'init')
-    cfg = make_config(2, dict(init=str(tmp_path / 'init'), cache=str(root / 'cache'),
-                              ptr_min_iou=0.0))
-    stage = build_stage(cfg)
-    scene = load_cache(root / 'cache')[0]
-    sample = next(a for a in scene.samples if a.task == 'gcg' and a.masks.shape[0] >= 2)
-    weights = stage.model.projectors.selector.weights.weight
-    assert weights.requires_grad and not weights.any()
-    loss, _ = stage((scene, sample))
-    loss.backward()
-    assert weights.grad is not None and weights.grad.abs().sum() > 0
-    only = build_stage(replace(cfg, train_only='projectors.selector.'))
-    trained = [n for n, p in only.named_parameters() if p.requires_grad]
-    assert trained and all(n.startswith('model.projectors.selector.') for n in trained)
 
 
 def test_pointer_masks_come_out_of_the_pipeline_at_image_size(tiny):

@@ -193,3 +193,15 @@ def test_reconfigure_carries_weights_into_a_grown_config(tmp_path: Path) -> None
     with pytest.raises(SystemExit, match='unknown config keys'):
         reconfigure_main(['--init', str(tmp_path / 'old'), '--set', 'no_such_key=1',
                           '--out', str(tmp_path / 'bad')])
+
+
+def test_the_registered_segcap_tiny_is_what_ships():
+    """The registry builds the architecture of the shipped weights, option for option."""
+    import json
+    from pathlib import Path
+
+    import ros_segcap
+    from ros_segcap.core.config import SegCapConfig, get_config
+    shipped = Path(ros_segcap.__file__).parent / 'weights' / 'segcap-tiny' / 'config.json'
+    stored = SegCapConfig.from_dict(json.loads(shipped.read_text())['config'])
+    assert stored == get_config('segcap-tiny')

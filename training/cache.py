@@ -67,13 +67,6 @@ class CachedScene:
     extent: Optional[tuple[float, float]] = None
 
 
-def scene_extent(scene: CachedScene) -> tuple[float, float]:
-    """Where the image lies in the padded square: stored, else what its panoptic map covers
-    (a tabletop scene's segments cover every pixel)."""
-    from ros_segcap.core.places import extent_of
-    return scene.extent if scene.extent is not None else extent_of(scene.pan_masks)
-
-
 def letterbox_mask(mask: np.ndarray, box: Letterbox, hm: int) -> np.ndarray:
     """(H, W) bool on the original image -> (hm, hm) bool on the model's padded mask grid."""
     vh = max(1, round(box.height * box.scale / box.size * hm))

@@ -26,7 +26,7 @@ class TrainConfig:
     simple_absent: int = 0  # stages 1-2: add N such requests for pairs the scene does not have
     plural_refs: int = 0  # stages 1-2: add N 'segment all the <group>' requests of >= 3 targets
     train_only: str = ''  # stages 1-2: comma-separated parameter-name prefixes to train
-    # (e.g. 'projectors.selector.'); everything else of the stage stays frozen ('' = all)
+    # (e.g. 'projectors.'); everything else of the stage stays frozen ('' = all)
     pack: int = 1  # stages 1-2: samples of one scene per LLM forward (training.pack)
     out: str = ''  # run directory ('' = runs/stage{stage})
     steps: int = 100  # optimizer steps
@@ -55,12 +55,11 @@ class TrainConfig:
     ptr_min_iou: float = 0.5  # skip the pointer loss when no query covers the target
     # (models with seg_pointer replace the mask and pointer losses by one CE over their object
     # tokens, see LanguageStage.object_pointer; ptr_min_iou still applies)
-    # stage 2: a linear colour probe on the object tokens, trained with CE against the colour
-    # word of every grounded-caption phrase whose mask a frame query covers (IoU >= 0.5):
-    # it pushes colour into the tokens the LLM reads (the probe itself is not shipped)
+    # stage 2, models with word_anchor: the colour head on the object tokens, trained with CE
+    # against the colour word of every grounded-caption phrase whose mask a frame query
+    # covers (IoU >= 0.5): it pushes colour into the tokens the LLM reads
     colour_weight: float = 0.0
     proj_lr_mult: float = 1.0  # learning-rate multiplier of the projectors
-    selector_lr_mult: float = 1.0  # ... and of a model's selector on top (starts at zero)
     class_weight: float = 2.0  # stage 0 Hungarian losses (Mask2Former weights)
     mask_bce_weight: float = 5.0
     mask_dice_weight: float = 5.0

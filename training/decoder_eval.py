@@ -1,6 +1,6 @@
 """How well the decoder's own object masks cover the true objects (the ceiling of seg_pointer).
 
-    python -m training.decoder_eval --model checkpoints/segcap-tiny-dec-wip --split test --n 30
+    python -m training.decoder_eval --model ros_segcap/weights/segcap-tiny --split test --n 30
 
 A seg_pointer model answers a [SEG] with the mask of one of the frame's kept queries (the
 object tokens the LLM reads), so its masks can be no better than the best kept query per

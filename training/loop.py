@@ -48,15 +48,13 @@ def cosine_lambda(cfg: TrainConfig):
 
 def build_optimizer(stage: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms, embeddings and 1-d tensors; the projectors
-    learn at lr * proj_lr_mult, their selector at lr * proj_lr_mult * selector_lr_mult."""
+    learn at lr * proj_lr_mult."""
     groups: dict[tuple[bool, float], list] = {}
     for name, p in stage.named_parameters():
         if not p.requires_grad:
             continue
         plain = p.ndim < 2 or 'embed' in name or 'norm' in name or 'separator' in name
         mult = cfg.proj_lr_mult if 'projectors.' in name else 1.0
-        if 'projectors.selector.' in name:
-            mult *= cfg.selector_lr_mult
         groups.setdefault((plain, mult), []).append(p)
     return torch.optim.AdamW(
         [{'params': ps, 'weight_decay': 0.0 if plain else cfg.weight_decay,

@@ -2,7 +2,7 @@
 image." for an object the scene has (once, so the request is unambiguous) and for a near
 miss it lacks (the same kind in a colour the scene has none of).
 
-    python -m training.plain_requests --model checkpoints/segcap-tiny-dec-wip --n 40
+    python -m training.plain_requests --model ros_segcap/weights/segcap-tiny --n 40
 
 Per scene one present and one absent request. Reports the share of present requests whose
 mask has IoU >= 0.5 with the object, the share answered without a mask ("There is no

@@ -1,6 +1,6 @@
 """Carry a trained model directory over to a changed config; new parameters keep their init.
 
-    python -m training.reconfigure --init checkpoints/segcap-tiny-wip --set fine_pool=true \
+    python -m training.reconfigure --init runs/stage1/model --set fine_pool=true \
         --out runs/init/model
 
 Used when the architecture grows (e.g. fine_pool adds a zero-initialised projection): every

@@ -3,7 +3,7 @@
 >= 0.5, so no pointer could help), 'no mask' (the answer has no mask), 'phrase' (the answer
 never names it) or 'pointer' (it is named and covered, but the [SEG] points elsewhere).
 
-    python -m training.referring_errors --model checkpoints/segcap-tiny-dec-wip --n 40
+    python -m training.referring_errors --model ros_segcap/weights/segcap-tiny --n 40
 
 Sample i is the evaluation's referring sample 4 * i (the samples `training.evaluate --n
 4n` scores, with the same --seed-offset), so the counts explain its referring cIoU.

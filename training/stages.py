@@ -5,7 +5,6 @@ A stage is an nn.Module whose forward takes one cached item (batch size 1) and r
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Optional, Sequence, Union
 
 import torch
@@ -19,7 +18,7 @@ from ros_segcap.core.preprocess import PromptQueries
 from ros_segcap.core.prior import foreground_queries
 from ros_segcap.core.proposals import centre_loss, centre_targets
 from ros_segcap.core.weights import load_model
-from training.cache import CachedSample, CachedScene, scene_extent
+from training.cache import CachedSample, CachedScene
 from training.config import TrainConfig
 from training.losses import (mask_iou_matrix, mask_losses, pointer_losses, set_losses,
                              shifted_ce)
@@ -113,23 +112,17 @@ class LanguageStage(nn.Module):
             p.requires_grad_(name.startswith('projectors.') or
                              (cfg.stage == 2 and 'lora_' in name))
         new_rows_only(model)
-        if cfg.train_only:  # e.g. 'projectors.selector.': everything else stays as it was
+        if cfg.train_only:  # e.g. 'projectors.': everything else stays as it was
             prefixes = tuple(p for p in cfg.train_only.split(',') if p)
             for name, p in model.named_parameters():
                 p.requires_grad_(p.requires_grad and name.startswith(prefixes))
         self._frames: dict[int, FrameFeatures] = {}  # frozen decoder: one frame per scene
-        self.colour_probe = None
-        if cfg.stage == 2 and cfg.colour_weight and model.projectors.colour_head is None:
-            self.colour_probe = nn.Linear(model.config.llm_hidden, len(model.config.colour_names))
-            nn.init.zeros_(self.colour_probe.weight)  # no pull on the tokens before it learns
-            nn.init.zeros_(self.colour_probe.bias)
 
     @torch.no_grad()
     def frame(self, scene: CachedScene) -> FrameFeatures:
         """The scene's FrameFeatures, computed once (the pixel decoder and decoder are frozen)."""
         if scene.seed not in self._frames:
-            frame = frame_from_features(self.model, features(scene))
-            self._frames[scene.seed] = replace(frame, extent=scene_extent(scene))
+            self._frames[scene.seed] = frame_from_features(self.model, features(scene))
         return self._frames[scene.seed]
 
     def region_tokens(self, frame: FrameFeatures, sample: CachedSample):
@@ -200,10 +193,9 @@ class LanguageStage(nn.Module):
 
     def colour_loss(self, frame: FrameFeatures, sample: CachedSample, logs: dict
                     ) -> torch.Tensor:
-        """CE of the colour probe on the object tokens of the queries that cover the
-        sample's colour-named grounded phrases (0 when there are none)."""
-        head = self.model.projectors.colour_head
-        probe = head if head is not None else self.colour_probe
+        """CE of the colour head (word_anchor) on the object tokens of the queries that cover
+        the sample's colour-named grounded phrases (0 when there are none)."""
+        probe = self.model.projectors.colour_head
         if probe is None or not self.cfg.colour_weight or sample.task != 'gcg':
             return frame.query_feat.new_zeros(())
         names = self.model.config.colour_names

@@ -24,9 +24,9 @@ IMAGE_TOKEN = '<image>'
 # 'fast-q4': the lean forward, whose decode steps read the LLM's GGUF blocks (Q4_1 / Q8_0)
 # with the C kernels: the same weight values as fp32, ~6x fewer bytes (fastlm.py); it falls
 # back to 'fast' where the kernels cannot be built or the weights are not the GGUF's.
-# 'fast': lean fp32 forward (same maths as the reference); 'fast-int8': the same with int8
-# weight-only linear layers (lossy); 'reference': Hugging Face forward with a DynamicCache.
-DECODE_PATHS = ('fast-q4', 'fast', 'fast-int8', 'reference')
+# 'fast': lean fp32 forward (same maths as the reference); 'reference': Hugging Face forward
+# with a DynamicCache.
+DECODE_PATHS = ('fast-q4', 'fast', 'reference')
 DEFAULT_DECODE_PATH = 'fast-q4'
 
 # Panoptic vocabulary of the tabletop world, in the world's class-id order
@@ -76,20 +76,10 @@ class SegCapConfig:
     # and 'back', weighted by a learned map (zero at init) of their mask's centre and size:
     # where a thing is, in words the LLM reads. False = paper.
     place_anchor: bool = False
-    # place_anchor and seg_pointer also read each mask in image coordinates (places.py): its
-    # centre x and bottom edge as fractions of the image, not of the padded square, and its
-    # depth on the table (0 at the table's far edge, 1 at the image bottom). The pointer's
-    # layer starts at zero; the place words' layer starts at the tabletop world's rule
-    # (places.RULE: a zero start stayed near zero in training). False = paper.
-    depth_places: bool = False
     # a [SEG] state selects one of the frame's object tokens (bilinear score against the
     # token plus its mask's centre and size) and its mask is that query's mask, instead of
     # becoming a new decoder query. False = paper.
     seg_pointer: bool = False
-    # the seg_pointer's score also gets learned weights of rank features (how many members
-    # of the named group lie left / right, lower / higher, larger / smaller) and of the
-    # relation to an anchor object (selector.py): 'the second cup from the left'. False = paper.
-    selector: bool = False
     # a centre heatmap on the mask features proposes up to N points; each becomes a
     # point-prompt query and, if the part of its mask around the point is a new object,
     # joins the frame's queries (proposals.py). 0 = paper.
@@ -139,7 +129,9 @@ TINY_RANDOM_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=
                        tie_word_embeddings=True, rms_norm_eps=1e-5)
 
 _REGISTRY: dict[str, SegCapConfig] = {
-    'segcap-tiny': SegCapConfig(name='segcap-tiny', fine_pool=True),
+    'segcap-tiny': SegCapConfig(name='segcap-tiny', fine_pool=True, token_norm=True,
+                                word_anchor=True, place_anchor=True, seg_pointer=True,
+                                proposals=8),
     'tiny-random': SegCapConfig(
         name='tiny-random', image_size=128, backbone_pretrained=False, dim=32,
         num_queries=8, decoder_layers=2, num_heads=4, ffn_dim=64, llm='random', llm_hidden=64,

@@ -123,8 +123,8 @@ class FastLlama:
     def __init__(self, lm: nn.Module, max_len: int = 2048,
                  dtype: torch.dtype = torch.float32, quantize: Optional[str] = None,
                  threads: Optional[int] = None, gguf: Optional[str] = None) -> None:
-        if quantize not in (None, 'int8', 'q4'):
-            raise ValueError(f'quantize must be None, int8 or q4, got {quantize!r}')
+        if quantize not in (None, 'q4'):
+            raise ValueError(f'quantize must be None or q4, got {quantize!r}')
         if quantize == 'q4' and (gguf is None or dtype != torch.float32):
             raise ValueError("quantize='q4' needs the LLM's GGUF file and fp32")
         self.quantize = quantize
@@ -155,16 +155,11 @@ class FastLlama:
         self.prefix_len = 0
 
     def _weight(self, w: torch.Tensor):
-        """A matmul weight in the chosen storage: fp tensor, or (int8, per-row scale)."""
-        w = w.to(self.dtype)
-        if self.quantize != 'int8':  # q4 keeps fp32 blocks for prefill
-            return split_weight(w, self.threads)
-        scale = (w.abs().amax(1) / 127.0).clamp_min(1e-12)
-        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        return q.contiguous(), scale.to(torch.bfloat16)
+        """A matmul weight as fp blocks (q4 keeps fp32 blocks for prefill)."""
+        return split_weight(w.to(self.dtype), self.threads)
 
     def _head(self, w: torch.Tensor):
-        """The LM head: int8 rows, or fp blocks like every other weight."""
+        """The LM head: fp blocks like every other weight."""
         return self._weight(w)
 
     @staticmethod
@@ -176,13 +171,6 @@ class FastLlama:
             if t == 1:
                 return y.view(*x.shape[:-1], -1)
             return y.transpose(0, 1).reshape(*x.shape[:-1], -1)
-        if isinstance(w, tuple):
-            # The CPU int8 kernel is vectorised for bf16 activations only (fp32 input falls
-            # back to a scalar loop ~5x slower); the residual stream stays in fp32.
-            shape = x.shape
-            xb = x.reshape(-1, shape[-1]).to(torch.bfloat16)
-            y = torch.ops.aten._weight_int8pack_mm(xb, w[0], w[1]).to(x.dtype)
-            return y.view(*shape[:-1], -1)
         return F.linear(x, w)
 
     def _build(self, lm: nn.Module) -> None:

@@ -164,7 +164,7 @@ class LanguageModel(nn.Module):
         """The lean decoder over the current weights (rebuilt when they change)."""
         from .fastlm import FastLlama
 
-        quantize = {'fast-int8': 'int8', 'fast-q4': 'q4'}.get(self.decode_path)
+        quantize = 'q4' if self.decode_path == 'fast-q4' else None
         if quantize == 'q4' and self.q4_unavailable:
             quantize = None
         if self._fast is None or self._fast.is_stale() or self._fast.quantize != quantize:

@@ -20,8 +20,6 @@ from .preprocess import PromptQueries, point_queries
 from .prior import foreground_queries, mask_pool, perception_prior, query_scores
 from .projectors import PLACE_WORDS, Projectors
 from .proposals import OUTSIDE, cell_points, component_at, new_masks, peak_cells
-from .places import image_places, table_top
-from .selector import object_places
 
 
 @dataclass
@@ -37,9 +35,6 @@ class FrameFeatures:
     query_feat: torch.Tensor  # (1, Nq, D)
     query_pos: torch.Tensor  # (1, Nq, D)
     fine: Optional[torch.Tensor] = None  # (1, C8, Hm, Wm) [1, 40, 64, 64] with fine_pool
-    # (height, width) of the image in the padded square, as fractions (None: all of it);
-    # set by Pipeline.encode from the letterbox, read by depth_places
-    extent: Optional[tuple[float, float]] = None
 
 
 class SegCapModel(nn.Module):
@@ -98,15 +93,13 @@ class SegCapModel(nn.Module):
         return fine
 
     def anchored(self, tokens: torch.Tensor, class_logits: torch.Tensor,
-                 mask_logits: Optional[torch.Tensor] = None,
-                 frame: Optional[FrameFeatures] = None) -> torch.Tensor:
+                 mask_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Word anchors: tokens (N, H) + expected class and colour word embeddings
         (word_anchor) + place word embeddings (place_anchor).
 
         class_logits (N, K+1) from the decoder (void dropped and renormalised); the colour
         distribution comes from projectors.colour_head on the tokens themselves; the place
-        weights from projectors.place_head on the places of mask_logits (N, Hm, Wm) (and,
-        with depth_places, on their image places in `frame`).
+        weights from projectors.place_head on the places of mask_logits (N, Hm, Wm).
         """
         if self.config.word_anchor:
             words = self.llm.embed(self.anchor_ids).detach()  # (K + n_colours, H), frozen
@@ -117,25 +110,10 @@ class SegCapModel(nn.Module):
         if self.config.place_anchor:
             if mask_logits is None:
                 raise ValueError('this model anchors its tokens by place: pass mask_logits')
-            weights = self.projectors.place_weights(mask_places(mask_logits),
-                                                    self.image_places(frame, mask_logits))
+            weights = self.projectors.place_weights(mask_places(mask_logits))
             tokens = tokens + weights.to(tokens.dtype) @ \
                 self.llm.embed(self.place_ids).detach().to(tokens.dtype)
         return tokens
-
-    def image_places(self, frame: Optional[FrameFeatures], mask_logits: torch.Tensor
-                     ) -> Optional[torch.Tensor]:
-        """depth_places: (N, Hm, Wm) masks of `frame` -> (N, 3) x, bottom, depth in the image
-        (places.py); None for other models."""
-        if not self.config.depth_places:
-            return None
-        if frame is None:
-            raise ValueError(f'{self.config.name} reads where masks sit in the image '
-                             '(depth_places): pass the frame')
-        names = self.config.class_names
-        top = table_top(frame.class_logits[0], frame.mask_logits[0],
-                        names.index('table') if 'table' in names else None)
-        return image_places(mask_logits, frame.extent, top)
 
     def pooled(self, frame: FrameFeatures, mask_logits: torch.Tensor) -> Optional[torch.Tensor]:
         """Fine features pooled under masks (1, N, Hm, Wm) -> (N, C8); None without fine_pool."""
@@ -264,17 +242,14 @@ class SegCapModel(nn.Module):
                                                 frame.query_pos[0, keep],
                                                 None if pooled is None else pooled[keep])
         return keep, self.anchored(objects, frame.class_logits[0, keep],
-                                   frame.mask_logits[0, keep], frame)
+                                   frame.mask_logits[0, keep])
 
     def seg_pointer(self, frame: FrameFeatures, hidden: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """seg_pointer: [SEG] states (G, H) -> (scores (G, N_obj), kept query indices)."""
         keep, tokens = self.object_rows(frame)
-        masks = frame.mask_logits[0, keep]
-        ranks = object_places(masks) if self.config.selector else None
-        return self.projectors.pointer_logits(hidden.to(tokens.dtype), tokens,
-                                              mask_places(masks), ranks,
-                                              self.image_places(frame, masks)), keep
+        places = mask_places(frame.mask_logits[0, keep])
+        return self.projectors.pointer_logits(hidden.to(tokens.dtype), tokens, places), keep
 
     def seg_masks(self, frame: FrameFeatures, hidden: torch.Tensor) -> torch.Tensor:
         """[SEG] states (G, H) -> mask logits (G, Hm, Wm): the pointed object's mask with
@@ -291,7 +266,7 @@ class SegCapModel(nn.Module):
                       frame: Optional[FrameFeatures] = None) -> torch.Tensor:
         """Object tokens (N, H) of prompt queries, for the <region> / <mark> positions.
 
-        Models with fine_pool or depth_places need the frame the prompts were decoded on.
+        Models with fine_pool need the frame the prompts were decoded on.
         """
         pooled = None
         if self.config.fine_pool:
@@ -302,7 +277,7 @@ class SegCapModel(nn.Module):
         tokens = self.projectors.object_tokens(prompt_out.query_feat[0],
                                                prompt_out.query_pos[0], pooled)
         return self.anchored(tokens, prompt_out.class_logits[-1][0],
-                             prompt_out.mask_logits[-1][0], frame)
+                             prompt_out.mask_logits[-1][0])
 
     def build_embeds(self, ids: torch.Tensor, visual: torch.Tensor,
                      region_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:

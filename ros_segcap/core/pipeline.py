@@ -112,7 +112,7 @@ class Pipeline:
             with self._timed(timing, 'preprocess'):
                 tensor, box = letterbox(image, self.model.config.image_size)
             with self._timed(timing, 'vision'), torch.no_grad():
-                frame = replace(self._vision(tensor), extent=box.extent)
+                frame = self._vision(tensor)
             self.encode_count += 1
             if frame_key is not None:
                 self._frames[frame_key] = (frame, box)

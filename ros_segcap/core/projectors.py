@@ -8,13 +8,8 @@ separator:    one learned H-dim embedding between pixel and object tokens
 text2vision:  H -> 2D -> 2D, split into (query feature, query position) for the decoder
 place head:   with place_anchor, (centre x, centre y, sqrt area) -> weights (tanh) of the
               place words' embeddings added to object / region tokens (zero at init)
-depth places: with depth_places, (x, bottom, depth) of the mask in image coordinates
-              (places.py) -> the place weights (starting at the tabletop world's rule) and
-              the pointer's keys (zero at init)
 seg pointer:  with seg_pointer, H -> H for [SEG] states and H + 3 -> H for object tokens with
-              their mask's (centre x, centre y, sqrt area); score = scaled dot product;
-              with selector, + ranks within the named group and relation to an anchor
-              (selector.py)
+              their mask's (centre x, centre y, sqrt area); score = scaled dot product
 """
 from __future__ import annotations
 
@@ -24,8 +19,6 @@ import torch
 from torch import nn
 
 from .config import SegCapConfig
-from .places import rule_init_
-from .selector import Selector
 
 PLACE_WORDS = ('left', 'right', 'front', 'back')  # place_anchor's words
 
@@ -62,21 +55,11 @@ class Projectors(nn.Module):
         self.place_head = None  # place_anchor: (centre x, centre y, sqrt area) -> word weights
         if config.place_anchor:
             self.place_head = _zero_linear(3, len(PLACE_WORDS))
-        self.place_extra = self.seg_place_extra = None  # depth_places
-        if config.depth_places and config.place_anchor:
-            self.place_extra = rule_init_(nn.Linear(3, len(PLACE_WORDS)), PLACE_WORDS)
         self.seg_query = self.seg_key = self.seg_place = None
         if config.seg_pointer:
             self.seg_query = nn.Linear(h, h)
             self.seg_key = nn.Linear(h, h)
             self.seg_place = nn.Linear(3, h)
-            if config.depth_places:
-                self.seg_place_extra = _zero_linear(3, h)
-        self.selector = None
-        if config.selector:
-            if not config.seg_pointer:
-                raise ValueError('selector adds to the seg_pointer: set seg_pointer=true too')
-            self.selector = Selector(h)
 
     def to_llm_scale(self, tokens: torch.Tensor) -> torch.Tensor:
         """With token_norm: RMS-normalise tokens (..., H) and apply the learned gain."""
@@ -105,34 +88,13 @@ class Projectors(nn.Module):
         out = self.text2vision(hidden)
         return out[..., :self.dim], out[..., self.dim:]
 
-    def place_weights(self, place: torch.Tensor, image_place: Optional[torch.Tensor] = None
-                      ) -> torch.Tensor:
-        """place_anchor: places (N, 3) [, image places (N, 3)] -> place word weights (N, 4)."""
-        x = self.place_head(place)
-        if self.place_extra is not None:
-            if image_place is None:
-                raise ValueError('this model has depth_places: pass image_place')
-            x = x + self.place_extra(image_place)
-        return torch.tanh(x)
+    def place_weights(self, place: torch.Tensor) -> torch.Tensor:
+        """place_anchor: places (N, 3) -> place word weights (N, 4)."""
+        return torch.tanh(self.place_head(place))
 
     def pointer_logits(self, seg_hidden: torch.Tensor, tokens: torch.Tensor,
-                       place: torch.Tensor, rank_places: Optional[torch.Tensor] = None,
-                       image_place: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """[SEG] states (G, H), object tokens (N, H), places (N, 3) -> scores (G, N).
-
-        With a selector, rank_places (N, 3) are selector.object_places of the tokens' masks;
-        with depth_places, image_place (N, 3) are places.image_places of them.
-        """
+                       place: torch.Tensor) -> torch.Tensor:
+        """[SEG] states (G, H), object tokens (N, H), places (N, 3) -> scores (G, N)."""
         q = self.seg_query(seg_hidden)
-        keys = self.seg_key(tokens)
-        placed = keys + self.seg_place(place)
-        if self.seg_place_extra is not None:
-            if image_place is None:
-                raise ValueError('this model has depth_places: pass image_place')
-            placed = placed + self.seg_place_extra(image_place)
-        scores = q @ placed.T * q.shape[-1] ** -0.5
-        if self.selector is None:
-            return scores
-        if rank_places is None:
-            raise ValueError('this model has a selector: pass rank_places')
-        return scores + self.selector(seg_hidden, q, keys, rank_places)
+        placed = self.seg_key(tokens) + self.seg_place(place)
+        return q @ placed.T * q.shape[-1] ** -0.5
