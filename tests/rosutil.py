@@ -61,7 +61,7 @@ def best_effort(depth: int = 5) -> 'QoSProfile':
 
 
 class NodeProcess:
-    """segcap_node as a child process; its stdout/stderr go to a log file."""
+    """segcap_node as a child process (autostart unless params say otherwise); output to a log."""
 
     def __init__(self, workdir: Path, domain: int, namespace: str, params: dict[str, Any],
                  python_path: Optional[Path] = None) -> None:
@@ -74,7 +74,7 @@ class NodeProcess:
                 [str(python_path), str(ROOT)] + [p for p in [env.get('PYTHONPATH')] if p])
         args = [sys.executable, '-m', 'ros_segcap.ros.node', '--ros-args',
                 '-r', f'__ns:={namespace}']
-        for key, value in params.items():
+        for key, value in dict({'autostart': True}, **params).items():  # active unless told
             text = str(value).lower() if isinstance(value, bool) else str(value)
             args += ['-p', f'{key}:={text}']
         self._log = self.log_path.open('w')

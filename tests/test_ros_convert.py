@@ -16,8 +16,7 @@ from std_msgs.msg import Header  # noqa: E402
 
 from ros_segcap.core.types import InputError, SegCapResult, Timing  # noqa: E402
 from ros_segcap.ros import convert, messages  # noqa: E402
-from ros_segcap.ros.params import (SPEC_BY_NAME, NodeConfig, apply_changes,  # noqa: E402
-                                   check_value)
+from ros_segcap.ros.params import NodeConfig, apply_changes  # noqa: E402
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)  # odd width: exercises step padding
@@ -192,9 +191,11 @@ def test_parameter_changes_apply_live_or_are_refused_with_the_reason():
                                          Parameter('continuous', value=True)])
     assert reason == '' and new.mask_threshold == 0.7 and new.continuous
     same, reason = apply_changes(config, [Parameter('model', value='other')])
-    assert same is config and 'model cannot change while the node runs' in reason
-    assert 'must be one of' in check_value(SPEC_BY_NAME['image_qos'], 'fast')
-    assert check_value(SPEC_BY_NAME['image_qos'], 'reliable') is None
+    assert same is config and 'model cannot change while the node is configured' in reason
+    unconfigured, reason = apply_changes(config, [Parameter('model', value='other')], False)
+    assert reason == '' and unconfigured.model == 'other'
+    same, reason = apply_changes(config, [Parameter('image_qos', value='fast')], False)
+    assert same is config and 'must be one of' in reason
 
 
 def test_build_msgs_rewrites_the_wheel_include_dirs_once(tmp_path):

@@ -169,7 +169,8 @@ def test_service_on_the_newest_frame_and_on_its_own_image(ros):
 def test_live_parameters_and_refused_ones(ros):
     assert ros.set_parameter('max_new_tokens', 8).successful
     refused = ros.set_parameter('model', 'segcap-tiny')
-    assert not refused.successful and 'model cannot change while the node runs' in refused.reason
+    assert not refused.successful
+    assert 'model cannot change while the node is configured' in refused.reason
     out_of_range = ros.set_parameter('mask_threshold', 1.5)
     assert not out_of_range.successful
 

@@ -117,6 +117,28 @@ def compressed_to_rgb(msg: CompressedImage,
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def image_error(msg: Image | CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """Return why a received Image or CompressedImage cannot be used, or ''."""
+    try:
+        if isinstance(msg, Image):
+            check_image(msg, max_pixels)
+        else:
+            check_compressed(msg)
+    except InputError as exc:
+        return str(exc)
+    return ''
+
+
+def message_to_rgb(msg: Image | CompressedImage, error: str = '',
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a received frame; InputError with `error` when it is set."""
+    if error:
+        raise InputError(error)
+    if isinstance(msg, Image):
+        return image_to_rgb(msg, max_pixels)
+    return compressed_to_rgb(msg, max_pixels)
+
+
 def numpy_to_image(array: np.ndarray, encoding: str,
                    header: Optional[Header] = None) -> Image:
     """Build a sensor_msgs/Image from (H, W[, C]) pixels already in `encoding`."""

@@ -6,10 +6,9 @@ is not built, and the node then publishes results as JSON on a std_msgs/String.
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -19,39 +18,13 @@ from std_msgs.msg import Header
 
 from ros_segcap.core.types import InputError, SegCapResult, VisualPrompt
 from ros_segcap.ros.convert import image_to_numpy, mask_to_image
+from ros_segcap.worker import STATUS_DROPPED, STATUS_NO_IMAGE  # noqa: F401 - the statuses
 
 STATUS_OK = 'ok'
-STATUS_NO_IMAGE = 'no image yet'
-STATUS_DROPPED = 'dropped: queue full'
 STATUS_CANCELLED = 'cancelled'
 NO_INTERFACES = ('ros_segcap_msgs is not importable ({why}): running with standard messages '
                  'only (results as JSON on segcap/result_json; no segcap/prompt, service or '
                  'action). Build it with: python scripts/build_msgs.py')
-
-
-@dataclass
-class Frame:
-    """A received frame; `key` is unique and names its encoder outputs in the core cache."""
-
-    key: int
-    header: Header
-    msg: Any  # sensor_msgs/Image or CompressedImage as received (None when unusable)
-    error: str = ''  # why the frame cannot be used ('' = usable)
-
-
-@dataclass
-class Request:
-    """One command waiting for the worker; `reply` gets the result message."""
-
-    command: str
-    frame: Optional[Frame]
-    arrival: Any  # builtin_interfaces/Time of arrival
-    prompt: Any = None  # PointStamped, ros_segcap_msgs/VisualPrompt or None
-    on_text: Optional[Callable[[str], bool]] = None
-    is_cancelled: Callable[[], bool] = lambda: False
-    reply: Optional[Callable[[Any], None]] = None
-    continuous: bool = False
-    queued: float = field(default_factory=time.monotonic)
 
 
 def load_interfaces() -> tuple[Optional[SimpleNamespace], str]:
