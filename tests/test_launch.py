@@ -53,10 +53,11 @@ def console_scripts() -> dict[str, str]:
 
 
 def launched_executables(path: Path) -> set[tuple[str, str]]:
-    """(package, executable) of every Node(...) call in a launch file, read from its AST."""
+    """(package, executable) of every [Lifecycle]Node(...) call in a launch file (its AST)."""
     found = set()
     for call in ast.walk(ast.parse(path.read_text())):
-        if isinstance(call, ast.Call) and getattr(call.func, 'id', '') == 'Node':
+        if isinstance(call, ast.Call) and getattr(call.func, 'id', '') in ('Node',
+                                                                           'LifecycleNode'):
             kw = {k.arg: k.value.value for k in call.keywords if isinstance(k.value, ast.Constant)}
             found.add((kw['package'], kw['executable']))
     return found
@@ -128,9 +129,16 @@ EXECUTE_PROCESS_KWARGS = {'cmd', 'name', 'cwd', 'env', 'additional_env', 'shell'
                           'sigterm_timeout', 'sigkill_timeout', 'emulate_tty', 'output',
                           'output_format', 'log_cmd', 'on_exit', 'respawn', 'respawn_delay',
                           'condition'}
+NODE_KWARGS = {'executable', 'package', 'name', 'namespace', 'exec_name', 'parameters',
+               'remappings', 'ros_arguments', 'arguments'} | EXECUTE_PROCESS_KWARGS - {'cmd'}
 KWARGS = {
-    'Node': {'executable', 'package', 'name', 'namespace', 'exec_name', 'parameters',
-             'remappings', 'ros_arguments', 'arguments'} | EXECUTE_PROCESS_KWARGS - {'cmd'},
+    'Node': NODE_KWARGS,
+    'LifecycleNode': NODE_KWARGS,
+    'EmitEvent': {'event', 'condition'},
+    'RegisterEventHandler': {'event_handler', 'condition'},
+    'OnStateTransition': {'entities', 'target_lifecycle_node', 'transition', 'start_state',
+                          'goal_state', 'matcher', 'handle_once'},
+    'ChangeState': {'lifecycle_node_matcher', 'transition_id'},
     'ExecuteProcess': EXECUTE_PROCESS_KWARGS,
     'DeclareLaunchArgument': {'default_value', 'description', 'choices', 'condition'},
     'OpaqueFunction': {'function', 'args', 'kwargs', 'condition'},
@@ -178,7 +186,10 @@ def stub_launch(monkeypatch):
         'launch.actions': _stub('launch.actions', DeclareLaunchArgument=DeclareLaunchArgument,
                                 **{n: cls(n) for n in ('OpaqueFunction', 'ExecuteProcess',
                                                        'IncludeLaunchDescription',
-                                                       'TimerAction')}),
+                                                       'TimerAction', 'EmitEvent',
+                                                       'RegisterEventHandler')}),
+        'launch.events': _stub('launch.events',
+                               matches_action=lambda action: ('matches', action)),
         'launch.substitutions': _stub('launch.substitutions',
                                       LaunchConfiguration=LaunchConfiguration,
                                       PathJoinSubstitution=cls('PathJoinSubstitution')),
@@ -186,7 +197,13 @@ def stub_launch(monkeypatch):
             'launch.launch_description_sources',
             PythonLaunchDescriptionSource=cls('PythonLaunchDescriptionSource')),
         'launch_ros': _stub('launch_ros'),
-        'launch_ros.actions': _stub('launch_ros.actions', Node=cls('Node')),
+        'launch_ros.actions': _stub('launch_ros.actions', Node=cls('Node'),
+                                    LifecycleNode=cls('LifecycleNode')),
+        'launch_ros.event_handlers': _stub('launch_ros.event_handlers',
+                                           OnStateTransition=cls('OnStateTransition')),
+        'launch_ros.events': _stub('launch_ros.events'),
+        'launch_ros.events.lifecycle': _stub('launch_ros.events.lifecycle',
+                                             ChangeState=cls('ChangeState')),
         'launch_ros.substitutions': _stub('launch_ros.substitutions',
                                           FindPackageShare=cls('FindPackageShare')),
     }
@@ -212,25 +229,44 @@ def test_segcap_launch_logic(stub_launch):
     description = module.generate_launch_description()
     names = {a.name for a in description.args[0] if isinstance(a, DeclareLaunchArgument)}
     assert {'image_topic', 'command_topic', 'model', 'backend', 'params_file',
-            'compressed'} <= names
+            'compressed', 'autostart', 'namespace'} <= names
     (build,) = _opaque_functions(description)
 
-    context = _defaults(description, params_file='/p/segcap.yaml')
-    (node,) = build(context)
+    context = _defaults(description, params_file='/p/segcap.yaml', autostart='false')
+    (node,) = build(context)  # no transitions: a lifecycle manager drives the node
+    assert type(node).__name__ == 'LifecycleNode'
     assert node.kwargs['package'] == 'ros_segcap'
     assert node.kwargs['executable'] == 'segcap_node'
-    assert node.kwargs['parameters'] == ['/p/segcap.yaml']  # no override unless given
+    # no override unless given, but never the node's own autostart: launch drives it
+    assert node.kwargs['parameters'] == ['/p/segcap.yaml', {'autostart': False}]
     assert ('image', 'image') in node.kwargs['remappings']
 
     context = _defaults(description, params_file='/p/segcap.yaml', image_topic='/cam/image',
                         command_topic='/robot/command', model='tiny-random',
                         compressed='True')
-    (node,) = build(context)
+    node, handler, configure = build(context)
     assert node.kwargs['parameters'] == [
-        '/p/segcap.yaml', {'model': 'tiny-random', 'compressed': True}]
+        '/p/segcap.yaml', {'model': 'tiny-random', 'compressed': True, 'autostart': False}]
     assert node.kwargs['remappings'] == [
         ('image', '/cam/image'), ('image/compressed', '/cam/image/compressed'),
         ('command', '/robot/command')]
+    check_transitions(node, handler, configure)
+
+
+def check_transitions(node: Recorded, handler: Recorded, configure: Recorded) -> None:
+    """Configure is emitted for this node; activate follows on configuring -> inactive."""
+    from lifecycle_msgs.msg import Transition
+    kinds = [type(e).__name__ for e in (handler, configure)]
+    assert kinds == ['RegisterEventHandler', 'EmitEvent']
+    event = configure.kwargs['event'].kwargs
+    assert event == {'lifecycle_node_matcher': ('matches', node),
+                     'transition_id': Transition.TRANSITION_CONFIGURE}
+    on_inactive = handler.args[0].kwargs
+    assert on_inactive['target_lifecycle_node'] is node
+    assert (on_inactive['start_state'], on_inactive['goal_state']) == ('configuring', 'inactive')
+    (activate,) = on_inactive['entities']
+    assert activate.kwargs['event'].kwargs == {'lifecycle_node_matcher': ('matches', node),
+                                               'transition_id': Transition.TRANSITION_ACTIVATE}
 
 
 def test_demo_launch_logic(stub_launch, monkeypatch):
@@ -263,8 +299,8 @@ def test_launch_descriptions_build_with_real_launch():
     pytest.importorskip('launch_ros', reason='launch_ros is not importable (ROS 2 from pip '
                                              'has no launch); the stand-in tests cover the logic')
     from launch import LaunchContext, LaunchDescription
-    from launch.actions import OpaqueFunction
-    from launch_ros.actions import Node
+    from launch.actions import EmitEvent, OpaqueFunction, RegisterEventHandler
+    from launch_ros.actions import LifecycleNode
     for name in LAUNCH_FILES:
         description = load_launch_module(name).generate_launch_description()
         assert isinstance(description, LaunchDescription)
@@ -275,7 +311,9 @@ def test_launch_descriptions_build_with_real_launch():
             str(PARAMS) if argument.name == 'params_file' else '')
     context.launch_configurations.update(image_topic='image', command_topic='command',
                                          log_level='info')
+    context.launch_configurations['autostart'] = 'true'
     (build,) = [e for e in description.entities if isinstance(e, OpaqueFunction)]
-    (node,) = build.execute(context)
-    assert isinstance(node, Node)
+    node, handler, configure = build.execute(context)
+    assert isinstance(node, LifecycleNode)
     assert node.node_package == 'ros_segcap' and node.node_executable == 'segcap_node'
+    assert isinstance(handler, RegisterEventHandler) and isinstance(configure, EmitEvent)
