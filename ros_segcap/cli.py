@@ -9,6 +9,8 @@ from pathlib import Path
 import sys
 from typing import Optional, Sequence
 
+from ros_segcap.core.options import check, describe, in_scope, pipeline_values
+
 # Subcommand modules; each has register(subparsers). Missing ones are skipped quietly so the
 # core CLI keeps working in a partial install.
 SUBCOMMAND_MODULES = ('ros_segcap.ros.commands', 'ros_segcap.engine_cli')
@@ -68,7 +70,6 @@ def visual_prompt_from_args(args, height: int, width: int):
 
 
 def cmd_infer(args) -> int:
-    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
     from ros_segcap.core.types import InputError
 
     image = read_image(args.image)
@@ -79,18 +80,9 @@ def cmd_infer(args) -> int:
         vp = visual_prompt_from_args(args, image.shape[0], image.shape[1])
     except InputError as exc:
         raise UsageError(str(exc)) from None
-    config = PipelineConfig(model=args.model, backend=args.backend,
-                            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            allow_pickle=args.allow_pickle, decode_path=args.decode_path,
-                            refine_edges=args.refine_edges)
-    from ros_segcap.core.assets import AssetError
-
-    try:
-        pipe = Pipeline(config)
-    except (KeyError, FileNotFoundError, ValueError, AssetError) as exc:
-        raise UsageError(str(exc).strip('"')) from None
+    pipe = make_pipeline(pipeline_values(vars(args)))
     if not pipe.trained:
-        from ros_segcap.core.weights import weights_warning
+        from ros_segcap.models.segcap.weights import weights_warning
 
         print(f'warning: {weights_warning(args.model) or "untrained weights"}',
               file=sys.stderr)
@@ -108,6 +100,17 @@ def cmd_infer(args) -> int:
     if args.out:
         print(f'wrote {args.out}', file=sys.stderr)
     return 0
+
+
+def make_pipeline(values: dict):
+    """The one place the CLI opens its Pipeline; UsageError with the reason if it cannot."""
+    from ros_segcap.models.segcap.assets import AssetError
+    from ros_segcap.runtime import PipelineConfig, open_pipeline
+
+    try:
+        return open_pipeline(PipelineConfig(**values))
+    except (KeyError, FileNotFoundError, ValueError, AssetError) as exc:
+        raise UsageError(str(exc).strip('"')) from None
 
 
 def write_result(out: Path, image, result) -> None:
@@ -141,21 +144,41 @@ def add_infer(sub) -> None:
     p.add_argument('--point', help='X,Y point prompt in pixels')
     p.add_argument('--box', help='X1,Y1,X2,Y2 box prompt in pixels')
     p.add_argument('--mask', help='PNG mask prompt, the size of the image (nonzero = inside)')
-    p.add_argument('--model', default='segcap-tiny', help='registered name or model directory')
-    p.add_argument('--backend', default='torch', help='torch | onnxruntime | tensorrt | auto')
-    p.add_argument('--max-new-tokens', type=int, default=48)
-    from ros_segcap.core.config import DECODE_PATHS, DEFAULT_DECODE_PATH
-
-    p.add_argument('--decode-path', default=DEFAULT_DECODE_PATH, choices=DECODE_PATHS,
-                   help='LLM decode path (default %(default)s; it falls back to fast where it '
-                        'cannot run)')
-    p.add_argument('--temperature', type=float, default=0.0)
-    p.add_argument('--no-refine-edges', dest='refine_edges', action='store_false',
-                   help='keep mask edges as the mask grid gives them')
-    p.add_argument('--allow-pickle', action='store_true',
-                   help='allow loading pickle weight files (only if you trust them)')
+    add_option_flags(p)
     p.add_argument('--out', help='write result.json, masks/NN.png and overlay.png here')
     p.set_defaults(func=cmd_infer)
+
+
+def checked(name: str, kind: type):
+    """An argparse type for option `name`: converts, then checks its range or choices."""
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not of type {kind.__name__}') from None
+        reason = check(name, value)
+        if reason:
+            raise argparse.ArgumentTypeError(reason)
+        return value
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
+def add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str] = ()) -> None:
+    """Add a --flag per option of scope 'cli' (or just `names`), help and checks from the
+    option table; booleans are --x / --no-x."""
+    for opt in in_scope('cli'):
+        if names and opt.name not in names:
+            continue
+        flag = '--' + opt.name.replace('_', '-')
+        text = describe(opt).replace('%', '%%')
+        if opt.type is bool:
+            given = flag if opt.default else '--no-' + flag[2:]
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
+                                default=opt.default, help=f'{text} (default: {given})')
+        else:
+            parser.add_argument(flag, type=checked(opt.name, opt.type), default=opt.default,
+                                metavar=opt.name.upper(), help=f'{text} (default: %(default)r)')
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -277,3 +277,33 @@ class Ros:
         future = client.call_async(request)
         wait_for(future.done, 10.0, 'the set_parameters response', self.node)
         return future.result().results[0]
+
+
+def private_ros_env(tmp_path: Path, monkeypatch: Any) -> dict[str, str]:
+    """A private ROS domain for one test, for the test process and its children."""
+    from ros_segcap.ros.processes import ros_environment
+    base = {k: v for k, v in os.environ.items() if k != 'ROS_DOMAIN_ID'}
+    env = ros_environment(base)
+    env['ROS_LOG_DIR'] = str(tmp_path / 'ros_log')
+    for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOG_DIR',
+                'FASTDDS_DEFAULT_PROFILES_FILE'):
+        if key in env:
+            monkeypatch.setenv(key, env[key])
+    return env
+
+
+def plain_node(name: str) -> Iterator[Any]:
+    """Yield an rclpy node in the default context (a fixture body); shut down after."""
+    rclpy.init()
+    node = rclpy.create_node(name)
+    yield node
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+def spin_until(node: Any, condition: Callable[[], Any], timeout: float = 60.0) -> bool:
+    """Spin `node` until condition() or timeout; return condition()."""
+    end = time.monotonic() + timeout
+    while not condition() and time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    return bool(condition())

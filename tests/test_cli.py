@@ -14,7 +14,7 @@ import pytest
 
 from conftest import make_image
 from ros_segcap.cli import main
-from ros_segcap.core.config import SEG_TOKEN, SPECIAL_TOKENS
+from ros_segcap.models.segcap.config import SEG_TOKEN, SPECIAL_TOKENS
 
 HEIGHT, WIDTH = 40, 60
 RESULT_KEYS = {'answer', 'phrases', 'masks', 'scores', 'boxes', 'timing_ms', 'model'}
@@ -162,18 +162,40 @@ def test_infer_subprocess(tmp_path: Path, photo: Path) -> None:
 def test_infer_refine_edges_flag(flag, refine, monkeypatch, tmp_path: Path, photo: Path,
                                  capfd) -> None:
     """--no-refine-edges reaches the pipeline; without it, edges are refined."""
-    import ros_segcap.core.pipeline as pipeline
+    import ros_segcap.runtime as runtime
 
     seen = []
 
     class Stop(Exception):
         pass
 
-    def fake_pipeline(config):
+    def fake_open(config, **kwargs):
         seen.append(config)
         raise Stop
 
-    monkeypatch.setattr(pipeline, 'Pipeline', fake_pipeline)
+    monkeypatch.setattr(runtime, 'open_pipeline', fake_open)
     with pytest.raises(Stop):
         _run(capfd, str(photo), '--prompt', 'segment the thing', *flag)
     assert [c.refine_edges for c in seen] == [refine]
+
+
+def test_infer_flags_come_from_the_option_table(capfd) -> None:
+    """Every 'cli' option is a flag with the table's default; values are checked."""
+    from ros_segcap.cli import build_parser
+    from ros_segcap.core.options import in_scope
+
+    parser = build_parser()
+    args = parser.parse_args(['infer', 'x.png', '--prompt', 'p'])
+    for opt in in_scope('cli'):
+        assert getattr(args, opt.name) == opt.default, opt.name
+    args = parser.parse_args(['infer', 'x.png', '--prompt', 'p', '--no-refine-edges',
+                              '--allow-pickle', '--temperature', '0.5', '--decode-path',
+                              'fast'])
+    assert (args.refine_edges, args.allow_pickle) == (False, True)
+    assert (args.temperature, args.decode_path) == (0.5, 'fast')
+    for bad, reason in ((['--temperature', '5'], 'temperature=5.0 must be from 0 to 2'),
+                        (['--decode-path', 'fast-int8'], 'must be one of fast-q4, fast,'),
+                        (['--max-new-tokens', 'many'], "'many' is not of type int")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(['infer', 'x.png', '--prompt', 'p', *bad])
+        assert reason in capfd.readouterr().err

@@ -1,11 +1,10 @@
-"""`segcap demo` and its parts: camera sources, the camera process, the Foxglove bridge.
+"""`segcap demo` and its parts: the Foxglove bridge, signals, the CLI registration.
 
 The end-to-end demo runs the real segcap_node (model tiny-random) as a child process; it
 skips while ros_segcap.ros.node is absent. ROS tests use a private domain per test.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -22,15 +21,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip('rclpy', reason='needs rclpy (ROS 2 from pip)')
+import rosutil as ru
+
+if not ru.HAVE_RCLPY:
+    pytest.skip(ru.WHY_NO_RCLPY, allow_module_level=True)
 cv2 = pytest.importorskip('cv2')
 
-from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
+import rclpy  # noqa: E402
+from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from ros_segcap.ros import camera, commands  # noqa: E402
-from ros_segcap.ros.demo import ros_environment  # noqa: E402
 
 pytestmark = pytest.mark.ros
 TIMEOUT = 60.0
@@ -39,102 +40,13 @@ TIMEOUT = 60.0
 @pytest.fixture
 def ros_env(tmp_path, monkeypatch):
     """A private ROS domain for this test, for the test process and its children."""
-    base = {k: v for k, v in os.environ.items() if k != 'ROS_DOMAIN_ID'}
-    env = ros_environment(base)
-    env['ROS_LOG_DIR'] = str(tmp_path / 'ros_log')
-    for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOG_DIR',
-                'FASTDDS_DEFAULT_PROFILES_FILE'):
-        if key in env:
-            monkeypatch.setenv(key, env[key])
-    return env
+    return ru.private_ros_env(tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def node(ros_env):
     """An rclpy node in the test process (in the test's domain)."""
-    rclpy.init()
-    node = rclpy.create_node('test_demo')
-    yield node
-    node.destroy_node()
-    rclpy.try_shutdown()
-
-
-def spin_until(node, condition, timeout: float = TIMEOUT) -> bool:
-    """Spin the test node until condition() or timeout."""
-    end = time.monotonic() + timeout
-    while not condition() and time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.05)
-    return condition()
-
-
-def camera_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    commands.add_camera_arguments(parser)
-    return parser.parse_args(list(argv))
-
-
-# ---------------------------------------------------------------- camera sources
-
-def test_image_folder_source_loops_in_name_order(tmp_path):
-    pictures = [np.full((20, 30, 3), v, np.uint8) for v in (10, 20, 30)]
-    for i, picture in enumerate(pictures):
-        cv2.imwrite(str(tmp_path / f'{i}.png'), picture)
-    (tmp_path / 'notes.txt').write_text('not an image')
-    frames = camera.open_source(camera_args('--images', str(tmp_path)))
-    got = [next(frames) for _ in range(4)]
-    assert [int(f[0, 0, 0]) for f in got] == [10, 20, 30, 10]
-
-
-def test_video_source_decodes_and_loops(tmp_path):
-    path = tmp_path / 'clip.avi'
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), 10, (64, 48))
-    for value in (0, 120, 240):
-        writer.write(np.full((48, 64, 3), value, np.uint8))
-    writer.release()
-    frames = camera.open_source(camera_args('--video', str(path)))
-    got = [next(frames) for _ in range(5)]
-    assert all(f.shape == (48, 64, 3) and f.dtype == np.uint8 for f in got)
-    assert [round(float(f.mean()) / 120) for f in got] == [0, 1, 2, 0, 1]
-
-
-def test_tabletop_source_size_and_bad_sources(tmp_path):
-    frame = next(camera.open_source(camera_args('--size', '320x240')))
-    assert frame.shape == (240, 320, 3) and frame.dtype == np.uint8
-    with pytest.raises(camera.SourceError, match='not a directory'):
-        camera.open_source(camera_args('--images', str(tmp_path / 'nope')))
-    with pytest.raises(camera.SourceError, match='no readable'):
-        camera.open_source(camera_args('--images', str(tmp_path)))
-    with pytest.raises(SystemExit):
-        camera_args('--size', '640by480')
-
-
-def test_camera_process_publishes_best_effort_frames(ros_env, node):
-    """The camera child publishes rgb8 frames that a sensor-data subscriber receives."""
-    topic = f'/demotest_{os.getpid()}/image'
-    stamps: list[float] = []
-    frames: list[Image] = []
-
-    def on_image(msg: Image) -> None:
-        stamps.append(time.monotonic())
-        frames.append(msg)
-
-    node.create_subscription(Image, topic, on_image, qos_profile_sensor_data)
-    child = subprocess.Popen(
-        [sys.executable, '-m', 'ros_segcap.ros.camera', '--rate', '30', '--count', '2000',
-         '--ros-args', '-r', f'image:={topic}'],
-        env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        received = spin_until(node, lambda: len(stamps) >= 45)
-    finally:
-        child.send_signal(2)  # SIGINT: the camera shuts down cleanly
-        output, _ = child.communicate(timeout=TIMEOUT)
-    assert received, f'got {len(stamps)} frames; camera output:\n{output}'
-    assert child.returncode == 0, output
-    msg = frames[-1]
-    assert (msg.width, msg.height, msg.encoding, msg.step) == (640, 480, 'rgb8', 1920)
-    assert msg.header.frame_id == 'camera'
-    rate = (len(stamps) - 16) / (stamps[-1] - stamps[15])  # after discovery settles
-    assert rate > 10.0, f'640x480 best effort at 30 Hz arrived at {rate:.1f} Hz'
+    yield from ru.plain_node('test_demo')
 
 
 # ---------------------------------------------------------------- Foxglove bridge
@@ -338,7 +250,7 @@ def test_commands_register_subcommands_without_importing_rclpy():
 def test_demo_knows_when_the_model_is_untrained(tmp_path):
     import json
 
-    from ros_segcap.core.weights import weights_warning
+    from ros_segcap.models.segcap.weights import weights_warning
     for trained in (True, False):
         d = tmp_path / str(trained)
         d.mkdir()

@@ -53,7 +53,7 @@ def test_scopes_defaults_and_live_names():
     node, cli = defaults('node'), defaults('cli')
     assert {'autostart', 'continuous', 'queue_size', 'frame_buffer'} <= set(node)
     assert 'autostart' not in cli and 'frame_buffer' not in cli
-    assert {'model', 'backend', 'decode_path', 'refine_edges', 'rebuild_engines'} <= set(cli)
+    assert {'model', 'backend', 'decode_path', 'refine_edges', 'allow_pickle'} <= set(cli)
     assert options.LIVE == options.live('node')
     assert options.live('pipeline') == ('max_new_tokens', 'temperature', 'mask_threshold',
                                         'refine_edges')
@@ -63,7 +63,7 @@ def test_scopes_defaults_and_live_names():
 
 
 def test_pipeline_defaults_name_the_pipeline_config_fields():
-    pipeline = pytest.importorskip('ros_segcap.core.pipeline', reason='needs torch')
+    pipeline = pytest.importorskip('ros_segcap.runtime', reason='needs torch')
     wanted = defaults('pipeline')
     assert wanted['cache_frames'] == option('frame_buffer').default
     assert set(wanted) == {f.name for f in fields(pipeline.PipelineConfig)}

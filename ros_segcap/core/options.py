@@ -21,7 +21,6 @@ IMAGE_QOS = ('sensor_data', 'best_effort', 'reliable')
 NODE = frozenset({'node'})
 ALL = frozenset(SCOPES)
 MODEL = frozenset({'node', 'cli', 'pipeline'})
-NOT_NODE = frozenset({'cli', 'pipeline'})
 
 
 @dataclass(frozen=True)
@@ -70,8 +69,6 @@ OPTIONS = (
            'trust them)', scopes=MODEL),
     Option('engines_dir', str, '', "engine directory; '' = $SEGCAP_ENGINES, ./engines or "
            "the checkout's engines/", scopes=MODEL),
-    Option('rebuild_engines', bool, False, 're-export stale or missing engines instead of '
-           'refusing', scopes=NOT_NODE),
     Option('publish_overlay', bool, True, 'publish segcap/overlay (rgb8)', live=True),
     Option('continuous', bool, False, 're-run the last command on new frames', live=True),
     Option('continuous_rate', float, 1.0, 'highest re-run rate in continuous mode (Hz)',

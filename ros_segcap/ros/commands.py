@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ros_segcap.cli import add_option_flags
+
 DEFAULT_COMMAND = 'segment the red cup'
 DEMO_SEED = 2_000_009  # a test-split tabletop scene (never trained on) with one red cup
 
@@ -58,10 +60,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of `segcap demo`."""
     parser.add_argument('--command', default=DEFAULT_COMMAND,
                         help=f'the command to send (default: "{DEFAULT_COMMAND}")')
-    parser.add_argument('--model', default='segcap-tiny',
-                        help='model name for the node (default: segcap-tiny)')
-    parser.add_argument('--backend', default='torch',
-                        help='backend for the node: torch, onnxruntime, tensorrt')
+    add_option_flags(parser, ('model', 'backend'))  # the node's parameters
     add_source_arguments(parser)
     parser.add_argument('--out', type=Path, default=Path('out/demo'), metavar='DIR',
                         help='where overlay.png, mask.png and the child logs go')

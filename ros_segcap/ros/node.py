@@ -41,16 +41,17 @@ LIVE_PIPELINE = tuple(o for o in in_scope('pipeline') if o.live)
 
 
 def make_pipeline(config: Any) -> Any:
-    """Build the core pipeline from the node config (image_size is checked, not ignored)."""
-    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+    """Open the core pipeline from the node config (image_size is checked, not ignored)."""
+    from ros_segcap.runtime import PipelineConfig, open_pipeline
 
-    pipeline = Pipeline(PipelineConfig(**pipeline_values(vars(config))))
+    pipeline = open_pipeline(PipelineConfig(**pipeline_values(vars(config))))
     size = pipeline.model.config.image_size
     if config.image_size and config.image_size != size:
         raise ValueError(f'image_size={config.image_size}: model {config.model} has a fixed '
                          f'input size of {size}; set image_size to 0 or {size}')
-    if pipeline.model.llm.decode_path != 'reference':
-        pipeline.model.llm.fast()  # the decoder's weights now, not at the first command
+    llm = getattr(pipeline.model, 'llm', None)
+    if llm is not None and llm.decode_path != 'reference':
+        llm.fast()  # the decoder's weights now, not at the first command
     return pipeline
 
 
