@@ -1,6 +1,8 @@
 """The thin ROS 2 layer; only this package imports rclpy and messages (core never does).
 
-segcap_node (node.py), all names relative to the node's namespace and remappable:
+segcap_node (node.py) is a lifecycle node: configure loads the model, activate subscribes and
+serves (launch/segcap.launch.py drives both; autostart:=true makes the node do it itself).
+All names are relative to the node's namespace and remappable:
 
   subscribes  image              sensor_msgs/Image (rgb8 bgr8 rgba8 bgra8 mono8 mono16 16UC1),
                                  sensor-data QoS unless image_qos says otherwise
@@ -17,7 +19,8 @@ segcap_node (node.py), all names relative to the node's namespace and remappable
   serves      segcap/segment         ros_segcap_msgs/srv/Segment
               segcap/segment_stream  ros_segcap_msgs/action/Segment (feedback: text so far)
 
-Parameters: params.py (SPECS); Image <-> numpy: convert.py; result/prompt glue: messages.py.
+Parameters: core/options.py (the table), declared by params.py; the serving loop: worker.py
+(no ROS); outputs: publish.py; Image <-> numpy: convert.py; result/prompt glue: messages.py.
 Statuses: 'ok', 'no image yet', 'dropped: queue full', 'cancelled', 'bad input: ...',
 'error: ...'.
 """
