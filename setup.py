@@ -15,7 +15,7 @@ setup(
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         ('share/' + package_name + '/config', glob('config/*')),
     ],
-    package_data={'ros_segcap': ['assets/*', 'weights/*/*', 'core/kernels.c']},
+    package_data={'ros_segcap': ['assets/*', 'weights/*/*', 'models/segcap/kernels.c']},
     include_package_data=True,
     install_requires=['setuptools'],
     zip_safe=True,

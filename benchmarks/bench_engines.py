@@ -145,10 +145,11 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     import cv2
 
-    from ros_segcap.backends.select import open_engines
-    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+    from ros_segcap.backends.select import open_runners
+    from ros_segcap.export.torch_runner import torch_engines
+    from ros_segcap.runtime import PipelineConfig, open_pipeline
     from ros_segcap.core.preprocess import letterbox
-    from ros_segcap.core.weights import load_model, save_model
+    from ros_segcap.models.segcap.weights import load_model, save_model
     from ros_segcap.export.build import export_engines
     from ros_segcap.export.flops import count_flops
 
@@ -160,8 +161,8 @@ def main() -> int:
     t0 = time.perf_counter()
     entry = export_engines(model, engines_dir, model_arg=str(model_dir), echo=lambda s: None)
     export_s = time.perf_counter() - t0
-    engines = {name: open_engines(model, name, directory=engines_dir, say=lambda s: None)
-               for name in ('torch', 'onnxruntime')}
+    engines = {'torch': torch_engines(model),
+               'onnxruntime': open_runners(model, 'onnxruntime', directory=engines_dir)}
     rgb = cv2.cvtColor(cv2.imread(str(PHOTO)), cv2.COLOR_BGR2RGB)
     image = letterbox(rgb, model.config.image_size)[0].numpy()
     rng = np.random.default_rng(0)
@@ -173,9 +174,9 @@ def main() -> int:
     speedup = total['torch'] / total['onnxruntime']
     gflop = sum(count_flops(engines_dir / entry['graphs']['vision']['onnx']).values()) / 1e9
     eff = efficiency(engines['onnxruntime'].vision, image, gflop, max(11, args.repeats))
-    pipes = {name: Pipeline(PipelineConfig(model=str(model_dir), backend=name,
-                                           engines_dir=str(engines_dir),
-                                           max_new_tokens=args.tokens), model=model)
+    pipes = {name: open_pipeline(PipelineConfig(model=str(model_dir), backend=name,
+                                                engines_dir=str(engines_dir),
+                                                max_new_tokens=args.tokens), model=model)
              for name in ('torch', 'onnxruntime')}
     reuse = second_vs_first(pipes, rgb, 'segment the cup', max(3, args.repeats // 2))
     rss = {name: peak_rss_mb(model_dir, engines_dir, name, args.threads, args.tokens, work)

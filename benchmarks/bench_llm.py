@@ -72,7 +72,7 @@ def llama_cpp_ms(threads: int, tokens: int) -> str | float:
     py = LLAMA_VENV / 'bin' / 'python'
     if not py.exists():
         return 'not built (run benchmarks/setup_llama_cpp.sh)'
-    from ros_segcap.core.assets import SMOLLM2_GGUF, find_asset_file
+    from ros_segcap.models.segcap.assets import SMOLLM2_GGUF, find_asset_file
 
     gguf = find_asset_file(SMOLLM2_GGUF)
     code = (
@@ -120,11 +120,11 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
-    from ros_segcap.core.config import DEFAULT_DECODE_PATH
-    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+    from ros_segcap.models.segcap.config import DEFAULT_DECODE_PATH
+    from ros_segcap.runtime import PipelineConfig, open_pipeline
     from ros_segcap.world import render, sample_scene
 
-    pipe = Pipeline(PipelineConfig(model=args.model, max_new_tokens=args.tokens))
+    pipe = open_pipeline(PipelineConfig(model=args.model, max_new_tokens=args.tokens))
     llm = pipe.model.llm
     torch.manual_seed(0)
     embeds = torch.randn(1, 120, pipe.model.config.llm_hidden) * 0.02

@@ -222,7 +222,7 @@ def run_latency_pairs(args: argparse.Namespace, side: RosSide, node: Child,
 def measure_latency(args: argparse.Namespace, workdir: Path) -> Latency:
     """Start segcap_node, load the same model here, and time both on one frame/command."""
     import torch
-    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+    from ros_segcap.runtime import PipelineConfig, open_pipeline
     from ros_segcap.ros.messages import load_interfaces
 
     interfaces, why = load_interfaces()
@@ -238,8 +238,8 @@ def measure_latency(args: argparse.Namespace, workdir: Path) -> Latency:
         torch.set_num_threads(args.threads)
         torch.manual_seed(SEED)  # as NODE_MAIN does: the same untrained parts as the node's
         try:
-            pipeline = Pipeline(PipelineConfig(model=args.model, temperature=0.0,
-                                               max_new_tokens=args.max_new_tokens))
+            pipeline = open_pipeline(PipelineConfig(model=args.model, temperature=0.0,
+                                                    max_new_tokens=args.max_new_tokens))
         except (KeyError, ValueError, FileNotFoundError) as exc:
             raise BenchError(f'--model {args.model}: {exc.args[0] if exc.args else exc}')
         side = RosSide(domain, namespace, interfaces.ResultMsg)

@@ -26,11 +26,11 @@ os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ros_segcap.core.encoder import normalize_image  # noqa: E402
-from ros_segcap.core.model import FrameFeatures  # noqa: E402
+from ros_segcap.models.segcap.encoder import normalize_image  # noqa: E402
+from ros_segcap.models.segcap.model import FrameFeatures  # noqa: E402
 from ros_segcap.core.preprocess import letterbox, unletterbox  # noqa: E402
 from ros_segcap.core.refine import radius_px, refine  # noqa: E402
-from ros_segcap.core.weights import load_model  # noqa: E402
+from ros_segcap.models.segcap.weights import load_model  # noqa: E402
 
 
 def peak_rss_mb() -> float:

@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 import torch
 
-from ros_segcap.core.pipeline import Pipeline, PipelineConfig, mask_iou
+from ros_segcap.core.pipeline import mask_iou
+from ros_segcap.runtime import PipelineConfig, open_pipeline
 from ros_segcap.core.overlay import colour
 from ros_segcap.world import render, sample_scene, split_seed
 
@@ -62,7 +63,7 @@ def main() -> None:
             slice(max(0, xs.min() - 20), xs.max() + 20))
     panels = []
     for refine, title in ((False, 'mask grid'), (True, 'edges refined')):
-        pipe = Pipeline(PipelineConfig(model=args.model, refine_edges=refine))
+        pipe = open_pipeline(PipelineConfig(model=args.model, refine_edges=refine))
         result = pipe.run(scene.image, PROMPT)
         panels.append(panel(scene.image, result.masks, truth, title, crop))
     out = Path(args.out)

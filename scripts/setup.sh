@@ -59,7 +59,7 @@ if ! command -v cc >/dev/null && ! command -v gcc >/dev/null; then
     step "WARNING: no C compiler: the LLM decodes with 'fast' instead of 'fast-q4' (apt install gcc)"
   fi
 fi
-step "building the C decode kernels (ros_segcap/core/kernels.c)"
-"$VENV/bin/python" -c "from ros_segcap.core import native; print('setup: kernels:', native.variant(native.load()))" \
+step "building the C decode kernels (ros_segcap/models/segcap/kernels.c)"
+"$VENV/bin/python" -c "from ros_segcap.models.segcap import native; print('setup: kernels:', native.variant(native.load()))" \
   || step "WARNING: the C kernels did not build: the LLM decodes with 'fast' instead of 'fast-q4'"
 step "done. Activate with: source $VENV/bin/activate"

@@ -22,7 +22,7 @@ TINY = 'tiny-random'
 @pytest.fixture(scope='session')
 def tiny_model():
     """The tiny-random SegCapModel (seeded, eval mode). Do not change its weights."""
-    from ros_segcap.core.weights import load_model
+    from ros_segcap.models.segcap.weights import load_model
 
     state = torch.random.get_rng_state()
     torch.manual_seed(0)
@@ -36,9 +36,9 @@ def tiny_model():
 @pytest.fixture(scope='session')
 def tiny_pipeline(tiny_model):
     """A torch Pipeline around the shared tiny-random model (short generations)."""
-    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+    from ros_segcap.runtime import PipelineConfig, open_pipeline
 
-    return Pipeline(PipelineConfig(model=TINY, max_new_tokens=32), model=tiny_model)
+    return open_pipeline(PipelineConfig(model=TINY, max_new_tokens=32), model=tiny_model)
 
 
 _TOKENIZERS: dict[str, object] = {}
@@ -46,7 +46,7 @@ _TOKENIZERS: dict[str, object] = {}
 
 def _cached_tokenizer(config):
     """load_tokenizer, once per LLM asset name (the tokenizer is never changed after)."""
-    from ros_segcap.core.llm import load_tokenizer
+    from ros_segcap.models.segcap.llm import load_tokenizer
 
     key = config.llm
     if key not in _TOKENIZERS:
@@ -57,7 +57,7 @@ def _cached_tokenizer(config):
 @pytest.fixture
 def cached_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
     """Models built during the test reuse one tokenizer instead of reading it each time."""
-    from ros_segcap.core import model as model_module
+    from ros_segcap.models.segcap import model as model_module
 
     monkeypatch.setattr(model_module, 'load_tokenizer', _cached_tokenizer)
 
@@ -101,7 +101,7 @@ class ScriptedPick:
 def force_answer(monkeypatch: pytest.MonkeyPatch
                  ) -> Iterator[Callable[..., list[int]]]:
     """force_answer(model, text) -> the token ids the next generations will produce."""
-    from ros_segcap.core.llm import LanguageModel
+    from ros_segcap.models.segcap.llm import LanguageModel
 
     def force(model, text: str) -> list[int]:
         llm = model.llm

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from ros_segcap.core.answer import clean_text, parse_answer, referring_answer
-from ros_segcap.core.config import SPECIAL_TOKENS
+from ros_segcap.models.segcap.config import SPECIAL_TOKENS
 
 
 def _no_special(text: str) -> bool:

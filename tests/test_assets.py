@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ros_segcap.core import assets
-from ros_segcap.core.assets import (
+from ros_segcap.models.segcap import assets
+from ros_segcap.models.segcap.assets import (
     AssetError, cache_dir, efficientnet_lite0_state_dict, find_asset_file, llm_dir,
 )
 

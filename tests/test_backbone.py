@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ros_segcap.core.assets import AssetError, efficientnet_lite0_state_dict
-from ros_segcap.core.backbone import (
+from ros_segcap.models.segcap.assets import AssetError, efficientnet_lite0_state_dict
+from ros_segcap.models.segcap.backbone import (
     build_efficientnet_lite0, EfficientNetLite0, FEATURE_CHANNELS, normalize,
     pixel_shuffle_tokens, SameConv2d,
 )

@@ -30,13 +30,11 @@ def engines_dir(tiny_model):
 @pytest.fixture(scope='module')
 def runners(tiny_model, engines_dir):
     """{'torch': (vision, seg), 'onnxruntime': (vision, seg)} for the tiny model."""
-    from ros_segcap.backends.select import open_engines
+    from ros_segcap.backends.select import open_runners
+    from ros_segcap.export.torch_runner import torch_engines
 
-    out = {}
-    for name in ('torch', 'onnxruntime'):
-        e = open_engines(tiny_model, name, directory=engines_dir, say=lambda s: None)
-        out[name] = e
-    return out
+    return {'torch': torch_engines(tiny_model),
+            'onnxruntime': open_runners(tiny_model, 'onnxruntime', directory=engines_dir)}
 
 
 def _assert_parity(ref, got, seed, what):
@@ -133,17 +131,17 @@ def test_unrestricted_equals_all_true_restriction(runners, tiny_frame, tiny_mode
 # ----- pipeline, selection, CLI -----------------------------------------------------------
 
 def _pipelines(tiny_model, engines_dir, **kw):
-    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+    from ros_segcap.runtime import PipelineConfig, open_pipeline
 
     base = dict(model='tiny-random', max_new_tokens=40, engines_dir=str(engines_dir), **kw)
-    return (Pipeline(PipelineConfig(backend='torch', **base), model=tiny_model),
-            Pipeline(PipelineConfig(backend='onnxruntime', **base), model=tiny_model))
+    return (open_pipeline(PipelineConfig(backend='torch', **base), model=tiny_model),
+            open_pipeline(PipelineConfig(backend='onnxruntime', **base), model=tiny_model))
 
 
 def test_pipeline_same_answers_and_masks(tiny_model, engines_dir, force_answer):
     """Final masks IoU >= 0.99 and identical answers, torch vs onnxruntime pipelines."""
     pt, po = _pipelines(tiny_model, engines_dir)
-    assert po.backend == 'onnxruntime' and po.engines is not None
+    assert po.backend == 'onnxruntime' and po.engine.backend == 'onnxruntime'
     rng, seed = fresh_rng()
     image = make_image(90, 150, seed=seed)
     box = VisualPrompt('box', box=(20.0, 10.0, 100.0, 70.0))
@@ -166,7 +164,12 @@ def test_pipeline_same_answers_and_masks(tiny_model, engines_dir, force_answer):
 
 
 def test_auto_says_which_backend_and_why(tiny_model, engines_dir, tmp_path, caplog):
-    from ros_segcap.backends.select import open_engines
+    from ros_segcap.backends.select import open_engine
+    from ros_segcap.models.segcap.engine import TorchEngine
+
+    def open_engines(model, backend, directory):
+        return open_engine(model, backend, directory=directory,
+                           torch_engine=lambda why: TorchEngine(model, 'cpu', why))
 
     with caplog.at_level(logging.INFO, logger='ros_segcap.backends'):
         e = open_engines(tiny_model, 'auto', directory=tmp_path)
@@ -182,13 +185,13 @@ def test_auto_says_which_backend_and_why(tiny_model, engines_dir, tmp_path, capl
 
 
 def test_named_backend_refuses_missing_engines(tiny_model, tmp_path):
-    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+    from ros_segcap.runtime import PipelineConfig, open_pipeline
 
     cfg = PipelineConfig(model='tiny-random', backend='onnxruntime', engines_dir=str(tmp_path))
     with pytest.raises(ValueError, match='segcap export --model tiny-random --out'):
-        Pipeline(cfg, model=tiny_model)
+        open_pipeline(cfg, model=tiny_model)
     with pytest.raises(ValueError, match='unknown backend .onnx.; use one of torch, '):
-        Pipeline(PipelineConfig(model='tiny-random', backend='onnx'), model=tiny_model)
+        open_pipeline(PipelineConfig(model='tiny-random', backend='onnx'), model=tiny_model)
 
 
 def test_onnxruntime_providers_preference():
@@ -208,7 +211,7 @@ def test_segcap_infer_backend_onnxruntime(tiny_model, engines_dir, tmp_path, mon
     import cv2
 
     from ros_segcap.cli import main
-    from ros_segcap.core.weights import save_model
+    from ros_segcap.models.segcap.weights import save_model
 
     model_dir = save_model(tiny_model, tmp_path / 'model')
     image = tmp_path / 'image.png'
@@ -236,16 +239,17 @@ def _need_tensorrt():
 def test_tensorrt_plans_match_torch(tiny_model, tmp_path):
     """fp16 plans where parity holds (else fp32), masks IoU >= 0.99 vs torch, 1/7/40 queries."""
     _need_tensorrt()
-    from ros_segcap.backends.select import open_engines
+    from ros_segcap.backends.select import open_runners
     from ros_segcap.export.build import export_engines
+    from ros_segcap.export.torch_runner import torch_engines
 
     entry = export_engines(tiny_model, tmp_path, tensorrt=True, fp16=True, echo=print)
     for graph in ('vision', 'seg'):
         (plan,) = entry['graphs'][graph]['plans'].values()
         assert plan['file'].endswith(f'.{plan["precision"]}.plan')
         assert entry['weights_sha256'][:12] in plan['file']
-    trt_e = open_engines(tiny_model, 'tensorrt', directory=tmp_path)
-    ref_e = open_engines(tiny_model, 'torch')
+    trt_e = open_runners(tiny_model, 'tensorrt', directory=tmp_path)
+    ref_e = torch_engines(tiny_model)
     rng, seed = fresh_rng()
     image = rng.uniform(0, 255, (1, 3, 128, 128)).astype(np.float32)
     ref, got = ref_e.encode(image), trt_e.encode(image)
@@ -274,8 +278,8 @@ def test_segcap_tiny_vision_parity_on_a_photo(tmp_path):
 
     from ros_segcap.backends.graphs import VisionGraph
     from ros_segcap.backends.onnx_backend import OnnxBackend
-    from ros_segcap.core.config import get_config, TINY_RANDOM_LLM
-    from ros_segcap.core.model import build_model
+    from ros_segcap.models.segcap.config import get_config, TINY_RANDOM_LLM
+    from ros_segcap.models.segcap.model import build_model
     from ros_segcap.core.preprocess import letterbox
     from ros_segcap.export.onnx_export import export_graph
     from ros_segcap.export.traceable import exportable

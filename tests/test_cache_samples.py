@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from ros_segcap.core.config import get_config
-from ros_segcap.core.model import build_model
-from ros_segcap.core.weights import save_model
+from ros_segcap.models.segcap.config import get_config
+from ros_segcap.models.segcap.model import build_model
+from ros_segcap.models.segcap.weights import save_model
 from training.cache import load_cache
 from training.cache_samples import main as cache_main
 from training.config import make_config

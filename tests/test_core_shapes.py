@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import make_image
-from ros_segcap.core.config import SEG_TOKEN, get_config
-from ros_segcap.core.model import FrameFeatures, build_meta_model
+from ros_segcap.models.segcap.config import SEG_TOKEN, get_config
+from ros_segcap.models.segcap.model import FrameFeatures, build_meta_model
 from ros_segcap.core.pipeline import mask_box
 from ros_segcap.core.preprocess import Letterbox, letterbox, prompt_queries, unletterbox
-from ros_segcap.core.prior import foreground_queries
+from ros_segcap.models.segcap.prior import foreground_queries
 from ros_segcap.core.types import VisualPrompt
 
 
@@ -206,7 +206,7 @@ def test_7b_shape_arithmetic(meta_7b) -> None:
         assert frame.pixel_tokens.shape == (1, 256, 6144)
         assert frame.mask_features.shape == (1, 256, 256, 256)  # 1024 / 4
         assert frame.mask_logits.shape == (1, 300, 256, 256)
-        from ros_segcap.core.prior import perception_prior
+        from ros_segcap.models.segcap.prior import perception_prior
         prior = perception_prior(frame.class_logits, frame.mask_logits, frame.query_feat,
                                  frame.query_pos, cfg.token_grid)
         assert prior.shape == (1, 256, 512)

@@ -108,7 +108,7 @@ def test_aligned_box_region_is_its_cells(tiny_model, tiny_frame) -> None:
 
 def test_point_window_is_around_the_point(tiny_model, tiny_frame) -> None:
     """A point's query may attend to the cells within POINT_WINDOW of it, and only those."""
-    from ros_segcap.core.decoder import POINT_WINDOW
+    from ros_segcap.models.segcap.decoder import POINT_WINDOW
     frame, box = tiny_frame
     hm = tiny_model.config.mask_size
     q, region = _queries(tiny_model, box, POINT)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ros_segcap.core.config import get_config
-from ros_segcap.core.model import build_model
+from ros_segcap.models.segcap.config import get_config
+from ros_segcap.models.segcap.model import build_model
 from ros_segcap.core.types import SegCapResult
-from ros_segcap.core.weights import save_model
+from ros_segcap.models.segcap.weights import save_model
 from training.data.tabletop import tabletop_sample
 from training.evaluate import Evaluator, main as evaluate_main
 

@@ -11,7 +11,7 @@ import torch
 
 from engines_util import copy_engines, exported
 from ros_segcap.backends.spec import QUERY_DIM, SPEC_VERSION
-from ros_segcap.export.manifest import check_engines, MANIFEST_FILE, weights_hash
+from ros_segcap.backends.manifest import check_engines, MANIFEST_FILE, weights_hash
 
 
 @pytest.fixture(scope='module')
@@ -95,7 +95,7 @@ def test_weights_hash_follows_engine_weights_only(tiny_model):
     ('missing', 'is listed in the manifest but missing'),
 ])
 def test_stale_engines_are_refused(tiny_model, engines_dir, tmp_path, tamper, message):
-    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+    from ros_segcap.runtime import PipelineConfig, open_pipeline
 
     d = copy_engines(engines_dir, tmp_path / 'engines')
     seg_file = d / _entry(d)['graphs']['seg']['onnx']
@@ -111,29 +111,8 @@ def test_stale_engines_are_refused(tiny_model, engines_dir, tmp_path, tamper, me
     assert not check.ok
     cfg = PipelineConfig(model='tiny-random', backend='onnxruntime', engines_dir=str(d))
     with pytest.raises(ValueError, match=message) as info:
-        Pipeline(cfg, model=tiny_model)
+        open_pipeline(cfg, model=tiny_model)
     assert f'segcap export --model tiny-random --out {d}' in str(info.value)
-
-
-def test_stale_engines_are_rebuilt_when_asked(tiny_model, engines_dir, tmp_path, monkeypatch):
-    """rebuild_engines=True re-exports (here: restores the good export) and then runs."""
-    from ros_segcap.backends import select
-    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
-
-    d = copy_engines(engines_dir, tmp_path / 'engines')
-    good = (d / MANIFEST_FILE).read_text()
-    _edit_entry(d, weights_sha256='0' * 64)
-    calls = []
-
-    def fake_rebuild(model, model_arg, directory, tensorrt):
-        calls.append((model_arg, Path(directory), tensorrt))
-        (Path(directory) / MANIFEST_FILE).write_text(good)
-
-    monkeypatch.setattr(select, '_rebuild', fake_rebuild)
-    cfg = PipelineConfig(model='tiny-random', backend='onnxruntime', engines_dir=str(d),
-                         rebuild_engines=True)
-    pipe = Pipeline(cfg, model=tiny_model)
-    assert calls == [('tiny-random', d, False)] and pipe.backend == 'onnxruntime'
 
 
 def test_vision_flops_match_the_torch_convs(engines_dir, tiny_model):
@@ -161,7 +140,7 @@ def test_vision_flops_match_the_torch_convs(engines_dir, tiny_model):
 
 def test_export_cli_usage_and_check(tiny_model, engines_dir, tmp_path, capsys):
     from ros_segcap.cli import main
-    from ros_segcap.core.weights import save_model
+    from ros_segcap.models.segcap.weights import save_model
 
     assert main(['export', '--model', 'tiny-random', '--out', str(tmp_path), '--fp16']) == 2
     assert '--fp16 applies to TensorRT plans; add --tensorrt' in capsys.readouterr().err

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from ros_segcap.core.fastlm import FastLlama
-from ros_segcap.core.lora import apply_lora
-from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+from ros_segcap.models.segcap.fastlm import FastLlama
+from ros_segcap.models.segcap.lora import apply_lora
+from ros_segcap.core.pipeline import Pipeline
+from ros_segcap.runtime import PipelineConfig, open_pipeline
 
 QUESTIONS = ('segment the red cup', 'Please describe the image briefly.',
              'How many objects are on the table?', 'What colour is the bowl?')
@@ -58,7 +59,7 @@ def test_incremental_equals_full_forward(tiny_model):
 @pytest.mark.parametrize('threads', [1, 3, 4])
 def test_weight_blocks_give_the_same_hidden_states(tiny_model, threads):
     """Weights split into per-thread blocks (bmm) compute the same prefill, steps and logits."""
-    from ros_segcap.core.fastlm import Blocks, BlocksT
+    from ros_segcap.models.segcap.fastlm import Blocks, BlocksT
 
     lm = tiny_model.llm
     torch.manual_seed(4)
@@ -116,8 +117,8 @@ def test_lora_is_merged_and_snapshot_refreshes(tiny_model):
 
 @pytest.mark.parametrize('temperature', [0.0])
 def test_fast_and_reference_give_same_answers(tiny_model, temperature):
-    pipe = Pipeline(PipelineConfig(model='tiny-random', max_new_tokens=12,
-                                   temperature=temperature), model=tiny_model)
+    pipe = open_pipeline(PipelineConfig(model='tiny-random', max_new_tokens=12,
+                                        temperature=temperature), model=tiny_model)
     try:
         ref = _answers(pipe, 'reference')
         fast = _answers(pipe, 'fast')
@@ -128,7 +129,7 @@ def test_fast_and_reference_give_same_answers(tiny_model, temperature):
 
 def test_second_command_on_frame_reuses_prefix(tiny_model):
     """The second command on a frame prefills only its question tokens."""
-    pipe = Pipeline(PipelineConfig(model='tiny-random', max_new_tokens=4), model=tiny_model)
+    pipe = open_pipeline(PipelineConfig(model='tiny-random', max_new_tokens=4), model=tiny_model)
     img = _image(7)
     pipe.run(img, 'segment the red cup', frame_key='f1')
     fast = tiny_model.llm.fast()
@@ -151,7 +152,7 @@ def test_second_command_on_frame_reuses_prefix(tiny_model):
 
 def test_masks_stream_before_the_answer_ends(tiny_model, force_answer):
     """on_mask fires when its [SEG] appears, before later text is generated."""
-    pipe = Pipeline(PipelineConfig(model='tiny-random', max_new_tokens=40), model=tiny_model)
+    pipe = open_pipeline(PipelineConfig(model='tiny-random', max_new_tokens=40), model=tiny_model)
     force_answer(tiny_model, '<p> a cup </p> [SEG] and then some more words here.')
     events = []
     result = pipe.run(_image(9), 'segment the cup',

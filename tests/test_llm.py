@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_image
-from ros_segcap.core.config import (
+from ros_segcap.models.segcap.config import (
     IMAGE_TOKEN, MARK_TOKEN, P_CLOSE, P_OPEN, REGION_TOKEN, SEG_TOKEN, SPECIAL_TOKENS,
 )
 from ros_segcap.core.preprocess import unletterbox
@@ -96,13 +96,13 @@ def test_prompt_embeds_shapes(tiny_model, tiny_frame) -> None:
 
 def _spy_decode_seg(model, monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
-    original = model.decode_seg
+    original = model.seg_mask_logits
 
-    def spy(frame, hidden):
+    def spy(frame, hidden, engine):
         seen.append(hidden.clone())
-        return original(frame, hidden)
+        return original(frame, hidden, engine)
 
-    monkeypatch.setattr(model, 'decode_seg', spy)
+    monkeypatch.setattr(model, 'seg_mask_logits', spy)
     return seen
 
 
@@ -135,8 +135,8 @@ def test_seg_path(tiny_model, tiny_pipeline, force_answer, monkeypatch, path: st
         # edges refined against the image
         logits = unletterbox(tiny_model.decode_seg(frame, captured).mask_logits[-1][0], box)
     probs = tiny_pipeline.probabilities(logits, image, box)
-    want = probs > tiny_pipeline.config.mask_threshold
-    borderline = np.abs(probs - tiny_pipeline.config.mask_threshold) < 1e-4
+    want = probs > tiny_pipeline.settings.mask_threshold
+    borderline = np.abs(probs - tiny_pipeline.settings.mask_threshold) < 1e-4
     for got, w, b in zip(result.masks, want, borderline):
         assert ((got == w) | b).all()
     assert 'mask_decode' in result.timing.ms

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from ros_segcap.core import native
-from ros_segcap.core.fastlm import FastLlama, fuse_q4
-from ros_segcap.core.gguf_blocks import head_rows, matching_blocks, unpack
-from ros_segcap.core.lora import LLM_LINEARS
-from ros_segcap.core.native import Q4Blocks, Q8Blocks
+from ros_segcap.models.segcap import native
+from ros_segcap.models.segcap.fastlm import FastLlama, fuse_q4
+from ros_segcap.models.segcap.gguf_blocks import head_rows, matching_blocks, unpack
+from ros_segcap.models.segcap.lora import LLM_LINEARS
+from ros_segcap.models.segcap.native import Q4Blocks, Q8Blocks
 
 try:
     native.load()
@@ -115,7 +115,7 @@ def smollm2():
     """The real SmolLM2 (fp32, dequantised from the wheel's GGUF) and the GGUF path."""
     from transformers import LlamaForCausalLM
 
-    from ros_segcap.core.assets import SMOLLM2_GGUF, AssetError, find_asset_file, llm_dir
+    from ros_segcap.models.segcap.assets import SMOLLM2_GGUF, AssetError, find_asset_file, llm_dir
     try:
         gguf = find_asset_file(SMOLLM2_GGUF)
         lm = LlamaForCausalLM.from_pretrained(llm_dir('smollm2-135m-instruct'),

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ros_segcap.core.config import get_config
-from ros_segcap.core.model import build_model
-from ros_segcap.core.weights import save_model
+from ros_segcap.models.segcap.config import get_config
+from ros_segcap.models.segcap.model import build_model
+from ros_segcap.models.segcap.weights import save_model
 from training.cache import build_shard, load_cache
 from training.config import make_config
 from training.losses import mask_iou_matrix, pointer_losses
@@ -145,7 +145,7 @@ def test_training_region_tokens_are_the_runtime_ones(tiny):
     """A point on a found object stands for it in training too (as in visual_prompts)."""
     from dataclasses import replace
 
-    from ros_segcap.core.decoder import PROMPT_KIND_IDS
+    from ros_segcap.models.segcap.decoder import PROMPT_KIND_IDS
     root, init = tiny
     stage = build_stage(make_config(2, dict(init=str(init), cache=str(root / 'cache'))))
     scene = load_cache(root / 'cache')[0]

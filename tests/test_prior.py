@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from ros_segcap.core.prior import (
+from ros_segcap.models.segcap.prior import (
     mask_pool,
     foreground_queries, perception_prior, prior_probability, query_scores,
 )

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ros_segcap.core.config import get_config
-from ros_segcap.core.model import build_model
-from ros_segcap.core.projectors import Projectors
+from ros_segcap.models.segcap.config import get_config
+from ros_segcap.models.segcap.model import build_model
+from ros_segcap.models.segcap.projectors import Projectors
 
 
 def test_token_norm_scales_tokens_to_the_gain():

@@ -6,13 +6,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ros_segcap.core.config import get_config
-from ros_segcap.core.decoder import DecoderOutput
-from ros_segcap.core.model import build_model
+from ros_segcap.models.segcap.config import get_config
+from ros_segcap.models.segcap.decoder import DecoderOutput
+from ros_segcap.models.segcap.model import build_model
 from ros_segcap.core.preprocess import letterbox
-from ros_segcap.core.proposals import (centre_loss, centre_targets, new_masks, peak_cells,
-                                       PROPOSAL_THRESHOLD)
-from ros_segcap.core.weights import load_model, save_model
+from ros_segcap.models.segcap.proposals import (PROPOSAL_THRESHOLD, centre_loss,
+                                                centre_targets, new_masks, peak_cells)
+from ros_segcap.models.segcap.weights import load_model, save_model
 from training.cache import build_shard
 from training.config import make_config
 from training.train import run
@@ -146,7 +146,7 @@ def test_onnxruntime_pipeline_adds_the_same_proposals(tmp_path):
     """The Pipeline runs proposals on the engines' seg graph: same queries as torch."""
     pytest.importorskip('onnxruntime')
     from engines_util import exported
-    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+    from ros_segcap.runtime import PipelineConfig, open_pipeline
 
     torch.manual_seed(0)
     model = build_model(get_config('tiny-random').replace(proposals=16), pretrained=False)
@@ -157,9 +157,9 @@ def test_onnxruntime_pipeline_adds_the_same_proposals(tmp_path):
     model.decoder.centre_head = FixedHeat(heat)
     engines = exported(model)
     base = dict(model='tiny-random', engines_dir=str(engines))
-    pt = Pipeline(PipelineConfig(backend='torch', **base), model=model)
-    po = Pipeline(PipelineConfig(backend='onnxruntime', **base), model=model)
-    assert po.engines is not None
+    pt = open_pipeline(PipelineConfig(backend='torch', **base), model=model)
+    po = open_pipeline(PipelineConfig(backend='onnxruntime', **base), model=model)
+    assert po.engine.backend == 'onnxruntime'
     image = make_image(90, 150, seed=3)
     (ft, _), (fo, _) = pt.encode(image), po.encode(image)
     plain = model.encode(letterbox(image, model.config.image_size)[0])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ros_segcap.core.config import get_config
-from ros_segcap.core.model import build_model, mask_places
-from ros_segcap.core.weights import load_model, save_model
+from ros_segcap.models.segcap.config import get_config
+from ros_segcap.models.segcap.model import build_model, mask_places
+from ros_segcap.models.segcap.weights import load_model, save_model
 from training.cache import build_shard, load_cache
 from training.config import make_config
 from training.stages import build_stage
@@ -82,10 +82,10 @@ def test_pointer_training_points_at_the_target(tiny):
 
 
 def test_pointer_masks_come_out_of_the_pipeline_at_image_size(tiny):
-    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+    from ros_segcap.runtime import PipelineConfig, open_pipeline
     from ros_segcap.core.preprocess import unletterbox
     root, init = tiny
-    pipe = Pipeline(PipelineConfig(model=str(init)))
+    pipe = open_pipeline(PipelineConfig(model=str(init)))
     image = (np.random.default_rng(0).random((90, 160, 3)) * 255).astype(np.uint8)
     with torch.no_grad():
         frame, box = pipe.encode(image)

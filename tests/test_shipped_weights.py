@@ -10,7 +10,7 @@ import pytest
 
 from ros_segcap.core.preprocess import innermost_point
 from ros_segcap.core.types import VisualPrompt
-from ros_segcap.core.weights import SHIPPED_DIR
+from ros_segcap.models.segcap.weights import SHIPPED_DIR
 from ros_segcap.world import render, sample_scene, split_seed
 
 SHIPPED = SHIPPED_DIR / 'segcap-tiny'
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(not (SHIPPED / 'model.safetensors').is_file(),
 
 @pytest.fixture(scope='module')
 def pipeline():
-    from ros_segcap.core.pipeline import Pipeline, PipelineConfig
-    pipe = Pipeline(PipelineConfig(model='segcap-tiny'))
+    from ros_segcap.runtime import PipelineConfig, open_pipeline
+    pipe = open_pipeline(PipelineConfig(model='segcap-tiny'))
     assert pipe.trained, 'shipped weights must be marked trained'
     return pipe
 

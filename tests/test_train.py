@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from ros_segcap.core.config import get_config
-from ros_segcap.core.model import build_model
-from ros_segcap.core.weights import load_model, save_model
+from ros_segcap.models.segcap.config import get_config
+from ros_segcap.models.segcap.model import build_model
+from ros_segcap.models.segcap.weights import load_model, save_model
 from training.cache import build_shard, load_cache, parse_mix
 from training.cache import main as cache_main
 from training.config import make_config, parse_overrides

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ros_segcap.core import weights
-from ros_segcap.core.assets import AssetError
-from ros_segcap.core.weights import (
+from ros_segcap.models.segcap import weights
+from ros_segcap.models.segcap.assets import AssetError
+from ros_segcap.models.segcap.weights import (
     CONFIG_FILE, NEW_ROWS_KEY, WEIGHTS_FILE, is_full, load_model, model_state, save_model,
 )
 
@@ -49,7 +49,7 @@ def test_full_round_trip(tmp_path: Path) -> None:
 
 def test_lora_round_trip(tmp_path: Path) -> None:
     pytest.importorskip('peft')
-    from ros_segcap.core.lora import apply_lora
+    from ros_segcap.models.segcap.lora import apply_lora
 
     model = _fresh_tiny()
     apply_lora(model, r=4, alpha=8)
@@ -173,7 +173,7 @@ def test_missing_weights_and_directory(tmp_path: Path) -> None:
 
 def test_reconfigure_carries_weights_into_a_grown_config(tmp_path: Path) -> None:
     """training.reconfigure: fine_pool added to a model trained without it."""
-    from ros_segcap.core.model import SegCapModel
+    from ros_segcap.models.segcap.model import SegCapModel
     from training.reconfigure import main as reconfigure_main
 
     torch.manual_seed(3)
@@ -201,7 +201,7 @@ def test_the_registered_segcap_tiny_is_what_ships():
     from pathlib import Path
 
     import ros_segcap
-    from ros_segcap.core.config import SegCapConfig, get_config
+    from ros_segcap.models.segcap.config import SegCapConfig, get_config
     shipped = Path(ros_segcap.__file__).parent / 'weights' / 'segcap-tiny' / 'config.json'
     stored = SegCapConfig.from_dict(json.loads(shipped.read_text())['config'])
     assert stored == get_config('segcap-tiny')

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import torch
 
-from ros_segcap.core.config import SegCapConfig, get_config
-from ros_segcap.core.encoder import build_backbone, normalize_image
+from ros_segcap.models.segcap.config import SegCapConfig, get_config
+from ros_segcap.models.segcap.encoder import build_backbone, normalize_image
 from ros_segcap.core.preprocess import Letterbox, letterbox, prompt_queries
 from ros_segcap.world import annotate, render, sample_scene, split_seed
 from ros_segcap.world.annotate import make_prompt

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ros_segcap.core.config import SegCapConfig, get_config
-from ros_segcap.core.encoder import build_backbone, normalize_image
+from ros_segcap.models.segcap.config import SegCapConfig, get_config
+from ros_segcap.models.segcap.encoder import build_backbone, normalize_image
 from ros_segcap.core.preprocess import letterbox, prompt_queries
 from ros_segcap.core.types import VisualPrompt
 from training.cache import _masks_grid, CachedSample, CachedScene, MIN_MASK_CELLS

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+from ros_segcap.core.pipeline import Pipeline
+from ros_segcap.runtime import PipelineConfig, open_pipeline
 from ros_segcap.core.preprocess import (Letterbox, innermost_point, prompt_queries,
                                         unletterbox)
 from ros_segcap.core.types import VisualPrompt
@@ -70,7 +71,7 @@ def decoder_coverage(model: str, split: str = 'test', n: int = 30, seed_offset: 
                      refine_edges: bool = True) -> dict:
     """Best-any and best-kept IoU statistics over the objects of n rendered scenes, with
     the masks as the runtime gives them (edges refined unless refine_edges is False)."""
-    pipe = Pipeline(PipelineConfig(model=model, refine_edges=refine_edges))
+    pipe = open_pipeline(PipelineConfig(model=model, refine_edges=refine_edges))
     pairs, points, kept_counts, small = [], [], [], []
     for i in tqdm(range(n), desc='scenes'):
         spec = sample_scene(split_seed(split, seed_offset + i))

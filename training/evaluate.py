@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from ros_segcap.core.answer import parse_answer
-from ros_segcap.core.llm import DECODE_PATHS, DEFAULT_DECODE_PATH
-from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+from ros_segcap.models.segcap.llm import DECODE_PATHS, DEFAULT_DECODE_PATH
+from ros_segcap.core.pipeline import Pipeline
+from ros_segcap.runtime import PipelineConfig, open_pipeline
 from ros_segcap.core.preprocess import prompt_queries
 from ros_segcap.core.types import SegCapResult
 from ros_segcap.world import sample_scene
@@ -46,7 +47,7 @@ def answer_with_prompts(pipe: Pipeline, sample: Sample) -> SegCapResult:
         q = prompt_queries(sample.prompts, box, model.config.mask_size)
         out = model.visual_prompts(frame, q)
         embeds, _ = model.prompt_embeds(frame, sample.question, model.prompt_tokens(out, frame))
-        gen = model.llm.generate(embeds, max_new_tokens=pipe.config.max_new_tokens)
+        gen = model.llm.generate(embeds, max_new_tokens=pipe.settings.max_new_tokens)
         parsed = parse_answer(gen.text)
     return SegCapResult(answer=parsed.text, raw_text=gen.text, model=model.config.name)
 
@@ -105,8 +106,8 @@ def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
              decode_path: str = DEFAULT_DECODE_PATH, refine_edges: bool = True
              ) -> dict[str, Any]:
     """Run n samples of a split through a Pipeline and return the scores."""
-    pipe = Pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS,
-                                   decode_path=decode_path, refine_edges=refine_edges))
+    pipe = open_pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS,
+                                        decode_path=decode_path, refine_edges=refine_edges))
     ev = Evaluator()
     rows = []
     t0 = time.time()

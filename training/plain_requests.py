@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+from ros_segcap.runtime import PipelineConfig, open_pipeline
 from ros_segcap.world import COLOUR_NAMES, render, sample_scene, split_seed
 from training.eval.cli import model_command
 from training.eval.metrics import iou_matrix
@@ -42,7 +42,7 @@ def pick_requests(pairs: Sequence[tuple[str, str]], rng: np.random.Generator
 def plain_requests(model: str, n: int = 40, split: str = 'test', seed_offset: int = 0,
                    refine_edges: bool = True) -> dict:
     """Present / absent plain-request scores over n scenes of a split."""
-    pipe = Pipeline(PipelineConfig(model=model, refine_edges=refine_edges))
+    pipe = open_pipeline(PipelineConfig(model=model, refine_edges=refine_edges))
     ious, no_mask, false_mask = [], [], []
     for i in tqdm(range(n), desc='scenes'):
         spec = sample_scene(split_seed(split, seed_offset + i))

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ros_segcap.core.config import SegCapConfig
-from ros_segcap.core.model import SegCapModel
-from ros_segcap.core.weights import CONFIG_FILE, load_state, read_tensors, save_model
+from ros_segcap.models.segcap.config import SegCapConfig
+from ros_segcap.models.segcap.model import SegCapModel
+from ros_segcap.models.segcap.weights import CONFIG_FILE, load_state, read_tensors, save_model
 
 
 def _value(text: str):
@@ -36,7 +36,7 @@ def reconfigure(init: str | Path, changes: dict, out: str | Path) -> SegCapModel
     config = SegCapConfig.from_dict(dict(info['config'], **changes))
     model = SegCapModel(config, pretrained=not info.get('full', False))
     if info.get('lora'):
-        from ros_segcap.core.lora import apply_lora
+        from ros_segcap.models.segcap.lora import apply_lora
         apply_lora(model, **info['lora'])
     load_state(model, read_tensors(init))
     model.trained = bool(info.get('trained', False))

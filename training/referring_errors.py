@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ros_segcap.core.answer import parse_answer
-from ros_segcap.core.pipeline import Pipeline, PipelineConfig
+from ros_segcap.runtime import PipelineConfig, open_pipeline
 from ros_segcap.core.preprocess import unletterbox
 from training.data.tabletop import tabletop_example
 from training.eval.cli import model_command
@@ -50,8 +50,8 @@ def referring_errors(model: str, n: int = 40, split: str = 'test', seed_offset: 
                      refine_edges: bool = True) -> dict:
     """Counts of KINDS over the true targets of n referring samples (+ their examples), and
     the same split by expression form."""
-    pipe = Pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS,
-                                   refine_edges=refine_edges))
+    pipe = open_pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS,
+                                        refine_edges=refine_edges))
     counts: Counter = Counter()
     forms: dict[str, Counter] = {}
     form_ciou: dict[str, ReferringMeter] = {}

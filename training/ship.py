@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ros_segcap.core.weights import save_model
+from ros_segcap.models.segcap.weights import save_model
 from training.config import make_config
 from training.loop import CHECKPOINT
 from training.stages import build_stage

@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from ros_segcap.core.answer import parse_answer
-from ros_segcap.core.config import TABLETOP_COLOURS, get_config
-from ros_segcap.core.lora import apply_lora, set_lora_dropout
-from ros_segcap.core.model import FrameFeatures, SegCapModel, build_model
+from ros_segcap.models.segcap.config import TABLETOP_COLOURS, get_config
+from ros_segcap.models.segcap.lora import apply_lora, set_lora_dropout
+from ros_segcap.models.segcap.model import FrameFeatures, SegCapModel, build_model
 from ros_segcap.core.preprocess import PromptQueries
-from ros_segcap.core.prior import foreground_queries
-from ros_segcap.core.proposals import centre_loss, centre_targets
-from ros_segcap.core.weights import load_model
+from ros_segcap.models.segcap.prior import foreground_queries
+from ros_segcap.models.segcap.proposals import centre_loss, centre_targets
+from ros_segcap.models.segcap.weights import load_model
 from training.cache import CachedSample, CachedScene
 from training.config import TrainConfig
 from training.losses import (mask_iou_matrix, mask_losses, pointer_losses, set_losses,

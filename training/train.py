@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ros_segcap.core.weights import save_model
+from ros_segcap.models.segcap.weights import save_model
 from training.cache import (CachedScene, load_cache, plural_referring, simple_absent,
                             simple_referring)
 from training.config import TrainConfig, make_config, parse_overrides

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ros_segcap.core.decoder import DecoderOutput
-from ros_segcap.core.encoder import sine_position
-from ros_segcap.core.model import FrameFeatures, SegCapModel
+from ros_segcap.models.segcap.decoder import DecoderOutput
+from ros_segcap.models.segcap.encoder import sine_position
+from ros_segcap.models.segcap.model import FrameFeatures, SegCapModel
 
 from .spec import MEMORY_LEVELS, memory_sides, seg_memory_levels
 

@@ -1,9 +1,10 @@
-"""Pick and open a backend: by name, or `auto` = tensorrt, then onnxruntime, then torch.
+"""Pick and open an engine: by name, or `auto` = tensorrt, then onnxruntime, then torch.
 
-Engines come from an engines directory (see `engines_dir`) and are checked against the
-loaded model's weights hash first; a stale or missing engine is rebuilt (rebuild=True) or
-refused with the command that fixes it. `auto` never uses a stale engine: it falls through
-to the next backend and says why in its one log line.
+Exported engines come from an engines directory (see `engines_dir`) and are checked against
+the loaded model's weights hash first; a stale or missing engine is refused with the
+`segcap export` command that fixes it (only `segcap export` builds engines). `auto` never
+uses a stale engine: it falls through to the next backend and says why in its one log line.
+The torch engine is the model family's own (passed in as `torch_engine`).
 """
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from typing import Callable, Optional
 
 import torch
 
-from ros_segcap.core.model import SegCapModel
+from ros_segcap.core.protocol import Engine
 
 from .base import BACKEND_NAMES, EngineError, Engines
+from .engine import ArrayEngine
+from .manifest import check_engines, weights_hash
 from .spec import graph_specs
+from .tensorrt_backend import plan_key
 
 ENGINES_ENV = 'SEGCAP_ENGINES'
 CHOICES = BACKEND_NAMES + ('auto',)
@@ -42,32 +46,16 @@ def engines_dir(explicit: Optional[str | Path] = None) -> Path:
     return cwd
 
 
-def _rebuild(model: SegCapModel, model_arg: str, directory: Path, tensorrt: bool) -> None:
-    from ros_segcap.export.build import export_engines
-
-    export_engines(model, directory, model_arg=model_arg, tensorrt=tensorrt, fp16=tensorrt,
-                   echo=lambda s: log.info('%s', s))
-
-
-def _fresh(model: SegCapModel, model_arg: str, directory: Path, kind: str, rebuild: bool,
-           digest: str):
-    """EngineCheck that is ok, rebuilding once if allowed; EngineError otherwise."""
-    from ros_segcap.export.manifest import check_engines
-    from ros_segcap.export.tensorrt_build import plan_key
-
+def _fresh(model, model_arg: str, directory: Path, kind: str, digest: str):
+    """The EngineCheck of `kind` engines; EngineError with the fix when they are not fresh."""
     key = plan_key() if kind == 'tensorrt' else None
     check = check_engines(directory, model, model_arg, kind=kind, plan_key=key, digest=digest)
-    if not check.ok and rebuild:
-        log.warning('%s; rebuilding', check.reason)
-        _rebuild(model, model_arg, directory, kind == 'tensorrt')
-        check = check_engines(directory, model, model_arg, kind=kind, plan_key=key,
-                              digest=digest)
     if not check.ok:
         raise EngineError(check.reason)
     return check
 
 
-def _open_onnxruntime(model, model_arg, directory, rebuild, digest) -> Engines:
+def _open_onnxruntime(model, model_arg, directory, digest) -> Engines:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -75,7 +63,7 @@ def _open_onnxruntime(model, model_arg, directory, rebuild, digest) -> Engines:
                           'onnxruntime-gpu on a CUDA machine)') from None
     from .onnx_backend import OnnxBackend
 
-    check = _fresh(model, model_arg, directory, 'onnx', rebuild, digest)
+    check = _fresh(model, model_arg, directory, 'onnx', digest)
     specs = graph_specs(model.config)
     vision = OnnxBackend(check.files['vision'], specs['vision'], digest=digest)
     seg = OnnxBackend(check.files['seg'], specs['seg'], digest=digest)
@@ -83,15 +71,13 @@ def _open_onnxruntime(model, model_arg, directory, rebuild, digest) -> Engines:
                    f'onnxruntime {ort.__version__} on {", ".join(vision.providers)}')
 
 
-def _open_tensorrt(model, model_arg, directory, rebuild, digest) -> Engines:
-    from ros_segcap.export.tensorrt_build import plan_key
-
+def _open_tensorrt(model, model_arg, directory, digest) -> Engines:
     from .tensorrt_backend import TensorRTBackend, tensorrt_available
 
     ok, why = tensorrt_available()
     if not ok:
         raise EngineError(f'cannot use TensorRT: {why}')
-    check = _fresh(model, model_arg, directory, 'tensorrt', rebuild, digest)
+    check = _fresh(model, model_arg, directory, 'tensorrt', digest)
     specs = graph_specs(model.config)
     key = plan_key()
     detail = ', '.join(f'{g} {check.entry["graphs"][g]["plans"][key]["precision"]}'
@@ -101,15 +87,16 @@ def _open_tensorrt(model, model_arg, directory, rebuild, digest) -> Engines:
                    f'TensorRT {key}: {detail}')
 
 
-def open_engines(model: SegCapModel, backend: str = 'auto', *, model_arg: Optional[str] = None,
-                 directory: Optional[str | Path] = None, rebuild: bool = False,
-                 device: str | torch.device = 'cpu',
-                 say: Optional[Callable[[str], None]] = None) -> Engines:
-    """Open the vision and seg runners of `backend` for `model`.
+def open_engine(model, backend: str = 'auto', *, torch_engine: Callable[[str], Engine],
+                model_arg: Optional[str] = None, directory: Optional[str | Path] = None,
+                device: str | torch.device = 'cpu',
+                say: Optional[Callable[[str], None]] = None) -> Engine:
+    """Open the engine of `backend` for `model` (core.protocol.Engine).
 
-    model_arg: how the user named the model (for the rebuild command in messages).
-    Raises EngineError (a ValueError) when a named backend cannot run; its message says why
-    and how to fix it. Logs one line saying which backend runs and why.
+    torch_engine(reason): the model family's own torch engine. model_arg: how the user named
+    the model (for the export command in messages). Raises EngineError (a ValueError) when a
+    named backend cannot run; its message says why and how to fix it. Logs one line saying
+    which backend runs and why.
     """
     if backend not in CHOICES:
         raise ValueError(f'unknown backend {backend!r}; use one of {", ".join(CHOICES)}')
@@ -117,17 +104,26 @@ def open_engines(model: SegCapModel, backend: str = 'auto', *, model_arg: Option
     model_arg = model_arg or model.config.name
     directory = engines_dir(directory)
     if backend == 'torch':
-        engines = _torch(model, device, 'requested')
+        engine = torch_engine('requested')
     elif backend in ('onnxruntime', 'tensorrt'):
-        from ros_segcap.export.manifest import weights_hash
-
         opener = _open_onnxruntime if backend == 'onnxruntime' else _open_tensorrt
-        engines = opener(model, model_arg, directory, rebuild, weights_hash(model))
+        engine = ArrayEngine(opener(model, model_arg, directory, weights_hash(model)), device)
     else:
-        engines = _auto(model, model_arg, directory, rebuild, device)
-    say(f'segcap backend: {engines.backend} ({engines.reason})'
-        + (f' [{engines.detail}]' if engines.detail else ''))
-    return engines
+        engine = _auto(model, model_arg, directory, device, torch_engine)
+    say(f'segcap backend: {engine.backend} ({engine.reason})'
+        + (f' [{engine.detail}]' if engine.detail else ''))
+    return engine
+
+
+def open_runners(model, backend: str, *, model_arg: Optional[str] = None,
+                 directory: Optional[str | Path] = None) -> Engines:
+    """The array-level vision and seg runners of an exported backend (parity checks)."""
+    openers = {'onnxruntime': _open_onnxruntime, 'tensorrt': _open_tensorrt}
+    if backend not in openers:
+        raise ValueError(f'no exported runners for {backend!r}; use one of '
+                         f'{", ".join(openers)}')
+    return openers[backend](model, model_arg or model.config.name, engines_dir(directory),
+                            weights_hash(model))
 
 
 def _say(line: str) -> None:
@@ -138,24 +134,15 @@ def _say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def _torch(model: SegCapModel, device, reason: str) -> Engines:
-    from .torch_backend import torch_backends
-
-    vision, seg = torch_backends(model, device)
-    return Engines('torch', vision, seg, reason, f'torch {torch.__version__} eager on {device}')
-
-
-def _auto(model, model_arg, directory, rebuild, device) -> Engines:
-    from ros_segcap.export.manifest import weights_hash
-
+def _auto(model, model_arg, directory, device, torch_engine) -> Engine:
     digest = weights_hash(model)
     why_not = []
     for name, opener in (('tensorrt', _open_tensorrt), ('onnxruntime', _open_onnxruntime)):
         try:
-            engines = opener(model, model_arg, directory, rebuild, digest)
+            engines = opener(model, model_arg, directory, digest)
         except EngineError as exc:
             why_not.append(f'not {name}: {exc}')
             continue
         engines.reason = f'auto; {"; ".join(why_not + [engines.reason])}'
-        return engines
-    return _torch(model, device, 'auto; ' + '; '.join(why_not))
+        return ArrayEngine(engines, device)
+    return torch_engine('auto; ' + '; '.join(why_not))

@@ -23,7 +23,7 @@ from typing import Mapping, Optional, Union
 
 import numpy as np
 
-from ros_segcap.core.config import SegCapConfig
+from ros_segcap.models.segcap.config import SegCapConfig
 
 SPEC_VERSION = 2  # 2: fine_features output (fine_pool models)
 MEMORY_LEVELS = 3  # strides 32, 16, 8 (PixelDecoder)

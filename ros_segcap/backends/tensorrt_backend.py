@@ -7,12 +7,34 @@ that is JetPack's TensorRT (python3-libnvinfer), not a PyPI wheel.
 from __future__ import annotations
 
 from pathlib import Path
+import re
 from typing import Mapping
 
 import numpy as np
 
 from .base import EngineError
 from .spec import GraphSpec
+
+
+def tensorrt_version() -> str:
+    import tensorrt as trt
+
+    return trt.__version__
+
+
+def gpu_name(device: int = 0) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device)
+
+
+def slug(text: str) -> str:
+    return re.sub(r'[^A-Za-z0-9]+', '-', text).strip('-').lower()
+
+
+def plan_key() -> str:
+    """Manifest key of the plans that fit this machine: '<gpu>-trt<version>'."""
+    return f'{slug(gpu_name())}-trt{tensorrt_version()}'
 
 
 def tensorrt_available() -> tuple[bool, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import re
 
-from .config import P_CLOSE, P_OPEN, SEG_TOKEN, SPECIAL_TOKENS
+from .tokens import P_CLOSE, P_OPEN, SEG_TOKEN, SPECIAL_TOKENS
 
 REFERRING_QUESTION = 'Please segment {expr} in this image.'
 GCG_QUESTION = ('Could you please give me a detailed description of the image? Please respond '

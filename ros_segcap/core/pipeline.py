@@ -1,7 +1,10 @@
 """Runtime: preprocess -> vision -> prompts -> LLM -> [SEG] masks -> postprocess.
 
-Encoder outputs are cached per frame key (a small LRU), so several commands on one frame
-encode it once. Each Pipeline owns its cache: two cameras need two pipelines or two keys.
+The Pipeline holds a model (core.protocol.SegModel) and the engine that runs its vision half
+(core.protocol.Engine), both handed in by the caller (ros_segcap.runtime.open_pipeline opens
+them from the options). Encoder outputs are cached per frame key (a small LRU), so several
+commands on one frame encode it once. Each Pipeline owns its cache: two cameras need two
+pipelines or two keys.
 """
 from __future__ import annotations
 
@@ -16,64 +19,40 @@ import numpy as np
 import torch
 
 from .answer import parse_answer, referring_answer
-from .config import MARK_TOKEN, REGION_TOKEN
-from .decoder import DecoderOutput
-from .llm import DECODE_PATHS, DEFAULT_DECODE_PATH
-from .model import FrameFeatures, SegCapModel
+from .frames import FrameFeatures
+from .options import check, live, option
 from .preprocess import (Letterbox, PromptQueries, check_image, letterbox, prompt_queries,
                          unletterbox)
+from .protocol import Engine, SegModel
 from .refine import radius_px, refine
+from .tokens import MARK_TOKEN, REGION_TOKEN
 from .types import InputError, SegCapResult, Timing, VisualPrompt
 
 MAX_PROMPT_CHARS = 2000
-LIVE_OPTIONS = ('max_new_tokens', 'temperature', 'mask_threshold', 'refine_edges')
+LIVE_OPTIONS = live('pipeline')
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
-    model: str = 'segcap-tiny'  # registry name or model directory
-    backend: str = 'torch'  # torch | onnxruntime | tensorrt | auto
-    device: str = 'cpu'
-    max_new_tokens: int = 48
-    temperature: float = 0.0
-    mask_threshold: float = 0.5
-    refine_edges: bool = True  # snap mask edges to the image's colour edges (core/refine.py)
-    cache_frames: int = 4  # frames whose encoder outputs are kept (LRU)
-    allow_pickle: bool = False
-    engines_dir: str = ''  # '' = $SEGCAP_ENGINES, ./engines, or the checkout's engines/
-    rebuild_engines: bool = False  # re-export stale/missing engines instead of refusing
-    decode_path: str = DEFAULT_DECODE_PATH  # LLM decode: one of llm.DECODE_PATHS
+class Settings:
+    """How the Pipeline answers (defaults and ranges: core.options)."""
+
+    max_new_tokens: int = option('max_new_tokens').default
+    temperature: float = option('temperature').default
+    mask_threshold: float = option('mask_threshold').default
+    refine_edges: bool = option('refine_edges').default
+    cache_frames: int = option('frame_buffer').default  # frames whose encoder outputs stay
 
 
 class Pipeline:
     """Encode a frame once, answer many commands on it."""
 
-    def __init__(self, config: PipelineConfig = PipelineConfig(),
-                 model: Optional[SegCapModel] = None) -> None:
-        from ros_segcap.backends.select import CHOICES, open_engines
-
-        from .weights import load_model
-
-        if config.decode_path not in DECODE_PATHS:
-            raise ValueError(f'unknown decode path {config.decode_path!r}; use one of '
-                             f'{", ".join(DECODE_PATHS)}')
-        if config.backend not in CHOICES:
-            raise ValueError(f'unknown backend {config.backend!r}; use one of '
-                             f'{", ".join(CHOICES)}')
-        self.config = config
-        self.model = model if model is not None else load_model(
-            config.model, device=config.device, allow_pickle=config.allow_pickle)
-        self.model.llm.decode_path = config.decode_path
-        self.device = torch.device(config.device)
-        # Vision and seg stages run on the chosen engines; torch keeps the model's own path.
-        self.engines = None
-        self.backend = 'torch'  # the backend that runs (auto resolves to one)
-        if config.backend != 'torch':
-            engines = open_engines(self.model, config.backend, model_arg=config.model,
-                                   directory=config.engines_dir or None,
-                                   rebuild=config.rebuild_engines, device=self.device)
-            self.backend = engines.backend
-            self.engines = engines if engines.backend != 'torch' else None
+    def __init__(self, model: SegModel, engine: Engine, settings: Settings = Settings()
+                 ) -> None:
+        self.model = model
+        self.engine = engine
+        self.settings = settings
+        self.backend = engine.backend
+        self.device = torch.device(getattr(engine, 'device', 'cpu'))
         self._frames: OrderedDict[Hashable, tuple[FrameFeatures, Letterbox]] = OrderedDict()
         self._lock = threading.RLock()
         self.encode_count = 0
@@ -86,10 +65,10 @@ class Pipeline:
         """Change a live option; returns None when applied, else why it cannot apply live."""
         if name not in LIVE_OPTIONS:
             return f'{name} cannot change at run time (restart the node to change it)'
-        try:
-            self.config = replace(self.config, **{name: type(getattr(self.config, name))(value)})
-        except (TypeError, ValueError) as exc:
-            return f'{name}: {exc}'
+        why = check(name, value)
+        if why:
+            return why
+        self.settings = replace(self.settings, **{name: value})
         return None
 
     # ----- stages -------------------------------------------------------------------------
@@ -112,11 +91,11 @@ class Pipeline:
             with self._timed(timing, 'preprocess'):
                 tensor, box = letterbox(image, self.model.config.image_size)
             with self._timed(timing, 'vision'), torch.no_grad():
-                frame = self._vision(tensor)
+                frame = self.model.frame(tensor, self.engine)
             self.encode_count += 1
             if frame_key is not None:
                 self._frames[frame_key] = (frame, box)
-                while len(self._frames) > max(1, self.config.cache_frames):
+                while len(self._frames) > max(1, self.settings.cache_frames):
                     self._frames.popitem(last=False)
             return frame, box
 
@@ -139,14 +118,9 @@ class Pipeline:
                     q = prompt_queries([visual_prompt], box, self.model.config.mask_size)
                     q = PromptQueries(q.kinds.to(self.device), q.boxes.to(self.device),
                                       q.restrict.to(self.device))
-                    out = self.model.visual_prompts(frame, q, self._decode_prompts)
-                    regions = self.model.prompt_tokens(out, frame)
+                    regions = self.model.region_tokens(frame, q, self.engine)
             with self._timed(timing, 'prior_projectors'):
-                visual = self.model.visual_block(frame)
-                ids, _ = self.model.llm.prompt_ids(question, visual.shape[0])
-                embeds = self.model.build_embeds(torch.tensor(ids, device=self.device),
-                                                 visual, regions)
-            prefix_len = ids.index(self.model.llm.image_id) + visual.shape[0]
+                embeds, prefix_len = self.model.question_embeds(frame, question, regions)
             key = None if frame_key is None else (frame_key, id(frame))
             early: list[np.ndarray] = []
 
@@ -156,7 +130,7 @@ class Pipeline:
                     probs = self.probabilities(logits, image, box)[0]
                 early.append(probs)
                 if on_mask is not None:
-                    on_mask(len(early) - 1, probs > self.config.mask_threshold)
+                    on_mask(len(early) - 1, probs > self.settings.mask_threshold)
             gen = self._generate(embeds, timing, on_text, prefix_len, key, on_seg)
             return self._finish(gen, early, timing)
 
@@ -184,10 +158,9 @@ class Pipeline:
 
     def _generate(self, embeds: torch.Tensor, timing: Timing, on_text, prefix_len: int,
                   prefix_key, on_seg):
-        gen = self.model.llm.generate(embeds, max_new_tokens=self.config.max_new_tokens,
-                                      temperature=self.config.temperature, on_text=on_text,
-                                      on_seg=on_seg, prefix_len=prefix_len,
-                                      prefix_key=prefix_key)
+        gen = self.model.generate(embeds, max_new_tokens=self.settings.max_new_tokens,
+                                  temperature=self.settings.temperature, on_text=on_text,
+                                  on_seg=on_seg, prefix_len=prefix_len, prefix_key=prefix_key)
         timing.add('llm_prefill', gen.stats['prefill_ms'])
         # masks were decoded inside the generation loop, as soon as each [SEG] appeared
         timing.add('llm_decode', gen.stats['decode_ms'] - timing.ms.get('mask_decode', 0.0))
@@ -198,7 +171,7 @@ class Pipeline:
         """(n, H, W) mask logits on the image -> (n, H, W) float32 probabilities, with
         edges refined against the image (refine_edges)."""
         probs = logits.sigmoid().float().cpu().numpy()
-        if not self.config.refine_edges:
+        if not self.settings.refine_edges:
             return probs
         r = radius_px(box.cell_px(self.model.config.mask_size))
         return np.stack([refine(image, p, r) for p in probs]) if len(probs) else probs
@@ -206,46 +179,7 @@ class Pipeline:
     def _mask_logits(self, frame: FrameFeatures, box: Letterbox, hidden: torch.Tensor
                      ) -> torch.Tensor:
         """[SEG] hidden states (n, H) -> mask logits (n, H_img, W_img) on the original image."""
-        if self.model.config.seg_pointer:  # the pointed object's mask: no decoder run
-            return unletterbox(self.model.seg_masks(frame, hidden), box)
-        out = self._decode_seg(frame, hidden)
-        return unletterbox(out.mask_logits[-1][0], box)
-
-    # ----- vision and seg stages: the model's torch path or the engines -------------------
-
-    def _vision(self, tensor: torch.Tensor) -> FrameFeatures:
-        """(1, 3, S, S) float 0..255 -> FrameFeatures (with proposals, for such models)."""
-        if self.engines is None:
-            return self.model.with_proposals(self.model.encode(tensor.to(self.device)))
-        from ros_segcap.backends.graphs import frame_from_outputs
-
-        frame = frame_from_outputs(self.engines.encode(tensor.cpu().numpy()), self.device)
-        return self.model.with_proposals(frame, self._decode_prompts)
-
-    def _decode_queries(self, frame: FrameFeatures, feat: torch.Tensor, pos: torch.Tensor,
-                        restrict: Optional[torch.Tensor] = None) -> DecoderOutput:
-        """Independent queries (1, N, D) on the engines' seg graph (last layer only)."""
-        from ros_segcap.backends.graphs import decoder_output, frame_arrays
-
-        def a(t: torch.Tensor) -> np.ndarray:
-            return t.detach().cpu().numpy()
-
-        out = self.engines.segment(frame_arrays(frame), a(feat), a(pos),
-                                   None if restrict is None else a(restrict))
-        return decoder_output(out, self.device)
-
-    def _decode_prompts(self, frame: FrameFeatures, kinds: torch.Tensor, boxes: torch.Tensor,
-                        restrict: torch.Tensor) -> DecoderOutput:
-        if self.engines is None:
-            return self.model.decode_prompts(frame, kinds, boxes, restrict)
-        feat, pos = self.model.decoder.prompt_queries(kinds, boxes)
-        return self._decode_queries(frame, feat, pos, restrict)
-
-    def _decode_seg(self, frame: FrameFeatures, hidden: torch.Tensor) -> DecoderOutput:
-        if self.engines is None:
-            return self.model.decode_seg(frame, hidden)
-        feat, pos = self.model.projectors.to_queries(hidden[None])
-        return self._decode_queries(frame, feat, pos)
+        return unletterbox(self.model.seg_mask_logits(frame, hidden, self.engine), box)
 
     def _finish(self, gen, early: list[np.ndarray], timing: Timing) -> SegCapResult:
         parsed = parse_answer(gen.text)
@@ -256,7 +190,7 @@ class Pipeline:
         n = len(early)
         phrases = parsed.phrases + [''] * (n - len(parsed.phrases))
         for i, probs in enumerate(early):
-            m = probs > self.config.mask_threshold
+            m = probs > self.settings.mask_threshold
             result.masks.append(m)
             result.phrases.append(phrases[i])
             result.scores.append(float(probs[m].mean()) if m.any() else 0.0)

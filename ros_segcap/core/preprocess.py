@@ -10,8 +10,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decoder import POINT_HALF_SIZE, POINT_WINDOW, PROMPT_KIND_IDS
-from .proposals import inner_cell
 from .types import InputError, VisualPrompt
 
 MEAN_RGB = (124, 116, 104)  # pad colour (ImageNet mean, 0..255)
@@ -21,6 +19,11 @@ MEAN_RGB = (124, 116, 104)  # pad colour (ImageNet mean, 0..255)
 # that way (precision 0.99, recall 0.76 on test objects). sigmoid(8) is 0.9997, so no
 # confidence that matters is lost.
 LOGIT_CLAMP = 8.0
+PROMPT_KIND_IDS = {'point': 0, 'box': 1, 'mask': 2}
+POINT_HALF_SIZE = 0.01  # a point becomes a box of +-1% of the image side around it
+# a point's query attends only within +-8% of the image side around it: its first mask
+# (query . mask features) carries no position, so unrestricted it never found its object
+POINT_WINDOW = 0.08
 
 
 @dataclass(frozen=True)
@@ -181,3 +184,12 @@ def _mask_to_grid(mask: np.ndarray, box: Letterbox, hm: int) -> np.ndarray:
     if not grid.any():
         raise InputError('mask prompt vanishes at the model resolution')
     return grid
+
+
+def inner_cell(mask: np.ndarray, precision: int = 3) -> tuple[int, int]:
+    """(row, col) of the mask cell farthest from the background (distance transform with a
+    3x3 or 5x5 mask)."""
+    dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2,
+                                 precision)[1:-1, 1:-1]
+    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(r), int(c)

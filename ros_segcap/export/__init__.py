@@ -1,5 +1,5 @@
-"""Engine export: ONNX graphs, TensorRT plans, the manifest and its staleness checks.
+"""Engine export: ONNX graphs, TensorRT plans and their manifest entries.
 
-`build.export_engines` is what `segcap export` runs; `manifest.check_engines` is what the
-backends ask before they open a file.
+`build.export_engines` is what `segcap export` runs, the only place engines are built;
+`ros_segcap.backends.manifest.check_engines` is what the backends ask before they open a file.
 """

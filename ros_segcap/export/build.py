@@ -18,12 +18,12 @@ import numpy as np
 
 from ros_segcap.backends.base import EngineError
 from ros_segcap.backends.spec import SPEC_VERSION, graph_specs, seg_inputs
-from ros_segcap.backends.torch_backend import torch_backends
-from ros_segcap.core.model import SegCapModel
+from ros_segcap.export.torch_runner import torch_backends
+from ros_segcap.models.segcap.model import SegCapModel
 
 from . import parity
 from .flops import count_flops
-from .manifest import file_sha256, GRAPHS, weights_hash, write_entry
+from ros_segcap.backends.manifest import file_sha256, GRAPHS, weights_hash, write_entry
 from .onnx_export import example_inputs, export_onnx, OPSET
 from .tensorrt_build import build_plan, plan_key, plan_name, QueryProfile, TIMING_CACHE
 

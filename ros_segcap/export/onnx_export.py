@@ -19,7 +19,7 @@ import torch
 
 from ros_segcap.backends.graphs import SegGraph, VisionGraph
 from ros_segcap.backends.spec import GraphSpec, graph_specs
-from ros_segcap.core.model import SegCapModel
+from ros_segcap.models.segcap.model import SegCapModel
 
 from .traceable import exportable
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-import re
 import sys
 import threading
 import time
 from typing import Callable, Optional
 
 from ros_segcap.backends.spec import GraphSpec, QUERY_DIM
+from ros_segcap.backends.tensorrt_backend import (slug, gpu_name, plan_key,  # noqa: F401
+                                                  tensorrt_version)
 
 TIMING_CACHE = 'tensorrt.timing.cache'
 WORKSPACE_MB = 1024
@@ -36,30 +37,9 @@ class QueryProfile:
     max: int = 64
 
 
-def tensorrt_version() -> str:
-    import tensorrt as trt
-
-    return trt.__version__
-
-
-def gpu_name(device: int = 0) -> str:
-    import torch
-
-    return torch.cuda.get_device_name(device)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r'[^A-Za-z0-9]+', '-', text).strip('-').lower()
-
-
-def plan_key() -> str:
-    """Manifest key of the plans that fit this machine: '<gpu>-trt<version>'."""
-    return f'{_slug(gpu_name())}-trt{tensorrt_version()}'
-
-
 def plan_name(model_name: str, graph: str, digest: str, precision: str) -> str:
     return (f'{model_name}.{graph}.{digest[:12]}.trt{tensorrt_version()}.'
-            f'{_slug(gpu_name())}.{precision}.plan')
+            f'{slug(gpu_name())}.{precision}.plan')
 
 
 def _progress_monitor(trt, echo: Callable[[str], None]):

@@ -20,8 +20,8 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from ros_segcap.core.decoder import Attention
-from ros_segcap.core.model import SegCapModel
+from ros_segcap.models.segcap.decoder import Attention
+from ros_segcap.models.segcap.model import SegCapModel
 
 
 def _restrict_to_blocks(restrict: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

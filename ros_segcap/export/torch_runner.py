@@ -1,4 +1,6 @@
-"""The reference backend: the graphs' torch modules run eagerly (no export needed)."""
+"""The reference runners: the engine graphs' torch modules run eagerly, arrays in and out.
+
+What exported engines are checked against (export parity, backend tests, benchmarks)."""
 from __future__ import annotations
 
 from typing import Mapping
@@ -6,10 +8,11 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ros_segcap.core.model import SegCapModel
+from ros_segcap.models.segcap.model import SegCapModel
 
-from .graphs import SegGraph, VisionGraph
-from .spec import GraphSpec, seg_spec, vision_spec
+from ros_segcap.backends.base import Engines
+from ros_segcap.backends.graphs import SegGraph, VisionGraph
+from ros_segcap.backends.spec import GraphSpec, seg_spec, vision_spec
 
 
 class TorchBackend:
@@ -36,3 +39,9 @@ def torch_backends(model: SegCapModel, device: str | torch.device = 'cpu'
     """(vision, seg) torch runners of a model."""
     return (TorchBackend(VisionGraph(model), vision_spec(model.config), device),
             TorchBackend(SegGraph(model), seg_spec(model.config), device))
+
+
+def torch_engines(model: SegCapModel, device: str | torch.device = 'cpu') -> Engines:
+    """The torch runners as an Engines pair, like backends.select.open_runners gives."""
+    vision, seg = torch_backends(model, device)
+    return Engines('torch', vision, seg, 'reference', f'torch {torch.__version__} eager')

@@ -14,7 +14,6 @@ anything outside its region.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
 from typing import Optional
 
@@ -25,21 +24,9 @@ import torch.nn.functional as F
 from .config import SegCapConfig
 from .proposals import CentreHead
 
-PROMPT_KIND_IDS = {'point': 0, 'box': 1, 'mask': 2}
-POINT_HALF_SIZE = 0.01  # a point becomes a box of +-1% of the image side around it
-# a point's query attends only within +-8% of the image side around it: its first mask
-# (query . mask features) carries no position, so unrestricted it never found its object
-POINT_WINDOW = 0.08
-
-
-@dataclass
-class DecoderOutput:
-    """Per-layer predictions (L+1 entries each) and the final queries."""
-
-    class_logits: list[torch.Tensor]  # (B, N, K+1) each
-    mask_logits: list[torch.Tensor]  # (B, N, Hm, Wm) each
-    query_feat: torch.Tensor  # (B, N, D) normalised final query features f_q
-    query_pos: torch.Tensor  # (B, N, D) query positions e_q
+from ros_segcap.core.frames import DecoderOutput  # noqa: F401
+from ros_segcap.core.preprocess import (POINT_HALF_SIZE, POINT_WINDOW,  # noqa: F401
+                                        PROMPT_KIND_IDS)
 
 
 class Attention(nn.Module):

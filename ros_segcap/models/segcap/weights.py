@@ -23,7 +23,7 @@ CONFIG_FILE = 'config.json'
 PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.ckpt', '.pkl')
 NEW_ROWS_KEY = 'llm.new_token_rows'
 FORMAT_VERSION = 1
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / 'weights'
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / 'weights'
 
 
 def is_full(config: SegCapConfig) -> bool:

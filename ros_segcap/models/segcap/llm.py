@@ -181,6 +181,12 @@ class LanguageModel(nn.Module):
                 self._fast = FastLlama(self.lm, quantize=quantize)
         return self._fast
 
+    def set_decode_path(self, path: str) -> None:
+        """Decode with `path` (one of DECODE_PATHS) from the next generation on."""
+        if path not in DECODE_PATHS:
+            raise ValueError(f'unknown decode path {path!r}; use one of {", ".join(DECODE_PATHS)}')
+        self.decode_path = path
+
     def effective_decode_path(self) -> str:
         """The decode path in use: 'fast' when fast-q4 fell back (see q4_unavailable)."""
         if self.decode_path == 'fast-q4' and self.q4_unavailable:

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ros_segcap.core.preprocess import inner_cell
+
 PROPOSAL_THRESHOLD = 0.3  # heatmap peak probability to try a proposal
 PROPOSAL_MAX_IOU = 0.5  # a proposal's mask must overlap every kept mask less than this
 OUTSIDE = -10.0  # mask logit given to pixels a proposal leaves out or takes away
@@ -37,15 +39,6 @@ class CentreHead(nn.Module):
 
     def forward(self, mask_features: torch.Tensor) -> torch.Tensor:
         return self.out(F.relu(self.conv(mask_features)))[:, 0]
-
-
-def inner_cell(mask: np.ndarray, precision: int = 3) -> tuple[int, int]:
-    """(row, col) of the mask cell farthest from the background (distance transform with a
-    3x3 or 5x5 mask)."""
-    dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2,
-                                 precision)[1:-1, 1:-1]
-    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return int(r), int(c)
 
 
 def centre_targets(masks: torch.Tensor) -> torch.Tensor:

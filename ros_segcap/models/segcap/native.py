@@ -1,6 +1,6 @@
 """The C kernels of kernels.c: built once with the system C compiler, loaded with ctypes.
 
-    from ros_segcap.core import native
+    from ros_segcap.models.segcap import native
     lib = native.load()            # raises NativeError with the reason when it cannot
     native.gemv_q4_1(lib, blocks, x)
 

@@ -11,23 +11,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-# Five special tokens with their own embedding rows, plus the visual-block placeholder whose
-# positions are always overwritten by visual tokens (its own embedding is never used).
-SEG_TOKEN = '[SEG]'
-P_OPEN = '<p>'
-P_CLOSE = '</p>'
-REGION_TOKEN = '<region>'
-MARK_TOKEN = '<mark>'
-SPECIAL_TOKENS = (SEG_TOKEN, P_OPEN, P_CLOSE, REGION_TOKEN, MARK_TOKEN)
-IMAGE_TOKEN = '<image>'
+from ros_segcap.core.options import DECODE_PATHS, option  # noqa: F401
+from ros_segcap.core.tokens import (IMAGE_TOKEN, MARK_TOKEN, P_CLOSE, P_OPEN,  # noqa: F401
+                                    REGION_TOKEN, SEG_TOKEN, SPECIAL_TOKENS)
 
 # 'fast-q4': the lean forward, whose decode steps read the LLM's GGUF blocks (Q4_1 / Q8_0)
 # with the C kernels: the same weight values as fp32, ~6x fewer bytes (fastlm.py); it falls
 # back to 'fast' where the kernels cannot be built or the weights are not the GGUF's.
 # 'fast': lean fp32 forward (same maths as the reference); 'reference': Hugging Face forward
 # with a DynamicCache.
-DECODE_PATHS = ('fast-q4', 'fast', 'reference')
-DEFAULT_DECODE_PATH = 'fast-q4'
+DEFAULT_DECODE_PATH = option('decode_path').default
 
 # Panoptic vocabulary of the tabletop world, in the world's class-id order
 # (ros_segcap.world.palette.CLASS_NAMES): stuff first, then one thing class per kind.

@@ -5,36 +5,24 @@ prompt queries and [SEG] queries reuse them (`decode_queries`) without re-encodi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from .config import MARK_TOKEN, REGION_TOKEN, SegCapConfig
+from ros_segcap.core.frames import DecoderOutput, FrameFeatures
+from ros_segcap.core.preprocess import PromptQueries, point_queries
+from ros_segcap.core.protocol import Engine
+
 from .backbone import pixel_shuffle_tokens
-from .decoder import PROMPT_KIND_IDS, DecoderOutput, OMGDecoder
+from .config import MARK_TOKEN, REGION_TOKEN, SegCapConfig
+from .decoder import PROMPT_KIND_IDS, OMGDecoder
 from .encoder import PixelDecoder, build_backbone, normalize_image
-from .llm import LanguageModel, build_language_model, load_tokenizer
-from .preprocess import PromptQueries, point_queries
+from .llm import Generation, LanguageModel, build_language_model, load_tokenizer
 from .prior import foreground_queries, mask_pool, perception_prior, query_scores
 from .projectors import PLACE_WORDS, Projectors
 from .proposals import OUTSIDE, cell_points, component_at, new_masks, peak_cells
-
-
-@dataclass
-class FrameFeatures:
-    """Vision outputs of one frame (batch 1). Shapes for segcap-tiny in brackets."""
-
-    pixel_tokens: torch.Tensor  # (1, T, 4C) [1, 64, 5120]
-    mask_features: torch.Tensor  # (1, D, Hm, Wm) [1, 128, 64, 64]
-    memories: list[torch.Tensor]  # (1, h_i*w_i, D) for strides 32, 16, 8
-    memory_pos: list[torch.Tensor]  # (h_i*w_i, D)
-    class_logits: torch.Tensor  # (1, Nq, K+1) last layer
-    mask_logits: torch.Tensor  # (1, Nq, Hm, Wm) last layer
-    query_feat: torch.Tensor  # (1, Nq, D)
-    query_pos: torch.Tensor  # (1, Nq, D)
-    fine: Optional[torch.Tensor] = None  # (1, C8, Hm, Wm) [1, 40, 64, 64] with fine_pool
 
 
 class SegCapModel(nn.Module):
@@ -314,6 +302,47 @@ class SegCapModel(nn.Module):
         device = visual.device
         ids_t = torch.tensor(ids, device=device)
         return self.build_embeds(ids_t, visual, region_tokens), torch.tensor(labels, device=device)
+
+    # ----- the runtime protocol (ros_segcap.core.protocol.SegModel) -----------------------
+
+    def frame(self, image: torch.Tensor, engine: Engine) -> FrameFeatures:
+        """(1, 3, S, S) float RGB 0..255 -> FrameFeatures (with proposals, for such models)."""
+        return self.with_proposals(engine.encode(image), self._prompt_decoder(engine))
+
+    def region_tokens(self, frame: FrameFeatures, prompts: PromptQueries,
+                      engine: Engine) -> torch.Tensor:
+        """Visual prompts -> their object tokens (N, H) for the <region> / <mark> places."""
+        out = self.visual_prompts(frame, prompts, self._prompt_decoder(engine))
+        return self.prompt_tokens(out, frame)
+
+    def question_embeds(self, frame: FrameFeatures, question: str,
+                        regions: Optional[torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """(prompt embeddings (1, T, H), tokens up to the end of the visual block)."""
+        visual = self.visual_block(frame)
+        ids, _ = self.llm.prompt_ids(question, visual.shape[0])
+        embeds = self.build_embeds(torch.tensor(ids, device=visual.device), visual, regions)
+        return embeds, ids.index(self.llm.image_id) + visual.shape[0]
+
+    def generate(self, embeds: torch.Tensor, **kwargs) -> Generation:
+        """LanguageModel.generate (the keyword arguments of SegModel.generate)."""
+        return self.llm.generate(embeds, **kwargs)
+
+    def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,
+                        engine: Engine) -> torch.Tensor:
+        """[SEG] states (n, H) -> mask logits (n, Hm, Wm): the pointed object's mask with
+        seg_pointer (no decoder run), else the [SEG] queries decoded by the engine."""
+        if self.config.seg_pointer:
+            return self.seg_masks(frame, hidden)
+        feat, pos = self.projectors.to_queries(hidden[None])
+        return engine.decode(frame, feat, pos).mask_logits[-1][0]
+
+    def _prompt_decoder(self, engine: Engine):
+        """decode(frame, kinds, boxes, restrict) of prompt queries on `engine`."""
+        def decode(frame: FrameFeatures, kinds: torch.Tensor, boxes: torch.Tensor,
+                   restrict: torch.Tensor) -> DecoderOutput:
+            feat, pos = self.decoder.prompt_queries(kinds, boxes)
+            return engine.decode(frame, feat, pos, restrict)
+        return decode
 
     def trainable_prefixes(self) -> Sequence[str]:
         return ('pixel_decoder.', 'decoder.', 'projectors.')

@@ -26,7 +26,7 @@ from typing import Any, Optional
 import torch
 
 from ros_segcap.backends.spec import SPEC_VERSION
-from ros_segcap.core.model import SegCapModel
+from ros_segcap.models.segcap.model import SegCapModel
 
 MANIFEST_FILE = 'manifest.json'
 FORMAT = 1

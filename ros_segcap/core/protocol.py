@@ -1,0 +1,80 @@
+"""The two interfaces the Pipeline is written against: a model family and a vision engine.
+
+A model family (ros_segcap.models) gives a model that satisfies SegModel; an engine runs the
+vision half of that model: the model's own torch modules, or exported graphs behind an
+adapter (ros_segcap.backends). The Pipeline holds one of each and knows nothing else of them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol
+
+import torch
+
+from .frames import DecoderOutput, FrameFeatures
+from .preprocess import PromptQueries
+
+
+class Engine(Protocol):
+    """Runs the vision half of a model: a frame's features, then queries against them."""
+
+    backend: str  # 'torch', 'onnxruntime' or 'tensorrt'
+    reason: str  # why this backend runs (requested, or what `auto` skipped)
+    detail: str  # e.g. providers, plan precision
+
+    def encode(self, image: torch.Tensor) -> FrameFeatures:
+        """(1, 3, S, S) float RGB 0..255 -> the frame's features."""
+        ...
+
+    def decode(self, frame: FrameFeatures, query_feat: torch.Tensor, query_pos: torch.Tensor,
+               restrict: Optional[torch.Tensor] = None) -> DecoderOutput:
+        """Independent queries (1, N, D) against the frame's features (N may be 0)."""
+        ...
+
+
+class ModelConfig(Protocol):
+    """What the runtime reads of a model's config."""
+
+    name: str
+    image_size: int  # S: the model input side
+    mask_size: int  # Hm: the side of the mask grid
+
+
+class Generated(Protocol):
+    """One answer: the text with its special tokens, whether it was cancelled, timings."""
+
+    text: str
+    cancelled: bool
+    stats: dict[str, float]  # prefill_ms, decode_ms, ...
+
+
+class SegModel(Protocol):
+    """A grounded multimodal model: vision features -> visual block -> LLM -> [SEG] masks."""
+
+    config: ModelConfig
+    trained: bool  # False: the new parts are untrained (answers are noise)
+
+    def frame(self, image: torch.Tensor, engine: Engine) -> FrameFeatures:
+        """(1, 3, S, S) float RGB 0..255 -> the frame's features, ready for questions."""
+        ...
+
+    def region_tokens(self, frame: FrameFeatures, prompts: PromptQueries,
+                      engine: Engine) -> torch.Tensor:
+        """Visual prompts -> their <region> / <mark> token embeddings (N, H)."""
+        ...
+
+    def question_embeds(self, frame: FrameFeatures, question: str,
+                        regions: Optional[torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """(prompt embeddings (1, T, H), length of the prefix shared by every question)."""
+        ...
+
+    def generate(self, embeds: torch.Tensor, *, max_new_tokens: int, temperature: float,
+                 on_text: Optional[Callable[[str], bool]],
+                 on_seg: Optional[Callable[[torch.Tensor], None]], prefix_len: int,
+                 prefix_key: Any) -> Generated:
+        """Answer from the embeddings; on_seg(h) gets each [SEG] hidden state (H,)."""
+        ...
+
+    def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,
+                        engine: Engine) -> torch.Tensor:
+        """[SEG] hidden states (n, H) -> mask logits (n, Hm, Wm) on the model input."""
+        ...

@@ -1,0 +1,57 @@
+"""Open a Pipeline from the options: load the model, open its engine, hand both over.
+
+The one place the runtime meets the model registry (ros_segcap.models) and the engine
+adapters (ros_segcap.backends); the CLI, the node, the benchmarks and the evaluation all
+open their pipelines here. Nothing here builds engines: stale ones are refused with the
+`segcap export` command that fixes them (or skipped by `auto`, which says why).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Optional
+
+from ros_segcap.backends.select import open_engine
+from ros_segcap.core.options import option
+from ros_segcap.core.pipeline import Pipeline, Settings
+from ros_segcap.models import family_of
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every option that opens and runs a Pipeline (defaults and ranges: core.options)."""
+
+    model: str = option('model').default  # registry name or model directory
+    backend: str = option('backend').default  # torch | onnxruntime | tensorrt | auto
+    device: str = option('device').default
+    decode_path: str = option('decode_path').default
+    allow_pickle: bool = option('allow_pickle').default
+    engines_dir: str = option('engines_dir').default
+    max_new_tokens: int = option('max_new_tokens').default
+    temperature: float = option('temperature').default
+    mask_threshold: float = option('mask_threshold').default
+    refine_edges: bool = option('refine_edges').default
+    cache_frames: int = option('frame_buffer').default
+
+    def settings(self) -> Settings:
+        """The answering settings the Pipeline itself holds."""
+        return Settings(**{f.name: getattr(self, f.name) for f in fields(Settings)})
+
+
+def open_pipeline(config: PipelineConfig = PipelineConfig(), *, model: Any = None,
+                  say: Optional[Callable[[str], None]] = None) -> Pipeline:
+    """Load config.model (unless `model` is given), open config.backend's engine for it.
+
+    Raises ValueError (EngineError, bad options) or FileNotFoundError with a one-line reason.
+    """
+    family = family_of(config.model)
+    if model is None:
+        model = family.load(config.model, device=config.device,
+                            allow_pickle=config.allow_pickle, decode_path=config.decode_path)
+    else:
+        family.prepare(model, decode_path=config.decode_path)
+    engine = open_engine(model, config.backend, model_arg=config.model,
+                         directory=config.engines_dir or None, device=config.device,
+                         torch_engine=lambda why: family.torch_engine(model, config.device,
+                                                                      why),
+                         say=say)
+    return Pipeline(model, engine, config.settings())
