@@ -1,4 +1,4 @@
-"""The three stages of the recipe (DESIGN.md §3): what each trains and what its loss is.
+"""The three stages of the recipe (docs/design.md §3): what each trains and what its loss is.
 
 A stage is an nn.Module whose forward takes one cached item (batch size 1) and returns
 (loss, logged values), so the same loop runs it on one process or under DDP.

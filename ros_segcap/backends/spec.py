@@ -1,6 +1,6 @@
 """The one definition of the engine graphs' inputs and outputs, shared by export and runners.
 
-Two graphs per model (DESIGN.md section 4):
+Two graphs per model (docs/design.md section 4):
 
     vision  image (1, 3, S, S) float32 RGB 0..255
             -> pixel_tokens, mask_features, memory_0..2, memory_pos_0..2, class_logits,

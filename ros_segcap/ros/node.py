@@ -1,6 +1,6 @@
 """segcap_node: camera frames + plain-language commands in, answers and masks out.
 
-A lifecycle (managed) node, thin over the core pipeline and the worker (DESIGN.md §5):
+A lifecycle (managed) node, thin over the core pipeline and the worker (docs/design.md §5):
 configure reads the parameters and loads the model (slow); activate subscribes, serves and
 starts the worker; deactivate stops taking work; cleanup releases the model. With the
 parameter autostart:=true the node configures and activates itself (an unmanaged start).
@@ -56,7 +56,7 @@ def make_pipeline(config: Any) -> Any:
 
 
 class SegCapNode(LifecycleNode):
-    """The ROS 2 node; see the module docstring and DESIGN.md §5."""
+    """The ROS 2 node; see the module docstring and docs/design.md §5."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('segcap_node', **kwargs)
