@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import shutil
 import statistics
@@ -35,7 +34,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
@@ -43,8 +42,8 @@ os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 
 import numpy as np  # noqa: E402
 
-from ros_procs import (JSON_TAG, PROFILE_VARS, BenchError, Child, child_env,  # noqa: E402
-                       unique_domain, wait_for)
+from ros_procs import (FIRST_FRAME_S, PROFILE_VARS, BenchError,  # noqa: E402
+                       Child, child_env, role_publish, role_receive, unique_domain, wait_for)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHM_PROFILE = ROOT / 'config' / 'fastdds_shm.xml'
@@ -52,7 +51,6 @@ SIZES = ((640, 480), (1024, 1024))  # (width, height)
 RATE_HZ = 30.0
 STARTUP_S = 300.0  # model load on a busy 2-core machine
 RESULT_S = 120.0
-FIRST_FRAME_S = 20.0
 # A model without shipped weights has randomly initialised new parts (projectors, heads), so
 # the node and this process seed torch alike before building it; trained weights overwrite
 # them. Otherwise this is `python -m ros_segcap.ros.node`.
@@ -315,64 +313,6 @@ def run_rates(args: argparse.Namespace, workdir: Path) -> None:
             none = '' if received['first_frame'] else ' (no frame arrived)'
             cells.append(f'{received["rate_hz"]:5.1f} Hz [{published["rate_hz"]:4.1f}]{none}')
         print(f'  {name:<24}' + ''.join(f'{c:<21}' for c in cells).rstrip(), flush=True)
-
-
-# ----- child roles ---------------------------------------------------------------------------
-
-def role_publish(args: argparse.Namespace) -> int:
-    """Publish one random frame of --size at --rate Hz until interrupted; print the rate."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-    from ros_segcap.ros.camera import CameraPublisher, publish_loop
-
-    width, height = args.size
-    frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    rclpy.init()
-    node = CameraPublisher(itertools.repeat(frame), frame_id='bench')
-    start = time.monotonic()
-    try:
-        publish_loop(node, args.rate)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        elapsed = time.monotonic() - start
-        node.destroy_node()
-        rclpy.try_shutdown()
-    print(JSON_TAG + json.dumps({'published': node.published,
-                                 'rate_hz': node.published / max(elapsed, 1e-9)}), flush=True)
-    return 0
-
-
-def role_receive(args: argparse.Namespace) -> int:
-    """Subscribe as segcap_node does; count frames over --seconds after a 1 s settle."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from ros_segcap.ros.params import NodeConfig, image_qos
-    from sensor_msgs.msg import Image
-
-    rclpy.init()
-    node = rclpy.create_node('bench_receiver')
-    times: list[float] = []
-    node.create_subscription(Image, 'image', lambda _: times.append(time.monotonic()),
-                             image_qos(NodeConfig()))
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-
-    def spin_until(deadline: float, stop: Callable[[], bool] = lambda: False) -> None:
-        while time.monotonic() < deadline and not stop():
-            executor.spin_once(timeout_sec=0.05)
-
-    spin_until(time.monotonic() + FIRST_FRAME_S, lambda: bool(times))
-    start = (times[0] if times else time.monotonic()) + 1.0
-    spin_until(start)
-    spin_until(start + args.seconds)
-    count = sum(1 for t in times if start <= t < start + args.seconds)
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.try_shutdown()
-    print(JSON_TAG + json.dumps({'received': count, 'rate_hz': count / args.seconds,
-                                 'first_frame': bool(times)}), flush=True)
-    return 0
 
 
 # ----- entry point ---------------------------------------------------------------------------

@@ -6,6 +6,8 @@ every error message quotes. A child reports its numbers as one JSON line tagged 
 """
 from __future__ import annotations
 
+import argparse
+import itertools
 import json
 import os
 import random
@@ -15,8 +17,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
+
 PROFILE_VARS = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
 JSON_TAG = 'BENCH_JSON '
+FIRST_FRAME_S = 20.0  # a rate child waits this long for its first frame
 
 
 class BenchError(RuntimeError):
@@ -107,3 +112,61 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
             raise BenchError(child.explain(message) if child else message)
         time.sleep(0.01)
     return value
+
+
+# ----- child roles of bench_ros.py -----------------------------------------------------------
+
+def role_publish(args: argparse.Namespace) -> int:
+    """Publish one random frame of --size at --rate Hz until interrupted; print the rate."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    from ros_segcap.ros.camera import CameraPublisher, publish_loop
+
+    width, height = args.size
+    frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    rclpy.init()
+    node = CameraPublisher(itertools.repeat(frame), frame_id='bench')
+    start = time.monotonic()
+    try:
+        publish_loop(node, args.rate)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        elapsed = time.monotonic() - start
+        node.destroy_node()
+        rclpy.try_shutdown()
+    print(JSON_TAG + json.dumps({'published': node.published,
+                                 'rate_hz': node.published / max(elapsed, 1e-9)}), flush=True)
+    return 0
+
+
+def role_receive(args: argparse.Namespace) -> int:
+    """Subscribe as segcap_node does; count frames over --seconds after a 1 s settle."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from ros_segcap.ros.params import NodeConfig, image_qos
+    from sensor_msgs.msg import Image
+
+    rclpy.init()
+    node = rclpy.create_node('bench_receiver')
+    times: list[float] = []
+    node.create_subscription(Image, 'image', lambda _: times.append(time.monotonic()),
+                             image_qos(NodeConfig()))
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+
+    def spin_until(deadline: float, stop: Callable[[], bool] = lambda: False) -> None:
+        while time.monotonic() < deadline and not stop():
+            executor.spin_once(timeout_sec=0.05)
+
+    spin_until(time.monotonic() + FIRST_FRAME_S, lambda: bool(times))
+    start = (times[0] if times else time.monotonic()) + 1.0
+    spin_until(start)
+    spin_until(start + args.seconds)
+    count = sum(1 for t in times if start <= t < start + args.seconds)
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.try_shutdown()
+    print(JSON_TAG + json.dumps({'received': count, 'rate_hz': count / args.seconds,
+                                 'first_frame': bool(times)}), flush=True)
+    return 0
