@@ -82,7 +82,7 @@ def cmd_infer(args) -> int:
         raise UsageError(str(exc)) from None
     pipe = make_pipeline(pipeline_values(vars(args)))
     if not pipe.trained:
-        from ros_segcap.models.segcap.weights import weights_warning
+        from ros_segcap.models import weights_warning
 
         print(f'warning: {weights_warning(args.model) or "untrained weights"}',
               file=sys.stderr)
@@ -104,12 +104,12 @@ def cmd_infer(args) -> int:
 
 def make_pipeline(values: dict):
     """The one place the CLI opens its Pipeline; UsageError with the reason if it cannot."""
-    from ros_segcap.models.segcap.assets import AssetError
+    from ros_segcap.core.types import ModelError
     from ros_segcap.runtime import PipelineConfig, open_pipeline
 
     try:
         return open_pipeline(PipelineConfig(**values))
-    except (KeyError, FileNotFoundError, ValueError, AssetError) as exc:
+    except (KeyError, FileNotFoundError, ValueError, ModelError) as exc:
         raise UsageError(str(exc).strip('"')) from None
 
 

@@ -48,7 +48,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from ros_segcap.backends.base import EngineError
     from ros_segcap.cli import UsageError
-    from ros_segcap.models.segcap.weights import load_model
+    from ros_segcap.models import load_model
 
     if args.fp16 and not args.tensorrt:
         raise UsageError('--fp16 applies to TensorRT plans; add --tensorrt (onnxruntime on '

@@ -15,8 +15,8 @@ import torch
 
 from conftest import make_image
 from engines_util import exported, fresh_rng, random_restrict
-from ros_segcap.backends.graphs import frame_arrays, frame_from_outputs
-from ros_segcap.backends.spec import graph_specs, QUERY_DIM, seg_inputs
+from ros_segcap.backends.arrays import frame_arrays, frame_from_outputs
+from ros_segcap.core.spec import graph_specs, QUERY_DIM, seg_inputs
 from ros_segcap.core.types import VisualPrompt
 from ros_segcap.export import parity
 from ros_segcap.export.onnx_export import example_inputs
@@ -276,13 +276,13 @@ def test_segcap_tiny_vision_parity_on_a_photo(tmp_path):
 
     import cv2
 
-    from ros_segcap.backends.graphs import VisionGraph
+    from ros_segcap.models.segcap.graphs import VisionGraph
     from ros_segcap.backends.onnx_backend import OnnxBackend
     from ros_segcap.models.segcap.config import get_config, TINY_RANDOM_LLM
     from ros_segcap.models.segcap.model import build_model
     from ros_segcap.core.preprocess import letterbox
     from ros_segcap.export.onnx_export import export_graph
-    from ros_segcap.export.traceable import exportable
+    from ros_segcap.models.segcap.traceable import exportable
 
     config = get_config('segcap-tiny').replace(llm='random', llm_config=TINY_RANDOM_LLM,
                                                llm_hidden=TINY_RANDOM_LLM['hidden_size'])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engines_util import copy_engines, exported
-from ros_segcap.backends.spec import QUERY_DIM, SPEC_VERSION
+from ros_segcap.core.spec import QUERY_DIM, SPEC_VERSION
 from ros_segcap.backends.manifest import check_engines, MANIFEST_FILE, weights_hash
 
 
@@ -117,7 +117,7 @@ def test_stale_engines_are_refused(tiny_model, engines_dir, tmp_path, tamper, me
 
 def test_vision_flops_match_the_torch_convs(engines_dir, tiny_model):
     """Conv FLOPs counted from the ONNX graph equal the torch modules' own count."""
-    from ros_segcap.backends.graphs import VisionGraph
+    from ros_segcap.models.segcap.graphs import VisionGraph
     from ros_segcap.export.flops import count_flops
 
     flops = count_flops(engines_dir / _entry(engines_dir)['graphs']['vision']['onnx'])
@@ -250,7 +250,7 @@ def test_tensorrt_build_logic_with_a_stand_in(engines_dir, tiny_model, tmp_path,
     """Profile over the query dim, fp16 flag, timing cache, file name, progress lines."""
     import sys
 
-    from ros_segcap.backends.spec import graph_specs
+    from ros_segcap.core.spec import graph_specs
     from ros_segcap.export import tensorrt_build as tb
 
     monkeypatch.setitem(sys.modules, 'tensorrt', _FakeTensorRT())

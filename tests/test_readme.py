@@ -148,3 +148,15 @@ def test_relative_links_resolve(doc: Path):
 def test_no_diary(doc: Path):
     hits = [line for line in doc.read_text().splitlines() if DIARY.search(line)]
     assert not hits, f'{doc.name} describes the present, not a diary: {hits}'
+
+
+REPO_PATH = re.compile(r'\b((?:ros_segcap|training|benchmarks|scripts|tests|config|launch|msg)'
+                       r'/[\w./-]+\.(?:py|c|sh|yaml|xml|md|msg|srv|action))\b')
+
+
+@pytest.mark.parametrize('doc', DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_named_files_exist(doc: Path):
+    """Every repository file a doc names in its text (not only in links) exists."""
+    missing = sorted({m for m in REPO_PATH.findall(doc.read_text())
+                      if not (ROOT / m).exists()})
+    assert not missing, f'{doc.name} names files that do not exist: {missing}'

@@ -6,7 +6,7 @@ from typing import Mapping, Optional, Protocol
 
 import numpy as np
 
-from .spec import GraphSpec, seg_inputs
+from ros_segcap.core.spec import GraphSpec, seg_inputs
 
 BACKEND_NAMES = ('torch', 'onnxruntime', 'tensorrt')
 

@@ -9,7 +9,7 @@ import torch
 from ros_segcap.core.frames import DecoderOutput, FrameFeatures
 
 from .base import Engines
-from .graphs import decoder_output, frame_arrays, frame_from_outputs
+from .arrays import decoder_output, frame_arrays, frame_from_outputs
 
 
 def _array(t: torch.Tensor) -> np.ndarray:

@@ -25,8 +25,7 @@ from typing import Any, Optional
 
 import torch
 
-from ros_segcap.backends.spec import SPEC_VERSION
-from ros_segcap.models.segcap.model import SegCapModel
+from ros_segcap.core.spec import SPEC_VERSION
 
 MANIFEST_FILE = 'manifest.json'
 FORMAT = 1
@@ -39,7 +38,7 @@ GRAPH_CONFIG_KEYS = ('image_size', 'backbone', 'backbone_channels', 'shuffle', '
                      'mask_stride')
 
 
-def weights_hash(model: SegCapModel) -> str:
+def weights_hash(model: Any) -> str:
     """sha256 of the engine parts' state tensors (name, dtype, shape, bytes) and config."""
     h = hashlib.sha256()
     cfg = model.config.to_dict()
@@ -103,7 +102,7 @@ class EngineCheck:
     entry: Optional[dict[str, Any]] = None
 
 
-def check_engines(engines_dir: Path, model: SegCapModel, model_arg: str, *, kind: str = 'onnx',
+def check_engines(engines_dir: Path, model: Any, model_arg: str, *, kind: str = 'onnx',
                   plan_key: Optional[str] = None, digest: Optional[str] = None) -> EngineCheck:
     """Check the manifest entry and files of `model` in `engines_dir`.
 

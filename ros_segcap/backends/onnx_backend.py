@@ -12,7 +12,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from .base import EngineError
-from .spec import GraphSpec
+from ros_segcap.core.spec import GraphSpec
 
 PREFERRED_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider',
                        'CPUExecutionProvider')

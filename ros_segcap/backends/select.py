@@ -21,7 +21,7 @@ from ros_segcap.core.protocol import Engine
 from .base import BACKEND_NAMES, EngineError, Engines
 from .engine import ArrayEngine
 from .manifest import check_engines, weights_hash
-from .spec import graph_specs
+from ros_segcap.core.spec import graph_specs
 from .tensorrt_backend import plan_key
 
 ENGINES_ENV = 'SEGCAP_ENGINES'

@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from .base import EngineError
-from .spec import GraphSpec
+from ros_segcap.core.spec import GraphSpec
 
 
 def tensorrt_version() -> str:

@@ -6,7 +6,7 @@ adapter (ros_segcap.backends). The Pipeline holds one of each and knows nothing 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, ContextManager, Optional, Protocol
 
 import torch
 
@@ -77,4 +77,18 @@ class SegModel(Protocol):
     def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,
                         engine: Engine) -> torch.Tensor:
         """[SEG] hidden states (n, H) -> mask logits (n, Hm, Wm) on the model input."""
+        ...
+
+
+class Exportable(Protocol):
+    """What `segcap export` needs of a model: its two engine graphs (names: core.spec)."""
+
+    config: ModelConfig
+
+    def graphs(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(vision graph, seg graph) as torch modules over the model's own weights."""
+        ...
+
+    def exportable(self) -> ContextManager[None]:
+        """A block within which the graphs trace to fast, portable ONNX."""
         ...

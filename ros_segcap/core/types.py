@@ -13,6 +13,11 @@ class InputError(ValueError):
     """Bad user input (image, prompt, visual prompt). The message names the problem."""
 
 
+class ModelError(RuntimeError):
+    """A model cannot be built or loaded (a missing asset, file or setting); the message
+    says what to install or fix."""
+
+
 @dataclass(frozen=True)
 class VisualPrompt:
     """A point, box or mask given by the user, in original image pixel coordinates.

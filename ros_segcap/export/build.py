@@ -17,15 +17,15 @@ from typing import Callable, Optional
 import numpy as np
 
 from ros_segcap.backends.base import EngineError
-from ros_segcap.backends.spec import SPEC_VERSION, graph_specs, seg_inputs
-from ros_segcap.export.torch_runner import torch_backends
-from ros_segcap.models.segcap.model import SegCapModel
+from ros_segcap.backends.manifest import file_sha256, GRAPHS, weights_hash, write_entry
+from ros_segcap.core.protocol import Exportable
+from ros_segcap.core.spec import SPEC_VERSION, graph_specs, seg_inputs
 
 from . import parity
 from .flops import count_flops
-from ros_segcap.backends.manifest import file_sha256, GRAPHS, weights_hash, write_entry
 from .onnx_export import example_inputs, export_onnx, OPSET
 from .tensorrt_build import build_plan, plan_key, plan_name, QueryProfile, TIMING_CACHE
+from .torch_runner import torch_backends
 
 VERIFY_QUERIES = 7
 
@@ -51,7 +51,7 @@ def versions() -> dict[str, Optional[str]]:
     return out
 
 
-def reference_outputs(model: SegCapModel, rng: np.random.Generator,
+def reference_outputs(model: Exportable, rng: np.random.Generator,
                       queries: int = VERIFY_QUERIES) -> tuple[dict, dict, dict, dict]:
     """(vision inputs, vision outputs, seg inputs, seg outputs) of the torch backend."""
     specs = graph_specs(model.config)
@@ -72,7 +72,7 @@ def _check_graph(runner, refs: tuple, graph: str, **tol: float) -> dict:
     return {**parity.summary(ref, got), 'ok': not bad, 'failures': bad}
 
 
-def export_engines(model: SegCapModel, out_dir: Path, *, model_arg: Optional[str] = None,
+def export_engines(model: Exportable, out_dir: Path, *, model_arg: Optional[str] = None,
                    fp16: bool = False, tensorrt: bool = False, opset: int = OPSET,
                    verify: bool = True, profile: QueryProfile = QueryProfile(),
                    echo: Callable[[str], None] = print) -> dict:
@@ -118,7 +118,7 @@ def export_engines(model: SegCapModel, out_dir: Path, *, model_arg: Optional[str
     return entry
 
 
-def _build_plans(model: SegCapModel, out_dir: Path, entry: dict, paths: dict[str, Path],
+def _build_plans(model: Exportable, out_dir: Path, entry: dict, paths: dict[str, Path],
                  digest: str, *, fp16: bool, profile: QueryProfile, refs: tuple,
                  echo: Callable[[str], None]) -> None:
     """TensorRT plans for both graphs; an fp16 plan that breaks parity is rebuilt as fp32."""

@@ -17,11 +17,9 @@ import numpy as np
 import onnx
 import torch
 
-from ros_segcap.backends.graphs import SegGraph, VisionGraph
-from ros_segcap.backends.spec import GraphSpec, graph_specs
-from ros_segcap.models.segcap.model import SegCapModel
+from ros_segcap.core.protocol import Exportable
+from ros_segcap.core.spec import GraphSpec, graph_specs
 
-from .traceable import exportable
 
 OPSET = 17
 EXAMPLE_QUERIES = 3  # traced with 3 queries; 1 would let the tracer specialise on it
@@ -176,7 +174,7 @@ def onnx_name(model_name: str, graph: str) -> str:
     return f'{model_name}.{graph}.onnx'
 
 
-def export_onnx(model: SegCapModel, out_dir: Path, *, digest: str, opset: int = OPSET,
+def export_onnx(model: Exportable, out_dir: Path, *, digest: str, opset: int = OPSET,
                 rng: Optional[np.random.Generator] = None,
                 progress: Callable[[str], None] = print) -> dict[str, Path]:
     """Write <name>.vision.onnx and <name>.seg.onnx into out_dir; returns graph -> path."""
@@ -188,8 +186,8 @@ def export_onnx(model: SegCapModel, out_dir: Path, *, digest: str, opset: int = 
     was_training = {m: m.training for m in model.modules()}
     paths = {}
     try:
-        with exportable(model):
-            vision = VisionGraph(model)
+        with model.exportable():
+            vision, seg = model.graphs()
             v_in = example_inputs(specs['vision'], rng)
             progress(f'exporting {model.config.name} vision graph (opset {opset}) ...')
             paths['vision'] = export_graph(vision, specs['vision'], v_in,
@@ -203,7 +201,7 @@ def export_onnx(model: SegCapModel, out_dir: Path, *, digest: str, opset: int = 
                 if name.startswith(('mask_features', 'memory_')):  # real frame features
                     s_in[name] = outs[name].detach().numpy()
             progress(f'exporting {model.config.name} seg graph (dynamic queries) ...')
-            paths['seg'] = export_graph(SegGraph(model), specs['seg'], s_in,
+            paths['seg'] = export_graph(seg, specs['seg'], s_in,
                                         out_dir / onnx_name(model.config.name, 'seg'),
                                         opset=opset, metadata={**meta, 'graph': 'seg'})
     finally:

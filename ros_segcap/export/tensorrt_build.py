@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from ros_segcap.backends.spec import GraphSpec, QUERY_DIM
+from ros_segcap.core.spec import GraphSpec, QUERY_DIM
 from ros_segcap.backends.tensorrt_backend import (slug, gpu_name, plan_key,  # noqa: F401
                                                   tensorrt_version)
 

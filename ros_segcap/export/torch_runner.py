@@ -8,11 +8,9 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ros_segcap.models.segcap.model import SegCapModel
-
 from ros_segcap.backends.base import Engines
-from ros_segcap.backends.graphs import SegGraph, VisionGraph
-from ros_segcap.backends.spec import GraphSpec, seg_spec, vision_spec
+from ros_segcap.core.protocol import Exportable
+from ros_segcap.core.spec import GraphSpec, seg_spec, vision_spec
 
 
 class TorchBackend:
@@ -34,14 +32,15 @@ class TorchBackend:
         return {name: t.detach().cpu().numpy() for name, t in zip(self.spec.output_names, outs)}
 
 
-def torch_backends(model: SegCapModel, device: str | torch.device = 'cpu'
+def torch_backends(model: Exportable, device: str | torch.device = 'cpu'
                    ) -> tuple[TorchBackend, TorchBackend]:
     """(vision, seg) torch runners of a model."""
-    return (TorchBackend(VisionGraph(model), vision_spec(model.config), device),
-            TorchBackend(SegGraph(model), seg_spec(model.config), device))
+    vision, seg = model.graphs()
+    return (TorchBackend(vision, vision_spec(model.config), device),
+            TorchBackend(seg, seg_spec(model.config), device))
 
 
-def torch_engines(model: SegCapModel, device: str | torch.device = 'cpu') -> Engines:
+def torch_engines(model: Exportable, device: str | torch.device = 'cpu') -> Engines:
     """The torch runners as an Engines pair, like backends.select.open_runners gives."""
     vision, seg = torch_backends(model, device)
     return Engines('torch', vision, seg, 'reference', f'torch {torch.__version__} eager')

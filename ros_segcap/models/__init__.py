@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import importlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 # family name -> module whose FAMILY attribute is its Family (imported on first use)
 FAMILIES = {'segcap': 'ros_segcap.models.segcap.family'}
@@ -31,6 +31,7 @@ class Family:
     torch_engine: Callable[..., Any]  # (model, device, reason) -> core.protocol.Engine
     tokenizer: Callable[[Any], Any]  # (config) -> tokenizer with the family's added tokens
     chat_template: Callable[[Any], str]  # (config) -> prompt text with a '{question}' slot
+    weights_warning: Callable[[str], Optional[str]]  # (name or dir) -> why answers are noise
 
 
 def family(name: str) -> Family:
@@ -68,3 +69,11 @@ def family_of(name_or_dir: str) -> Family:
 def load_model(name_or_dir: str, **kwargs: Any) -> Any:
     """Load a registered model or a model directory with its family's loader."""
     return family_of(name_or_dir).load(name_or_dir, **kwargs)
+
+
+def weights_warning(name_or_dir: str) -> Optional[str]:
+    """One line for the user when a model's weights are not trained ones, else None."""
+    try:
+        return family_of(name_or_dir).weights_warning(name_or_dir)
+    except (OSError, ValueError):
+        return None  # the loader reports a broken model itself

@@ -223,7 +223,7 @@ def report(client: DemoClient, args: argparse.Namespace) -> None:
 
 
 def _demo(client: DemoClient, children: list[Child], args: argparse.Namespace) -> None:
-    from ros_segcap.models.segcap.weights import weights_warning
+    from ros_segcap.models import weights_warning
 
     warning = weights_warning(args.model)
     if warning:

@@ -25,8 +25,10 @@ from typing import Dict, Iterator, Tuple
 
 import torch
 
+from ros_segcap.core.types import ModelError
 
-class AssetError(RuntimeError):
+
+class AssetError(ModelError):
     """A pretrained asset is missing; the message names the pip command that installs it."""
 
 

@@ -10,7 +10,7 @@ from .config import DEFAULT_DECODE_PATH, SegCapConfig, get_config, model_names
 from .engine import TorchEngine
 from .llm import load_tokenizer
 from .model import SegCapModel, build_model
-from .weights import load_model
+from .weights import load_model, weights_warning
 
 
 def load(name_or_dir: str, *, device: str | torch.device = 'cpu', allow_pickle: bool = False,
@@ -46,4 +46,5 @@ def chat_template(config: SegCapConfig) -> str:
 
 
 FAMILY = Family(name='segcap', names=model_names, build=build, load=load, prepare=prepare,
-                torch_engine=torch_engine, tokenizer=load_tokenizer, chat_template=chat_template)
+                torch_engine=torch_engine, tokenizer=load_tokenizer, chat_template=chat_template,
+                weights_warning=weights_warning)

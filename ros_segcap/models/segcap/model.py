@@ -6,7 +6,7 @@ prompt queries and [SEG] queries reuse them (`decode_queries`) without re-encodi
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional, Sequence
+from typing import ContextManager, Optional, Sequence
 
 import torch
 from torch import nn
@@ -343,6 +343,18 @@ class SegCapModel(nn.Module):
             feat, pos = self.decoder.prompt_queries(kinds, boxes)
             return engine.decode(frame, feat, pos, restrict)
         return decode
+
+    # ----- export (ros_segcap.core.protocol.Exportable) ----------------------------------
+
+    def graphs(self) -> tuple[nn.Module, nn.Module]:
+        """The vision and seg engine graphs as torch modules (names: core.spec)."""
+        from .graphs import SegGraph, VisionGraph
+        return VisionGraph(self), SegGraph(self)
+
+    def exportable(self) -> ContextManager[None]:
+        """Within the block, the graphs use their trace-friendly stand-ins (traceable.py)."""
+        from .traceable import exportable
+        return exportable(self)
 
     def trainable_prefixes(self) -> Sequence[str]:
         return ('pixel_decoder.', 'decoder.', 'projectors.')

@@ -117,8 +117,8 @@ def weights_warning(name_or_dir: str) -> Optional[str]:
         path = resolve_model_dir(name_or_dir)
         if path is None:
             return (f'model {name_or_dir!r} has no trained weights (none shipped in '
-                    f'{SHIPPED_DIR}): the answer text is meaningless (README: Status of the '
-                    'default weights)')
+                    f'{SHIPPED_DIR}): the answer text is meaningless (README: The default '
+                    'weights)')
         if json.loads((path / CONFIG_FILE).read_text()).get('trained', False):
             return None
     except (FileNotFoundError, ValueError, OSError):

@@ -1,5 +1,7 @@
 """The one definition of the engine graphs' inputs and outputs, shared by export and runners.
 
+Every model family of the OMG design exposes its vision half through these two graphs.
+
 Two graphs per model (docs/design.md section 4):
 
     vision  image (1, 3, S, S) float32 RGB 0..255
@@ -19,16 +21,17 @@ and the runners refuse engines of another version.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from ros_segcap.models.segcap.config import SegCapConfig
 
 SPEC_VERSION = 2  # 2: fine_features output (fine_pool models)
 MEMORY_LEVELS = 3  # strides 32, 16, 8 (PixelDecoder)
 QUERY_DIM = 'queries'  # the dynamic dimension of the seg graph
 Dim = Union[int, str]
+# a model config with the OMG design's sizes (image_size, dim, num_queries, mask_size, ...)
+ModelConfig = Any
 
 
 @dataclass(frozen=True)
@@ -133,17 +136,17 @@ def _fmt(shape: tuple[Dim, ...]) -> str:
     return '(' + ', '.join(str(d) for d in shape) + ')'
 
 
-def memory_sides(config: SegCapConfig) -> list[int]:
+def memory_sides(config: ModelConfig) -> list[int]:
     """Side lengths of the memories (strides 32, 16, 8) for a square input."""
     return [config.image_size // s for s in (32, 16, 8)]
 
 
-def seg_memory_levels(config: SegCapConfig) -> list[int]:
+def seg_memory_levels(config: ModelConfig) -> list[int]:
     """Memory levels the decoder reads (round robin over its layers); the others are unused."""
     return sorted({i % MEMORY_LEVELS for i in range(config.decoder_layers)})
 
 
-def vision_spec(config: SegCapConfig) -> GraphSpec:
+def vision_spec(config: ModelConfig) -> GraphSpec:
     """The vision graph of a model config (segcap-tiny shapes in the docs)."""
     s, d, nq = config.image_size, config.dim, config.num_queries
     hm, k1, t = config.mask_size, config.num_classes + 1, config.token_grid ** 2
@@ -172,7 +175,7 @@ def vision_spec(config: SegCapConfig) -> GraphSpec:
     return GraphSpec('vision', (image,), tuple(outputs))
 
 
-def seg_spec(config: SegCapConfig) -> GraphSpec:
+def seg_spec(config: ModelConfig) -> GraphSpec:
     """The seg graph: N independent queries against one frame's cached features."""
     d, hm, n, k1 = config.dim, config.mask_size, QUERY_DIM, config.num_classes + 1
     inputs = [
@@ -196,7 +199,7 @@ def seg_spec(config: SegCapConfig) -> GraphSpec:
     return GraphSpec('seg', tuple(inputs), outputs)
 
 
-def graph_specs(config: SegCapConfig) -> dict[str, GraphSpec]:
+def graph_specs(config: ModelConfig) -> dict[str, GraphSpec]:
     """{'vision': ..., 'seg': ...} of a model config."""
     return {'vision': vision_spec(config), 'seg': seg_spec(config)}
 
