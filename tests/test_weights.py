@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
-import pickle
+import os
 from pathlib import Path
+import stat
 
 import pytest
 import torch
@@ -142,8 +143,9 @@ class NotATensor:
 def test_pickle_with_objects_is_refused_even_when_allowed(tmp_path: Path) -> None:
     model = _fresh_tiny()
     d = _pickle_dir(tmp_path, model, {'x': NotATensor()})
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ValueError, match='refused by the weights-only unpickler') as caught:
         load_model(str(d), allow_pickle=True)
+    assert 'NotATensor' in str(caught.value) and '\n' not in str(caught.value)
 
 
 def test_unknown_and_misshapen_keys(tmp_path: Path) -> None:
@@ -205,3 +207,56 @@ def test_the_registered_segcap_tiny_is_what_ships():
     shipped = Path(ros_segcap.__file__).parent / 'weights' / 'segcap-tiny' / 'config.json'
     stored = SegCapConfig.from_dict(json.loads(shipped.read_text())['config'])
     assert stored == get_config('segcap-tiny')
+
+
+def test_partial_format_needs_every_stored_tensor(tmp_path: Path) -> None:
+    """A 'full: false' directory holds the trained parts and the new token rows; each is
+    required, the backbone and LLM (from their assets) are not."""
+    model = _fresh_tiny()
+    save_model(model, tmp_path / 'p', full=False)
+    path = tmp_path / 'p' / WEIGHTS_FILE
+    good = load_file(str(path))
+    assert NEW_ROWS_KEY in good and not any(k.startswith('backbone.') for k in good)
+    assert set(good) == set(model_state(model, full=False))
+    load_model(str(tmp_path / 'p'))  # complete: loads
+    for key in (NEW_ROWS_KEY, 'decoder.class_head.bias'):
+        save_file({k: v for k, v in good.items() if k != key}, str(path))
+        with pytest.raises(ValueError, match=f'1 missing tensors.*{key}'):
+            load_model(str(tmp_path / 'p'))
+    save_file({**good, NEW_ROWS_KEY: good[NEW_ROWS_KEY][:1]}, str(path))  # would broadcast
+    with pytest.raises(ValueError, match=f'{NEW_ROWS_KEY}: stored shape'):
+        load_model(str(tmp_path / 'p'))
+
+
+def test_missing_ok_keeps_the_init_of_new_parts() -> None:
+    model = _fresh_tiny()
+    state = model_state(model)
+    before = model.decoder.class_head.bias.detach().clone()
+    del state['decoder.class_head.bias']
+    with pytest.raises(ValueError, match='missing tensors'):
+        weights.load_state(model, state)
+    weights.load_state(model, state, missing_ok=True)
+    assert torch.equal(model.decoder.class_head.bias, before)
+
+
+def test_written_files_get_the_umask_mode(tmp_path: Path) -> None:
+    """Not mkstemp's 0600: a node running as another user must read the model."""
+    old = os.umask(0o022)
+    try:
+        save_model(_fresh_tiny(), tmp_path / 'm')
+    finally:
+        os.umask(old)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        assert stat.S_IMODE((tmp_path / 'm' / name).stat().st_mode) == 0o644, name
+    assert sorted(p.name for p in (tmp_path / 'm').iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+
+
+def test_meta_only_and_test_only_names() -> None:
+    from ros_segcap.models.segcap.family import FAMILY
+
+    with pytest.raises(ValueError, match='omg-llava-7b is a shape check.*meta device'):
+        load_model('omg-llava-7b')
+    with pytest.raises(ValueError, match='shape check'):
+        FAMILY.build('omg-llava-7b')
+    assert 'test-only' in weights.weights_warning('tiny-random')
+    assert weights.weights_warning('omg-llava-7b') is None  # its loader says why

@@ -36,7 +36,7 @@ class Family:
 
 def family(name: str) -> Family:
     """The Family called `name`; ValueError naming the known ones."""
-    if name not in FAMILIES:
+    if not isinstance(name, str) or name not in FAMILIES:
         raise ValueError(f'unknown model family {name!r}; known: {", ".join(FAMILIES)}')
     return importlib.import_module(FAMILIES[name]).FAMILY
 

@@ -4,11 +4,15 @@
 512x512 input). `omg-llava-7b` holds the paper's sizes (ConvNeXt-L CLIP, 1024x1024, 9 decoder
 layers, InternLM2-7B) and is only instantiated on the meta device to check shapes.
 `tiny-random` is a small randomly initialised model for fast tests.
+
+Every config is checked when it is made (`check_config`): a model directory's config.json
+is user input, and an image_size of 100000 would otherwise try to allocate tens of GB.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+import re
 from typing import Any, Optional
 
 from ros_segcap.core.options import DECODE_PATHS, option  # noqa: F401
@@ -80,6 +84,12 @@ class SegCapConfig:
     lora_rank: int = 16
     lora_alpha: int = 32
 
+    def __post_init__(self) -> None:
+        for key in TUPLE_FIELDS:  # JSON gives lists
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, tuple(getattr(self, key)))
+        check_config(self)
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -103,18 +113,110 @@ class SegCapConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> 'SegCapConfig':
+        """The config of a dict (a config.json); ValueError naming a bad key and its range."""
+        if not isinstance(data, dict):
+            raise ValueError(f'a model config must be a JSON object, not {type(data).__name__}')
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)
         if unknown:
-            raise ValueError(f'unknown config keys {unknown}; known keys: {sorted(known)}')
-        data = dict(data)
-        for key in ('backbone_channels', 'class_names', 'colour_names'):
-            if key in data:
-                data[key] = tuple(data[key])
+            raise ValueError(f'unknown config keys {unknown[:5]}; known keys: {sorted(known)}')
+        if 'name' not in data:
+            raise ValueError('the model config has no name')
         return cls(**data)
 
     def replace(self, **changes: Any) -> 'SegCapConfig':
         return dataclasses.replace(self, **changes)
+
+
+TUPLE_FIELDS = ('backbone_channels', 'class_names', 'colour_names')
+MAX_IMAGE_SIZE = 2048
+BACKBONE_CHANNELS = {'efficientnet-lite0': (40, 112, 1280), 'convnext-large': (384, 768, 1536)}
+# integer field -> inclusive range: large enough for the paper's sizes, small enough that a
+# typo cannot ask this machine for tens of GB
+INT_RANGES = {'image_size': (32, MAX_IMAGE_SIZE), 'shuffle': (1, 4), 'dim': (8, 4096),
+              'num_queries': (1, 1024), 'decoder_layers': (1, 32), 'num_heads': (1, 64),
+              'ffn_dim': (1, 16384), 'mask_stride': (4, 16), 'llm_hidden': (1, 8192),
+              'max_object_tokens': (1, 1024), 'proposals': (0, 256), 'lora_rank': (1, 512),
+              'lora_alpha': (1, 4096)}
+BOOL_FIELDS = ('backbone_pretrained', 'fine_pool', 'token_norm', 'word_anchor', 'place_anchor',
+               'seg_pointer')
+# LlamaConfig sizes a random LLM may have (llm_config); the 7B paper model is the upper end
+LLM_RANGES = {'hidden_size': (8, 8192), 'intermediate_size': (1, 32768),
+              'num_hidden_layers': (1, 80), 'num_attention_heads': (1, 128),
+              'num_key_value_heads': (1, 128), 'vocab_size': (1, 262144),
+              'max_position_embeddings': (1, 131072)}
+NAME_PATTERN = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,99}')  # names engine files too
+
+
+def _bad(key: str, value: Any, allowed: str) -> ValueError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + '...'
+    return ValueError(f'model config {key}={shown}: {allowed}')
+
+
+def _int(key: str, value: Any, low: int, high: int, multiple: int = 1) -> None:
+    step = f'multiple of {multiple} ' if multiple > 1 else ''
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high \
+            or value % multiple:
+        raise _bad(key, value, f'must be an integer {step}in {low}..{high}')
+
+
+def _names(key: str, value: Any, most: int) -> None:
+    if not isinstance(value, tuple) or not 1 <= len(value) <= most or not all(
+            isinstance(n, str) and 0 < len(n) <= 64 for n in value):
+        raise _bad(key, value, f'must be a list of 1..{most} names of 1..64 characters')
+
+
+def _check_llm(config: 'SegCapConfig') -> None:
+    llm = config.llm_config
+    if llm is None:
+        return
+    if not isinstance(llm, dict):
+        raise _bad('llm_config', llm, 'must be null or an object of LlamaConfig sizes')
+    for key, (low, high) in LLM_RANGES.items():
+        if key in llm:
+            _int(f'llm_config.{key}', llm[key], low, high)
+    heads, kv = llm.get('num_attention_heads', 1), llm.get('num_key_value_heads', 1)
+    if 'hidden_size' in llm and llm['hidden_size'] % heads:
+        raise _bad('llm_config.hidden_size', llm['hidden_size'],
+                   f'must be a multiple of num_attention_heads ({heads})')
+    if heads % kv:
+        raise _bad('llm_config.num_key_value_heads', kv,
+                   f'must divide num_attention_heads ({heads})')
+    if llm.get('hidden_size', config.llm_hidden) != config.llm_hidden:
+        raise _bad('llm_hidden', config.llm_hidden,
+                   f'must equal llm_config.hidden_size ({llm["hidden_size"]})')
+
+
+def check_config(config: 'SegCapConfig') -> None:
+    """Types and ranges of every field; ValueError naming the key, its value and the range."""
+    if not isinstance(config.name, str) or not NAME_PATTERN.fullmatch(config.name):
+        raise _bad('name', config.name, 'must be 1..100 letters, digits, ".", "_" or "-", '
+                   'starting with a letter or digit')
+    if config.backbone not in BACKBONE_CHANNELS:
+        raise _bad('backbone', config.backbone, f'must be one of {sorted(BACKBONE_CHANNELS)}')
+    if config.backbone_channels != BACKBONE_CHANNELS[config.backbone]:
+        raise _bad('backbone_channels', config.backbone_channels,
+                   f'must be {list(BACKBONE_CHANNELS[config.backbone])} for {config.backbone}')
+    for key, (low, high) in INT_RANGES.items():
+        if key != 'image_size':
+            _int(key, getattr(config, key), low, high)
+    _int('image_size', config.image_size, 32 * config.shuffle, MAX_IMAGE_SIZE,
+         32 * config.shuffle)  # whole token grid after stride 32 and the shuffle
+    if config.mask_stride not in (4, 8, 16):
+        raise _bad('mask_stride', config.mask_stride, 'must be 4, 8 or 16')
+    if config.dim % config.num_heads:
+        raise _bad('dim', config.dim, f'must be a multiple of num_heads ({config.num_heads})')
+    for key in BOOL_FIELDS:
+        if not isinstance(getattr(config, key), bool):
+            raise _bad(key, getattr(config, key), 'must be true or false')
+    _names('class_names', config.class_names, 1024)
+    _names('colour_names', config.colour_names, 64)
+    for key in ('llm', 'system_prompt'):
+        value = getattr(config, key)
+        if not isinstance(value, str) or not 0 < len(value) <= 4096:
+            raise _bad(key, value, 'must be a text of 1..4096 characters')
+    _check_llm(config)
 
 
 TINY_RANDOM_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -139,6 +241,10 @@ _REGISTRY: dict[str, SegCapConfig] = {
                         max_position_embeddings=32768),
         max_object_tokens=300, fine_pool=True),
 }
+# What a registered name is for: 'run' (the CLI and the node load it), 'test' (random weights,
+# loadable for the test suite only), 'meta' (a shape check, built only on the meta device).
+USES = ('run', 'test', 'meta')
+_USE = {'segcap-tiny': 'run', 'tiny-random': 'test', 'omg-llava-7b': 'meta'}
 
 
 def model_names() -> list[str]:
@@ -154,5 +260,24 @@ def get_config(name: str) -> SegCapConfig:
             from None
 
 
-def register(config: SegCapConfig) -> None:
+def model_use(name: str) -> Optional[str]:
+    """'run', 'test' or 'meta' for a registered name (see USES), None for other names."""
+    return _USE.get(name) if name in _REGISTRY else None
+
+
+def check_loadable(name: str) -> None:
+    """ValueError when the registered `name` may only be built on the meta device."""
+    if model_use(name) == 'meta':
+        raise ValueError(f"model {name} is a shape check of the paper's sizes, built only on "
+                         'the meta device (model.build_meta_model): it has no weights and is '
+                         'far too big for a CPU; to run it, convert released OMG-LLaVA weights '
+                         'into a model directory (model.safetensors + config.json) and pass its '
+                         'path, or use segcap-tiny')
+
+
+def register(config: SegCapConfig, *, use: str = 'run') -> None:
+    """Add `config` under its name; use: what the name is for (one of USES)."""
+    if use not in USES:
+        raise ValueError(f'use={use!r}: must be one of {", ".join(USES)}')
     _REGISTRY[config.name] = config
+    _USE[config.name] = use

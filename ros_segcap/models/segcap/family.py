@@ -6,10 +6,10 @@ import torch
 from ros_segcap.core.tokens import IMAGE_TOKEN
 from ros_segcap.models import Family
 
-from .config import DEFAULT_DECODE_PATH, SegCapConfig, get_config, model_names
+from .config import check_loadable, DEFAULT_DECODE_PATH, get_config, model_names, SegCapConfig
 from .engine import TorchEngine
 from .llm import load_tokenizer
-from .model import SegCapModel, build_model
+from .model import build_meta_model, build_model, SegCapModel
 from .weights import load_model, weights_warning
 
 
@@ -28,8 +28,15 @@ def prepare(model: SegCapModel, *, decode_path: str = DEFAULT_DECODE_PATH) -> No
 
 def build(name: str, *, pretrained: bool = True,
           device: str | torch.device = 'cpu') -> SegCapModel:
-    """The registered architecture `name` with asset weights and untrained new parts."""
-    return build_model(get_config(name), pretrained=pretrained, device=device)
+    """The registered architecture `name` with asset weights and untrained new parts.
+
+    A meta-only name (omg-llava-7b) is built on the meta device only (shapes, no memory).
+    """
+    config = get_config(name)
+    if torch.device(device).type == 'meta':
+        return build_meta_model(config)
+    check_loadable(name)
+    return build_model(config, pretrained=pretrained, device=device)
 
 
 def torch_engine(model: SegCapModel, device: str | torch.device = 'cpu',

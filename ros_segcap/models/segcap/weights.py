@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-import tempfile
+import pickle
+import secrets
+import stat
 from typing import Any, Optional
 
 import torch
 
-from .config import SegCapConfig, get_config
+from .config import check_loadable, get_config, model_use, SegCapConfig
 from .model import SegCapModel
 
 WEIGHTS_FILE = 'model.safetensors'
@@ -23,6 +25,7 @@ CONFIG_FILE = 'config.json'
 PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.ckpt', '.pkl')
 NEW_ROWS_KEY = 'llm.new_token_rows'
 FORMAT_VERSION = 1
+LORA_KEYS = {'r', 'alpha', 'dropout', 'target_modules'}  # apply_lora's arguments
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / 'weights'
 
 
@@ -81,16 +84,32 @@ def save_model(model: SegCapModel, path: str | Path, *, dtype: Optional[torch.dt
 
 
 def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f'.{target.name}.', dir=target.parent)
-    os.close(fd)
+    """write(tmp_path) then rename over target. The file gets the umask's mode (0644 under
+    umask 022), not 0600 (mkstemp, safetensors), so a node running as another user can read
+    it."""
+    tmp = _new_file(target)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # what os.open(0o666) got from the umask
     try:
-        write(tmp)
+        write(str(tmp))
+        os.chmod(tmp, mode)
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _new_file(target: Path) -> Path:
+    """A new empty file next to target, created with mode 0666 minus the umask."""
+    for _ in range(100):
+        tmp = target.parent / f'.{target.name}.{secrets.token_hex(4)}'
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f'cannot create a temporary file next to {target}')
 
 
 def resolve_model_dir(name_or_dir: str) -> Optional[Path]:
@@ -110,16 +129,23 @@ def weights_warning(name_or_dir: str) -> Optional[str]:
     """One line for the user when a model's weights are not trained ones, else None.
 
     A registered name without shipped weights runs untrained parts (meaningless answers); a
-    model directory marked `trained: false` is a candidate below the accuracy targets. A
-    missing or broken model gives None: its loader reports that itself.
+    test-only name (tiny-random) is random throughout; a model directory marked
+    `trained: false` is a candidate below the accuracy targets. A missing or broken model, or
+    a meta-only name, gives None: its loader reports that itself.
     """
     try:
         path = resolve_model_dir(name_or_dir)
         if path is None:
+            use = model_use(name_or_dir)
+            if use == 'test':
+                return (f'model {name_or_dir!r} is a test-only model with random weights: the '
+                        'answer text and masks are meaningless; use segcap-tiny to run')
+            if use == 'meta':
+                return None
             return (f'model {name_or_dir!r} has no trained weights (none shipped in '
                     f'{SHIPPED_DIR}): the answer text is meaningless (README: The default '
                     'weights)')
-        if json.loads((path / CONFIG_FILE).read_text()).get('trained', False):
+        if read_info(path).get('trained', False):
             return None
     except (FileNotFoundError, ValueError, OSError):
         return None
@@ -127,20 +153,72 @@ def weights_warning(name_or_dir: str) -> Optional[str]:
             f'targets): answers and masks are often wrong; see {path / "README.md"}')
 
 
+def _line(exc: BaseException) -> str:
+    """One line of an exception's message (the first, or the unpickler's own reason)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    text = next((ln for ln in lines if ln.startswith('WeightsUnpickler error:')), lines[0])
+    text = text.split('. Please use')[0]  # torch's advice to allowlist the class: not ours
+    return text if len(text) <= 200 else text[:197] + '...'
+
+
+def read_info(path: Path) -> dict[str, Any]:
+    """The checked config.json of a model directory; ValueError naming the file and fault."""
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f'{path} has no {CONFIG_FILE}: not a model directory')
+    try:
+        info = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f'{file} is not readable JSON ({_line(exc)})') from None
+    if not isinstance(info, dict):
+        raise ValueError(f'{file} must hold a JSON object, not a {type(info).__name__}')
+    if info.get('format', FORMAT_VERSION) != FORMAT_VERSION:
+        raise ValueError(f'{file} has format {info["format"]!r}; this version reads '
+                         f'{FORMAT_VERSION}')
+    if not isinstance(info.get('config'), dict):
+        raise ValueError(f'{file} has no "config" object')
+    for key in ('full', 'trained'):
+        if not isinstance(info.get(key, False), bool):
+            raise ValueError(f'{file}: "{key}" must be true or false, not {info[key]!r}')
+    lora = info.get('lora')
+    if lora is not None and (not isinstance(lora, dict) or not set(lora) <= LORA_KEYS
+                             or not isinstance(lora.get('r', 1), int)):
+        raise ValueError(f'{file}: "lora" must be null or an object with keys '
+                         f'{sorted(LORA_KEYS)} (r an integer)')
+    return info
+
+
 def read_tensors(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Tensors of a model directory: safetensors, or a pickle only with allow_pickle."""
+    """Tensors of a model directory: safetensors, or a pickle only with allow_pickle.
+
+    A truncated or malformed file is a ValueError naming the file and the fault.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if (path / WEIGHTS_FILE).is_file():
-        return load_file(str(path / WEIGHTS_FILE))
-    pickles = sorted(f for f in path.iterdir() if f.suffix in PICKLE_SUFFIXES)
+    file = Path(path) / WEIGHTS_FILE
+    if file.is_file():
+        try:
+            return load_file(str(file))
+        except (SafetensorError, OSError, RuntimeError, TypeError, ValueError) as exc:
+            raise ValueError(f'{file} is not a readable safetensors file ({_line(exc)}); save '
+                             'or copy the model again') from None
+    pickles = sorted(f for f in Path(path).iterdir() if f.suffix in PICKLE_SUFFIXES)
     if not pickles:
         raise FileNotFoundError(f'{path} has no {WEIGHTS_FILE}')
     if not allow_pickle:
         raise ValueError(f'{pickles[0]} is a pickle file, which can run code when loaded; '
                          'convert it to safetensors or pass allow_pickle=True (--allow-pickle) '
                          'if you trust it')
-    return torch.load(pickles[0], map_location='cpu', weights_only=True)
+    try:
+        tensors = torch.load(pickles[0], map_location='cpu', weights_only=True)
+    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError) as exc:
+        raise ValueError(f'{pickles[0]} refused by the weights-only unpickler ({_line(exc)}); '
+                         'convert it to safetensors') from None
+    if not isinstance(tensors, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+        raise ValueError(f'{pickles[0]} does not hold a flat dict of named tensors')
+    return tensors
 
 
 def load_model(name_or_dir: str = 'segcap-tiny', *, device: str | torch.device = 'cpu',
@@ -148,41 +226,68 @@ def load_model(name_or_dir: str = 'segcap-tiny', *, device: str | torch.device =
     """Build a model from a registered name or a model directory and load its weights.
 
     A registered name without shipped weights gives the architecture with asset weights only
-    (model.trained is False).
+    (model.trained is False); a meta-only name (omg-llava-7b) is refused (ValueError).
     """
     path = resolve_model_dir(name_or_dir)
     if path is None:
         from .model import build_model
-        return build_model(get_config(name_or_dir), device=device)
-    info = json.loads((path / CONFIG_FILE).read_text())
-    config = SegCapConfig.from_dict(info['config'])
-    model = SegCapModel(config, pretrained=not info.get('full', False))
+        config = get_config(name_or_dir)
+        check_loadable(name_or_dir)
+        return build_model(config, device=device)
+    info = read_info(path)
+    try:
+        config = SegCapConfig.from_dict(info['config'])
+    except ValueError as exc:
+        raise ValueError(f'{path / CONFIG_FILE}: {exc}') from None
+    full = info.get('full', False)
+    model = SegCapModel(config, pretrained=not full)
     if info.get('lora'):
         from .lora import apply_lora
         apply_lora(model, **info['lora'])
-    load_state(model, read_tensors(path, allow_pickle))
+    tensors = read_tensors(path, allow_pickle)
+    try:
+        load_state(model, tensors, full=full)
+    except ValueError as exc:
+        raise ValueError(f'{path}: {exc}') from None
     model.trained = bool(info.get('trained', False))
     return model.to(device).eval()
 
 
-def load_state(model: SegCapModel, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy stored tensors into a model; unknown keys are an error."""
+def load_state(model: SegCapModel, tensors: dict[str, torch.Tensor], *,
+               full: Optional[bool] = None, missing_ok: bool = False) -> None:
+    """Copy stored tensors into a model.
+
+    Every tensor the stored format holds (model_state(model, full): the whole model, or only
+    the trained parts when the backbone and LLM come from their assets) must be there, unless
+    missing_ok (a grown config keeps the init of its new parts); unknown keys and wrong shapes
+    are always an error. The ValueError names the keys.
+    """
     tensors = dict(tensors)
     own = model.state_dict()
+    missing = sorted(set(model_state(model, full)) - set(tensors))
+    if missing and not missing_ok:
+        raise ValueError(f'weights do not fit model {model.config.name}: {len(missing)} '
+                         f'missing tensors {_some(missing)}; save or copy the model again')
     rows = tensors.pop(NEW_ROWS_KEY, None)
     head_rows = tensors.pop('llm.new_head_rows', None)
     unknown = sorted(set(tensors) - set(own))
     if unknown:
         raise ValueError(f'weights do not fit model {model.config.name}: unknown keys '
-                         f'{unknown[:5]}{"..." if len(unknown) > 5 else ""}')
+                         f'{_some(unknown)}')
+    first_new = model.llm.seg_id
+    new = {NEW_ROWS_KEY: (rows, model.llm.lm.get_input_embeddings().weight[first_new:]),
+           'llm.new_head_rows': (head_rows, model.llm.lm.get_output_embeddings().weight[
+               first_new:])}
+    pairs = [(k, v, own[k]) for k, v in tensors.items()]
+    pairs += [(k, v, dst) for k, (v, dst) in new.items() if v is not None]
+    for k, v, dst in pairs:
+        if dst.shape != v.shape:
+            raise ValueError(f'{k}: stored shape {tuple(v.shape)} != model shape '
+                             f'{tuple(dst.shape)}')
     with torch.no_grad():
-        for k, v in tensors.items():
-            if own[k].shape != v.shape:
-                raise ValueError(f'{k}: stored shape {tuple(v.shape)} != model shape '
-                                 f'{tuple(own[k].shape)}')
-            own[k].copy_(v.to(own[k].dtype))
-        first_new = model.llm.seg_id
-        if rows is not None:
-            model.llm.lm.get_input_embeddings().weight[first_new:].copy_(rows.float())
-        if head_rows is not None:
-            model.llm.lm.get_output_embeddings().weight[first_new:].copy_(head_rows.float())
+        for k, v, dst in pairs:
+            dst.copy_(v.to(dst.dtype))
+
+
+def _some(keys: list[str]) -> str:
+    return f'{keys[:5]}{"..." if len(keys) > 5 else ""}'
