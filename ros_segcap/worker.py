@@ -2,7 +2,9 @@
 
 Knows nothing of ROS: frames and prompts are opaque objects, and the caller hands in the
 callables that run a request and publish its result or a status. Image callbacks only store
-the frame in a ring; a command takes the newest frame at its arrival and waits in a bounded
+the frame in a ring; a command takes the newest usable frame at its arrival (an unusable one,
+a 0x0 image say, only when the ring holds nothing better, so its status says what is wrong;
+`frame_buffer` bounds how old the frame can be) and waits in a bounded
 queue (a full queue drops the command with a status, so slow processing never builds a
 backlog). Frame keys are unique per frame, so several commands on one frame share its key and
 the core encodes it once. In continuous mode the last command re-runs on new frames, at most
@@ -21,7 +23,7 @@ from typing import Any, Callable, Optional
 STATUS_NO_IMAGE = 'no image yet'
 STATUS_DROPPED = 'dropped: queue full'
 STATUS_EMPTY = 'bad input: empty command: say what to segment or ask a question'
-STATUS_STOPPING = 'error: the node is shutting down'
+STATUS_STOPPING = 'cancelled: the node is stopping (deactivated or shutting down)'
 TICK_S = 0.05  # continuous mode looks for a new frame this often
 
 
@@ -103,12 +105,13 @@ class Worker:
         return next(self._keys)
 
     def newest(self) -> Optional[Frame]:
-        """Return the newest frame, or None before the first."""
+        """Return the newest usable frame, else the newest frame; None before the first."""
         with self._lock:
-            return self._ring[-1] if self._ring else None
+            usable = [frame for frame in self._ring if not frame.error]
+            return usable[-1] if usable else self._ring[-1] if self._ring else None
 
     def request(self, command: str, prompt: Any = None) -> Request:
-        """Make a request on the newest frame at this moment (its arrival)."""
+        """Make a request on the newest usable frame at this moment (its arrival)."""
         return Request(command, self.newest(), self._stamp(), prompt)
 
     def hold_prompt(self, prompt: Any) -> None:
@@ -152,7 +155,10 @@ class Worker:
                 self._answer_status(req, STATUS_DROPPED)
 
     def submit_and_wait(self, req: Request) -> Any:
-        """Submit a request and block until its answer is published; return the answer."""
+        """Submit a request and block until its answer is published; return the answer.
+
+        For callers without an event loop; the node answers asynchronously (req.reply).
+        """
         done = threading.Event()
         box: list[Any] = []
         req.reply = lambda answer: (box.append(answer), done.set())
@@ -189,6 +195,11 @@ class Worker:
             except queue.Empty:
                 break
             self._answer_status(req, STATUS_STOPPING)
+
+    @property
+    def stopping(self) -> bool:
+        """Tell whether the worker stops taking work (stop() was called, or no start() yet)."""
+        return self._closing.is_set()
 
     @property
     def running(self) -> bool:
@@ -236,7 +247,12 @@ class Worker:
     # ----- answers and counts -------------------------------------------------------------
 
     def _answer_status(self, req: Request, status: str) -> None:
-        answer = self._publish_status(req, status)
+        """Publish a status and reply with it; the reply is None when publishing failed."""
+        try:
+            answer = self._publish_status(req, status)
+        except Exception as exc:  # noqa: BLE001 - the worker thread must live on
+            self._warn(f'publishing the status {status!r} failed: {exc!r}')
+            answer = None
         self.count('results')
         if req.reply is not None:
             req.reply(answer)

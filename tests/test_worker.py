@@ -134,8 +134,31 @@ def test_commands_that_cannot_run_are_answered_at_once(serving):
     assert worker.submit_and_wait(worker.request('too early')) == STATUS_NO_IMAGE
     worker.add_frame('frame', 'pixels')
     assert worker.submit_and_wait(worker.request('  ')) == STATUS_EMPTY
-    worker.add_frame('bad', 'pixels', error='image has zero size')
-    assert worker.newest().msg is None and worker.newest().error
+
+
+def test_a_command_takes_the_newest_usable_frame_and_a_bad_one_only_without(serving):
+    worker, _, outputs, _ = serving
+    worker.add_frame('bad first', 'pixels', error='image has zero size (0x0)')
+    only_bad = worker.request('only a bad frame')
+    assert (only_bad.frame.header, only_bad.frame.msg) == ('bad first', None)
+    assert only_bad.frame.error == 'image has zero size (0x0)'  # its status says why
+    worker.add_frame('good', 'pixels')
+    worker.add_frame('bad', 'pixels', error='image has zero size (0x0)')
+    worker.command('after a 0x0 frame')
+    wait_for(lambda: outputs.of('after a 0x0 frame'), 'the result')
+    assert outputs.of('after a 0x0 frame')[0][1:4:2] == ('ok', 'good')
+
+
+def test_a_status_that_cannot_be_published_is_still_answered(serving):
+    worker, _, outputs, _ = serving
+
+    def gone(req: Request, status: str) -> Any:
+        raise RuntimeError("publisher's context is invalid")
+    worker._publish_status = gone
+    assert worker.submit_and_wait(worker.request('no frame yet')) is None
+    worker.add_frame('frame', 'pixels')
+    assert worker.submit_and_wait(worker.request('b')) == 'ok'
+    assert worker.running
 
 
 def test_a_held_prompt_goes_with_the_next_command_only(serving):
