@@ -201,6 +201,15 @@ def make_image(height: int, width: int, encoding: str = 'rgb8', *, stamp_sec: in
     return msg
 
 
+def jpeg_bomb(width: int, height: int) -> bytes:
+    """A small JPEG whose start-of-frame header states width x height (its data does not)."""
+    import cv2
+    data = bytearray(cv2.imencode('.jpg', np.zeros((16, 16, 3), np.uint8))[1].tobytes())
+    sof = data.index(b'\xff\xc0')
+    data[sof + 5:sof + 9] = height.to_bytes(2, 'big') + width.to_bytes(2, 'big')
+    return bytes(data)
+
+
 class Camera:
     """Publish frames at `rate` Hz from a thread; frame i has header.stamp.sec = first + i."""
 

@@ -123,12 +123,35 @@ def test_compressed_round_trip(fmt):
 @pytest.mark.parametrize('fmt,data,match', [
     ('bmp', b'BM', 'unsupported compressed format'),
     ('jpeg', b'', 'no data'),
-    ('png', b'not a png at all', 'could not decode'),
+    ('png', b'not a png at all', 'cannot be decoded'),
 ])
 def test_bad_compressed_images(fmt, data, match):
     msg = CompressedImage(format=fmt)
     msg.data = data
     with pytest.raises(InputError, match=match):
+        convert.compressed_to_rgb(msg)
+
+
+@pytest.mark.parametrize('fmt', ['png', 'jpeg'])
+def test_a_compressed_bomb_is_refused_from_its_header_never_decoded(fmt, monkeypatch):
+    from rosutil import jpeg_bomb
+    from test_image_header import png_bomb
+    msg = CompressedImage(format=fmt)
+    msg.data = png_bomb(16000, 16000) if fmt == 'png' else jpeg_bomb(16000, 16000)
+    decoded = []
+    monkeypatch.setattr(cv2, 'imdecode', lambda *args: decoded.append(args))
+    error = convert.image_error(msg)  # at arrival, in the subscription callback
+    assert error.startswith('compressed image is 16000x16000 = 256.0 MP; the limit is 40.0 MP')
+    with pytest.raises(InputError, match='16000x16000 = 256.0 MP.*max_image_megapixels'):
+        convert.compressed_to_rgb(msg)
+    assert not decoded, 'the bomb was decoded'
+
+
+def test_a_truncated_jpeg_is_refused():
+    whole = convert.rgb_to_compressed(RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    msg = CompressedImage(format='jpeg')
+    msg.data = bytes(whole.data)[:len(whole.data) // 2]
+    with pytest.raises(InputError, match='truncated JPEG'):
         convert.compressed_to_rgb(msg)
 
 

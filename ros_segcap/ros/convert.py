@@ -3,17 +3,21 @@
 Reading is zero-copy where the layout allows it (`np.frombuffer` on the message's buffer);
 building assigns `bytes` to `msg.data`, because assigning an ndarray copies element by
 element (~300 ms for 3 MB). Every malformed image raises the core's InputError with a
-one-line reason, so the node can publish it as a status instead of dying.
+one-line reason, so the node can publish it as a status instead of dying. A compressed image
+is checked against the pixel limit from its PNG/JPEG header, before anything is decoded (a
+0.75 MB PNG can decode to 16000x16000 px); a truncated JPEG is refused.
 """
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import cv2
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from ros_segcap.core.image_header import ImageSizeError, check_size, checked_decode, decoded_size
 from ros_segcap.core.types import InputError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: a 8000x6000 (48 MP) frame is refused by default
@@ -92,29 +96,42 @@ def image_to_rgb(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
     return to_rgb(image_to_numpy(msg, max_pixels), msg.encoding)
 
 
-def check_compressed(msg: CompressedImage) -> None:
-    """Raise InputError for a CompressedImage that is not jpeg/png or has no data."""
+def check_compressed(msg: CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Raise InputError for a CompressedImage that is not jpeg/png, has no data, or whose
+    header states an empty image or more than `max_pixels`; reads the header only."""
     fmt = msg.format.lower()
     if not any(name in fmt for name in COMPRESSED_FORMATS):
         raise InputError(f'unsupported compressed format {msg.format!r}; use jpeg or png')
     if len(msg.data) == 0:
         raise InputError('compressed image has no data')
+    size = decoded_size(bytes(msg.data))
+    if size is not None:
+        with _one_line():
+            check_size(size[0], size[1], max_pixels, 'compressed image')
 
 
 def compressed_to_rgb(msg: CompressedImage,
                       max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode a jpeg/png CompressedImage to (H, W, 3) uint8 RGB."""
+    """Decode a jpeg/png CompressedImage to (H, W, 3) uint8 RGB; the size is checked from the
+    header first, so an image above `max_pixels` is never decoded."""
     check_compressed(msg)
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
-        raise InputError(f'could not decode the {msg.format!r} compressed image '
-                         f'({len(msg.data)} bytes)')
-    h, w = bgr.shape[:2]
-    if h * w > max_pixels:
-        raise InputError(f'image is {w}x{h} ({h * w / 1e6:.1f} MP), more than the limit of '
-                         f'{max_pixels / 1e6:.1f} MP (parameter max_image_megapixels)')
+    with _one_line():
+        bgr = checked_decode(bytes(msg.data), max_pixels, 'compressed image')
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+@contextmanager
+def _one_line() -> Iterator[None]:
+    """Turn the header checks' ValueErrors into InputError (naming the parameter on size)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except ImageSizeError as exc:
+        hint = ' (parameter max_image_megapixels)' if 'limit' in str(exc) else ''
+        raise InputError(f'{exc}{hint}') from exc
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def image_error(msg: Image | CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
@@ -123,7 +140,7 @@ def image_error(msg: Image | CompressedImage, max_pixels: int = DEFAULT_MAX_PIXE
         if isinstance(msg, Image):
             check_image(msg, max_pixels)
         else:
-            check_compressed(msg)
+            check_compressed(msg, max_pixels)
     except InputError as exc:
         return str(exc)
     return ''
