@@ -258,7 +258,8 @@ class OMGSegHead(nn.Module):
         boxes = torch.cat([points - POINT_HALF_BOX, points + POINT_HALF_BOX], -1)
         boxes = boxes / boxes.new_tensor([w, h, w, h])
         cxcywh = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], -1)
-        pos = self.pos_linear(box_encoding(inverse_sigmoid(cxcywh).sigmoid()))[:, None]
+        enc = box_encoding(inverse_sigmoid(cxcywh).sigmoid(), num_feats=self.config.dim // 2)
+        pos = self.pos_linear(enc)[:, None]
         feat = (self.pb_embedding.weight[0] + self.mask_tokens.weight[0]).expand_as(pos)
         return feat, pos
 

@@ -122,6 +122,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             raise ValueError(f'expected {num_levels + 1} input maps (one FPN level below the '
                              f'{num_levels} encoder levels), got in_channels={in_channels}.')
         self.num_levels = num_levels
+        self.num_feats = feat_channels // 2  # sine channels per axis (official 128)
         # coarsest first, as mmdet builds them
         self.input_convs = nn.ModuleList([
             ConvNorm(in_channels[i], feat_channels, 1, bias=True, relu=False, groups=num_groups)
@@ -142,8 +143,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         tokens, pos = [], []
         for i, feat in enumerate(levels):
             tokens.append(self.input_convs[i](feat).flatten(2).transpose(1, 2))  # (B, hw, D)
-            p = sine_2d(*shapes[i], device=feat.device).flatten(1).transpose(0, 1)
-            pos.append(p + self.level_encoding.weight[i])
+            p = sine_2d(*shapes[i], num_feats=self.num_feats, device=feat.device)
+            pos.append(p.flatten(1).transpose(0, 1) + self.level_encoding.weight[i])
         x = torch.cat(tokens, 1)
         pos = torch.cat(pos, 0)[None].expand(bsz, -1, -1)
         ref = reference_points(shapes, x.device)[None, :, None, :].expand(
@@ -155,5 +156,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
         fine = fine + F.interpolate(outs[-1], size=fine.shape[-2:], mode='bilinear',
                                     align_corners=False)
         fine = self.output_convs[0](fine)
-        memory_pos = tuple(sine_3d_single_frame(h, w, device=x.device) for h, w in shapes)
+        memory_pos = tuple(sine_3d_single_frame(h, w, num_feats=self.num_feats,
+                                                device=x.device) for h, w in shapes)
         return PixelDecoderOutput(self.mask_feature(fine), tuple(outs), memory_pos)
