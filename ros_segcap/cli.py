@@ -9,7 +9,7 @@ from pathlib import Path
 import sys
 from typing import Optional, Sequence
 
-from ros_segcap.core.options import check, describe, in_scope, pipeline_values
+from ros_segcap.core.options import check, describe, in_scope, option, pipeline_values
 
 # Subcommand modules; each has register(subparsers). Missing ones are skipped quietly so the
 # core CLI keeps working in a partial install.
@@ -18,6 +18,13 @@ SUBCOMMAND_MODULES = ('ros_segcap.ros.commands', 'ros_segcap.engine_cli')
 
 class UsageError(Exception):
     """A user error: printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2), like every other `segcap` error."""
+
+    def error(self, message: str):
+        self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
 
 
 def _pair(text: str, n: int, what: str) -> tuple[float, ...]:
@@ -30,21 +37,36 @@ def _pair(text: str, n: int, what: str) -> tuple[float, ...]:
     return values
 
 
-def read_image(path: str):
-    """RGB uint8 array of an image file; UsageError naming the problem."""
+def read_image(path: str, max_megapixels: float = option('max_image_megapixels').default,
+               what: str = 'image'):
+    """RGB uint8 array of an image file, its size checked from the header before decoding;
+    UsageError naming the problem."""
     import cv2
 
+    from ros_segcap.core.image_header import ImageSizeError, checked_decode
+
     p = Path(path)
+    if p.is_dir():
+        raise UsageError(f'{what} {path} is a directory, not an image file')
     if not p.is_file():
-        raise UsageError(f'image file not found: {path}')
-    bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise UsageError(f'not an image (cannot decode): {path}')
+        raise UsageError(f'{what} file not found: {path}')
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise UsageError(f'cannot read {what} {path}: {exc.strerror}') from None
+    if not data:
+        raise UsageError(f'{what} file is empty: {path}')
+    try:
+        bgr = checked_decode(data, int(max_megapixels * 1e6), f'{what} {path}')
+    except ImageSizeError as exc:
+        raise UsageError(f'{exc} (--max-image-megapixels)') from None
+    except (ValueError, cv2.error) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def visual_prompt_from_args(args, height: int, width: int):
-    """The one VisualPrompt given by --point/--box/--mask, or None."""
+    """The one VisualPrompt given by --point/--box/--mask (not yet checked), or None."""
     import cv2
 
     from ros_segcap.core.types import VisualPrompt
@@ -55,31 +77,44 @@ def visual_prompt_from_args(args, height: int, width: int):
     if not given:
         return None
     if args.point:
-        prompt = VisualPrompt('point', point=_pair(args.point, 2, '--point'))
-    elif args.box:
-        prompt = VisualPrompt('box', box=_pair(args.box, 4, '--box'))
-    else:
-        if not Path(args.mask).is_file():  # before imread, which warns on stderr
-            raise UsageError(f'--mask: file not found: {args.mask}')
-        m = cv2.imread(args.mask, cv2.IMREAD_GRAYSCALE)
-        if m is None:
-            raise UsageError(f'--mask: cannot read {args.mask} as an image')
-        prompt = VisualPrompt('mask', mask=m > 127)
-    prompt.validate(height, width)
-    return prompt
+        return VisualPrompt('point', point=_pair(args.point, 2, '--point'))
+    if args.box:
+        return VisualPrompt('box', box=_pair(args.box, 4, '--box'))
+    m = read_image(args.mask, args.max_image_megapixels, '--mask')
+    return VisualPrompt('mask', mask=cv2.cvtColor(m, cv2.COLOR_RGB2GRAY) > 127)
+
+
+def writable_dir(path: str, flag: str = '--out') -> Path:
+    """Create directory `path` (and parents) and prove it writable, before any model runs;
+    UsageError saying why not."""
+    import tempfile
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f'{flag} {path} exists and is not a directory')
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise UsageError(f'{flag} {path}: cannot write there ({exc.strerror or exc})') from None
+    return out
 
 
 def cmd_infer(args) -> int:
     from ros_segcap.core.types import InputError
 
-    image = read_image(args.image)
-    prompts = [p for p in args.prompt]
-    if not prompts or any(not p.strip() for p in prompts):
-        raise UsageError('empty prompt: say what to segment or ask a question')
+    image = read_image(args.image, args.max_image_megapixels)
+    from ros_segcap.core.pipeline import check_request  # imports torch: after the image
+    prompts = list(args.prompt)
     try:
         vp = visual_prompt_from_args(args, image.shape[0], image.shape[1])
+        for prompt in prompts:  # the Pipeline checks them again; here before loading
+            check_request(prompt, vp, image.shape[0], image.shape[1])
     except InputError as exc:
         raise UsageError(str(exc)) from None
+    if args.out:
+        writable_dir(args.out)
     pipe = make_pipeline(pipeline_values(vars(args)))
     if not pipe.trained:
         from ros_segcap.models import weights_warning
@@ -182,7 +217,7 @@ def add_option_flags(parser: argparse.ArgumentParser, names: Sequence[str] = ())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='segcap', description=__doc__)
+    parser = Parser(prog='segcap', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
     add_infer(sub)
     for name in SUBCOMMAND_MODULES:
@@ -203,10 +238,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f'segcap {args.command}: error: {exc}', file=sys.stderr)
+        print(f'segcap {args.command}: error: {one_line(exc)}', file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f'segcap {args.command}: error: out of memory (a smaller image or model, or '
+              '--max-image-megapixels, may help)', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def one_line(exc: BaseException) -> str:
+    """The first non-empty line of an error message (with the count of lines left out)."""
+    lines = [ln.strip() for ln in str(exc).strip('"').splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 if __name__ == '__main__':

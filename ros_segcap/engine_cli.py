@@ -11,10 +11,8 @@ import sys
 
 
 def register(subparsers) -> None:
-    """Add the `export` subcommand to the `segcap` parser."""
-    from ros_segcap.export.onnx_export import OPSET
-    from ros_segcap.export.tensorrt_build import QueryProfile
-
+    """Add the `export` subcommand to the `segcap` parser (imports nothing heavy: the
+    exporter's defaults are filled in by cmd_export)."""
     p = subparsers.add_parser(
         'export', help='export the vision and seg engines (ONNX, TensorRT plans)',
         description='Export the vision and seg graphs of a model as ONNX files (and TensorRT '
@@ -28,11 +26,14 @@ def register(subparsers) -> None:
     p.add_argument('--fp16', action='store_true',
                    help='fp16 TensorRT plans, kept only where the masks match fp32 '
                         '(IoU >= 0.99); needs --tensorrt')
-    p.add_argument('--opset', type=int, default=OPSET, help=f'ONNX opset (>= 17; {OPSET})')
-    p.add_argument('--max-queries', type=int, default=QueryProfile.max,
-                   help='largest query count of the TensorRT seg profile')
-    p.add_argument('--opt-queries', type=int, default=QueryProfile.opt,
-                   help='query count TensorRT tunes the seg plan for')
+    p.add_argument('--opset', type=int,
+                   help="ONNX opset, 17 or newer (default: the exporter's own)")
+    p.add_argument('--max-queries', type=int,
+                   help='largest query count of the TensorRT seg profile '
+                        '(default: QueryProfile.max)')
+    p.add_argument('--opt-queries', type=int,
+                   help='query count TensorRT tunes the seg plan for '
+                        '(default: QueryProfile.opt)')
     p.add_argument('--no-verify', dest='verify', action='store_false',
                    help='skip the onnxruntime-vs-torch parity check')
     p.add_argument('--allow-pickle', action='store_true',
@@ -47,9 +48,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ros_segcap.backends.base import EngineError
-    from ros_segcap.cli import UsageError
+    from ros_segcap.cli import UsageError, writable_dir
+    from ros_segcap.core.types import ModelError
     from ros_segcap.models import load_model
 
+    _fill_defaults(args)
     if args.fp16 and not args.tensorrt:
         raise UsageError('--fp16 applies to TensorRT plans; add --tensorrt (onnxruntime on '
                          'CPU runs the fp32 ONNX files)')
@@ -64,11 +67,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not ok:
             raise UsageError(f"--tensorrt: {why}. On a Jetson, use JetPack's TensorRT "
                              '(a venv made with --system-site-packages sees it)')
+    out = Path(args.out) if args.check else writable_dir(args.out)
+
     try:
         model = load_model(args.model, allow_pickle=args.allow_pickle)
-    except (KeyError, FileNotFoundError, ValueError) as exc:
+    except (KeyError, FileNotFoundError, ValueError, ModelError) as exc:
         raise UsageError(str(exc).strip('"')) from None
-    out = Path(args.out)
     if args.check:
         return _check(model, args.model, out, args.tensorrt)
     from ros_segcap.export.build import export_engines
@@ -82,6 +86,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     except EngineError as exc:
         raise UsageError(str(exc)) from None
     return 0
+
+
+def _fill_defaults(args: argparse.Namespace) -> None:
+    """The exporter's own defaults for the flags not given (imported only when exporting)."""
+    from ros_segcap.export.onnx_export import OPSET
+    from ros_segcap.export.tensorrt_build import QueryProfile
+
+    for name, value in (('opset', OPSET), ('max_queries', QueryProfile.max),
+                        ('opt_queries', QueryProfile.opt)):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def _check(model, model_arg: str, out, tensorrt: bool) -> int:

@@ -47,7 +47,7 @@ def _bad_inputs(tmp_path: Path, photo: Path) -> dict[str, tuple[list[str], str]]
     p = str(photo)
     return {
         'missing file': ([str(tmp_path / 'nope.png'), '--prompt', 'x'], r'not found.*nope\.png'),
-        'not an image': ([str(text), '--prompt', 'x'], r'not an image.*notes\.png'),
+        'not an image': ([str(text), '--prompt', 'x'], r'notes\.png cannot be decoded'),
         'empty prompt': ([p, '--prompt', ''], 'empty prompt'),
         'blank prompt': ([p, '--prompt', 'ok', '--prompt', '   '], 'empty prompt'),
         'point outside': ([p, '--prompt', 'x', '--point', f'{WIDTH + 5},3'],
@@ -58,9 +58,9 @@ def _bad_inputs(tmp_path: Path, photo: Path) -> dict[str, tuple[list[str], str]]
                       rf'mask prompt is 10x10 but the image is {WIDTH}x{HEIGHT}'),
         'mask empty': ([p, '--prompt', 'x', '--mask', str(empty)], 'mask prompt is empty'),
         'mask missing': ([p, '--prompt', 'x', '--mask', str(tmp_path / 'no_mask.png')],
-                         r'--mask: file not found.*no_mask\.png'),
+                         r'--mask file not found.*no_mask\.png'),
         'mask not an image': ([p, '--prompt', 'x', '--mask', str(text)],
-                              r'--mask: cannot read .*notes\.png'),
+                              r'--mask .*notes\.png cannot be decoded'),
         'two prompts': ([p, '--prompt', 'x', '--point', '1,1', '--box', '1,1,2,2'],
                         'at most one visual prompt'),
         'unknown model': ([p, '--prompt', 'x', '--model', 'no-such-model'],
@@ -118,7 +118,7 @@ def test_infer_writes_result(tiny_model, force_answer, tmp_path: Path, photo: Pa
                              'tiny-random', '--box', '5,5,50,30', '--out', str(out))
     assert code == 0, err
     assert stdout.strip() == 'the thing.'
-    assert 'no trained weights' in err and 'Traceback' not in err
+    assert 'meaningless' in err and 'Traceback' not in err
     info = _check_out_dir(out, 1)
     assert info['answer'] == 'the thing.' and info['phrases'] == ['the thing']
 
@@ -152,7 +152,7 @@ def test_infer_subprocess(tmp_path: Path, photo: Path) -> None:
                              'tiny-random', '--max-new-tokens', '4', '--out', str(out)],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert 'no trained weights' in proc.stderr and 'Traceback' not in proc.stderr
+    assert 'meaningless' in proc.stderr and 'Traceback' not in proc.stderr
     assert proc.stdout.strip()
     info = json.loads((out / 'result.json').read_text())
     _check_out_dir(out, len(info['masks']))

@@ -81,7 +81,7 @@ OPTIONS = (
     Option('command_qos_depth', int, 1000, 'command subscription queue depth (reliable)',
            lo=1, hi=10000),
     Option('max_image_megapixels', float, 40.0, 'larger images are refused with a status',
-           live=True, lo=0.01, hi=500.0),
+           live=True, lo=0.01, hi=500.0, scopes=frozenset({'node', 'cli'})),
     Option('diagnostics_period', float, 1.0, 'seconds between /diagnostics messages',
            lo=0.1, hi=60.0),
     Option('autostart', bool, False, 'configure and activate at start (unmanaged); '

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+import math
 import threading
 import time
 from typing import Callable, Hashable, Optional
@@ -25,7 +26,7 @@ from .preprocess import (Letterbox, PromptQueries, check_image, letterbox, promp
                          unletterbox)
 from .protocol import Engine, SegModel
 from .refine import radius_px, refine
-from .tokens import MARK_TOKEN, REGION_TOKEN
+from .tokens import MARK_TOKEN, REGION_TOKEN, control_token_in
 from .types import InputError, SegCapResult, Timing, VisualPrompt
 
 MAX_PROMPT_CHARS = 2000
@@ -136,25 +137,7 @@ class Pipeline:
 
     def _check(self, image, prompt: str, visual_prompt: Optional[VisualPrompt]) -> str:
         check_image(image)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError('empty prompt: say what to segment or ask a question')
-        prompt = prompt.strip()
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise InputError(f'prompt is {len(prompt)} characters; the limit is '
-                             f'{MAX_PROMPT_CHARS}')
-        n_tokens = prompt.count(REGION_TOKEN) + prompt.count(MARK_TOKEN)
-        if visual_prompt is None:
-            if n_tokens:
-                raise InputError('the prompt has <region>/<mark> but no visual prompt was given')
-            return prompt
-        visual_prompt.validate(image.shape[0], image.shape[1])
-        if n_tokens > 1:
-            raise InputError(f'the prompt has {n_tokens} <region>/<mark> tokens; one visual '
-                             'prompt was given')
-        if n_tokens == 0:
-            tag = MARK_TOKEN if visual_prompt.kind == 'point' else REGION_TOKEN
-            prompt = f'{tag} {prompt}'
-        return prompt
+        return check_request(prompt, visual_prompt, image.shape[0], image.shape[1])
 
     def _generate(self, embeds: torch.Tensor, timing: Timing, on_text, prefix_len: int,
                   prefix_key, on_seg):
@@ -196,6 +179,66 @@ class Pipeline:
             result.scores.append(float(probs[m].mean()) if m.any() else 0.0)
             result.boxes.append(mask_box(m))
         return drop_repeats(result)
+
+
+def check_request(prompt: str, visual_prompt: Optional[VisualPrompt], height: int,
+                  width: int) -> str:
+    """The question for the model: the checked prompt, with the visual-prompt word added
+    when a visual prompt is given without one. InputError with a one-line reason.
+
+    Callers that have the image size but no model yet (the CLI) check a request here first.
+    """
+    prompt = check_prompt(prompt)
+    n_tokens = prompt.count(REGION_TOKEN) + prompt.count(MARK_TOKEN)
+    if visual_prompt is None:
+        if n_tokens:
+            raise InputError('the prompt has <region>/<mark> but no visual prompt was given')
+        return prompt
+    check_visual_prompt(visual_prompt, height, width)
+    if n_tokens > 1:
+        raise InputError(f'the prompt has {n_tokens} <region>/<mark> tokens; one visual '
+                         'prompt was given')
+    if n_tokens == 0:
+        tag = MARK_TOKEN if visual_prompt.kind == 'point' else REGION_TOKEN
+        prompt = f'{tag} {prompt}'
+    return prompt
+
+
+def check_prompt(prompt: str) -> str:
+    """The stripped prompt; InputError when it is empty, too long, not UTF-8 text, or holds
+    a control token (core.tokens: [SEG], <p>, <image>, chat markers, ...)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError('empty prompt: say what to segment or ask a question')
+    prompt = prompt.strip()
+    try:
+        prompt.encode('utf-8')
+    except UnicodeEncodeError as exc:  # undecodable argv bytes arrive as lone surrogates
+        raise InputError(f'the prompt is not valid UTF-8 text (at character {exc.start}); '
+                         'write it in UTF-8') from None
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(f'prompt is {len(prompt)} characters; the limit is '
+                         f'{MAX_PROMPT_CHARS}')
+    token = control_token_in(prompt)
+    if token:
+        raise InputError(f'the prompt contains the control token {token!r}, which only the '
+                         'model may write; remove it (<region> and <mark> are allowed)')
+    return prompt
+
+
+def check_visual_prompt(prompt: VisualPrompt, height: int, width: int) -> None:
+    """VisualPrompt.validate, and finite point / box coordinates at most one image size
+    outside the image; InputError with a one-line reason."""
+    values = prompt.point if prompt.kind == 'point' else prompt.box
+    if values is not None:
+        name = 'point' if prompt.kind == 'point' else 'box'
+        text = ', '.join(f'{v:g}' for v in values)
+        if not all(math.isfinite(v) for v in values):
+            raise InputError(f'{name} ({text}) must be finite numbers (no nan or inf)')
+        sizes = (width, height) * (len(values) // 2)
+        if not all(-s <= v <= 2 * s for v, s in zip(values, sizes)):
+            raise InputError(f'{name} ({text}) is far outside the {width}x{height} image '
+                             '(at most one image size outside is allowed)')
+    prompt.validate(height, width)
 
 
 REPEAT_IOU = 0.9  # two [SEG] with the same phrase and masks this alike name one object

@@ -7,6 +7,7 @@ position (the same position the training loss sees) is captured for mask decodin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import re
 import sys
 import time
 from typing import Callable, Optional, TYPE_CHECKING
@@ -14,11 +15,16 @@ from typing import Callable, Optional, TYPE_CHECKING
 import torch
 from torch import nn
 
+from ros_segcap.core.tokens import VISUAL_PROMPT_TOKENS, control_token_in
+from ros_segcap.core.types import InputError
+
 from .config import (DECODE_PATHS, DEFAULT_DECODE_PATH, IMAGE_TOKEN, SPECIAL_TOKENS,
                      SEG_TOKEN, SegCapConfig)
 
 if TYPE_CHECKING:
     from .fastlm import FastLlama
+
+_VISUAL_WORDS = re.compile('(' + '|'.join(map(re.escape, VISUAL_PROMPT_TOKENS)) + ')')
 
 
 @dataclass
@@ -112,23 +118,64 @@ class LanguageModel(nn.Module):
 
     def prompt_text(self, question: str) -> str:
         """Chat-templated text up to the assistant turn; the image placeholder starts it."""
+        head, tail = self._template()
+        return f'{head}\n{question}{tail}'
+
+    def _template(self) -> tuple[str, str]:
+        """The chat template around '\n' + question: (up to <image>, from the turn's end)."""
+        slot = '\x00question\x00'
         messages = [{'role': 'system', 'content': self.config.system_prompt},
-                    {'role': 'user', 'content': f'{IMAGE_TOKEN}\n{question}'}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                    {'role': 'user', 'content': f'{IMAGE_TOKEN}\n{slot}'}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                   add_generation_prompt=True)
+        head, tail = text.split(slot)
+        return head[:-1], tail  # head ends with the '\n' that starts the user's text
+
+    @property
+    def control_tokens(self) -> tuple[str, ...]:
+        """Tokens user text must not contain: the tokenizer's special and added tokens and
+        ours, but not the visual-prompt words (<region>, <mark>)."""
+        tok = self.tokenizer
+        found = set(tok.all_special_tokens) | set(tok.get_added_vocab())
+        return tuple(sorted(found - set(VISUAL_PROMPT_TOKENS)))
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of trusted text (templates, answers): special tokens become their ids."""
         return self.tokenizer(text, add_special_tokens=False)['input_ids']
+
+    def encode_user(self, text: str) -> list[int]:
+        """Token ids of user text: no special token can come out of it (split_special_tokens)
+        except the visual-prompt words, which map to their own ids."""
+        ids: list[int] = []
+        for piece in _VISUAL_WORDS.split(text):
+            if piece in VISUAL_PROMPT_TOKENS:
+                ids.append(self.special_ids[piece])
+            elif piece:
+                ids += self.tokenizer(piece, add_special_tokens=False,
+                                      split_special_tokens=True)['input_ids']
+        return ids
+
+    def check_question(self, question: str) -> None:
+        """InputError naming the first control token (this tokenizer's, or core's) in it."""
+        token = control_token_in(question, self.control_tokens)
+        if token:
+            raise InputError(f'the prompt contains the control token {token!r}, which only '
+                             'the model may write; remove it (<region> and <mark> are '
+                             'allowed)')
 
     def prompt_ids(self, question: str, num_visual: int, answer: Optional[str] = None
                    ) -> tuple[list[int], list[int]]:
         """Token ids with the placeholder expanded to `num_visual` ids, and training labels.
 
-        labels are -100 except over the answer and its end token (when an answer is given).
+        The question is user text: InputError if it holds a control token, and it is
+        tokenized so that none can appear. labels are -100 except over the answer and its
+        end token (when an answer is given).
         """
-        ids = self.encode(self.prompt_text(question))
+        self.check_question(question)
+        head, tail = self._template()
+        ids = self.encode(head) + self.encode_user(f'\n{question}') + self.encode(tail)
         if ids.count(self.image_id) != 1:
-            raise ValueError(f'the question must not contain {IMAGE_TOKEN!r} itself')
+            raise ValueError(f'the chat template must hold {IMAGE_TOKEN!r} once')
         at = ids.index(self.image_id)
         ids = ids[:at] + [self.image_id] * num_visual + ids[at + 1:]
         labels = [-100] * len(ids)
