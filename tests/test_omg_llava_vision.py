@@ -244,7 +244,8 @@ def test_official_sizes_on_meta(capsys):
         print(name, tuple(t.shape))
     n_trunk = sum(p.numel() for p in trunk.parameters())
     n_head = sum(p.numel() for k, p in head.named_parameters() if '_llm' not in k)
-    print(f'{len(t_sd)} trunk keys, {n_trunk} params; {len(h_sd)} head keys, {n_head} params')
+    print(f'{len(t_sd)} trunk keys, {n_trunk} params; {len(h_sd)} head keys with the '
+          f'*_llm copies, {n_head} params without')
     assert abs(n_trunk / 196e6 - 1) < 0.02 and abs(n_head / 21.0e6 - 1) < 0.02
     expect = {
         'stem.0.weight': (192, 3, 4, 4), 'stem.1.weight': (192,),
