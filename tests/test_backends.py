@@ -301,3 +301,23 @@ def test_segcap_tiny_vision_parity_on_a_photo(tmp_path):
         with torch.no_grad():
             ref = frame_arrays(model.encode(torch.from_numpy(image)))
         _assert_parity(ref, runner.run({'image': image}), seed, f'segcap-tiny {what}')
+
+
+def test_any_open_error_is_one_line_and_auto_moves_on(tiny_model, engines_dir, monkeypatch):
+    """An engine file the runtime cannot read (here an OSError) is an EngineError for a named
+    backend and a reason to fall back for auto."""
+    from ros_segcap.backends import onnx_backend, select
+    from ros_segcap.backends.base import EngineError
+    from ros_segcap.models.segcap.engine import TorchEngine
+
+    def unreadable(*args, **kwargs):
+        raise OSError('Input/output error\nsecond line')
+
+    monkeypatch.setattr(onnx_backend.OnnxBackend, '__init__', unreadable)
+    kw = dict(directory=engines_dir, say=lambda line: None,
+              torch_engine=lambda why: TorchEngine(tiny_model, 'cpu', why))
+    with pytest.raises(EngineError, match=r'OSError: Input/output error\); rebuild: segcap') as e:
+        select.open_engine(tiny_model, 'onnxruntime', **kw)
+    assert '\n' not in str(e.value)
+    engine = select.open_engine(tiny_model, 'auto', **kw)
+    assert engine.backend == 'torch' and 'not onnxruntime: cannot open' in engine.reason

@@ -197,6 +197,21 @@ def test_7b_is_meta_with_paper_sizes(meta_7b) -> None:
     assert cfg.decoder_layers == 9 and cfg.num_queries == 300
 
 
+def test_7b_builds_only_on_the_meta_device() -> None:
+    """The family builds omg-llava-7b on the meta device and refuses every real device, and
+    its paper sizes pass the config's range checks, which stop a tenfold typo."""
+    from ros_segcap.models.segcap.family import FAMILY
+
+    meta = FAMILY.build('omg-llava-7b', device='meta')
+    assert {p.device.type for p in meta.parameters()} == {'meta'}
+    with pytest.raises(ValueError, match='shape check'):
+        FAMILY.build('omg-llava-7b', device='cpu')
+    cfg = get_config('omg-llava-7b')
+    for key, value in (('image_size', 10240), ('num_queries', 3000), ('decoder_layers', 90)):
+        with pytest.raises(ValueError, match=f'model config {key}={value}: must be'):
+            cfg.replace(**{key: value})
+
+
 def test_7b_shape_arithmetic(meta_7b) -> None:
     """256 pixel tokens of 6144, 300 queries, stride-4 masks at 1024, projectors to 4096."""
     cfg = meta_7b.config

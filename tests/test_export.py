@@ -271,3 +271,23 @@ def test_tensorrt_build_logic_with_a_stand_in(engines_dir, tiny_model, tmp_path,
     assert (tmp_path / 'cache').read_bytes() == b'CACHE'
     assert any('building TensorRT fp16 plan' in s for s in lines)
     assert any('Building engine (3 steps)' in s for s in lines)
+
+
+def test_manifest_gets_the_umask_mode_and_refuses_a_broken_one(tmp_path):
+    """manifest.json is readable by a node running as another user (not mkstemp's 0600)."""
+    import os
+    import stat
+
+    from ros_segcap.backends.manifest import write_entry
+
+    old = os.umask(0o022)
+    try:
+        path = write_entry(tmp_path, 'tiny-random', {'note': 'x'})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == [MANIFEST_FILE]  # no temporary left
+    path.write_text('[]')
+    with pytest.raises(ValueError, match='must hold a JSON object, not a list; delete it') as e:
+        write_entry(tmp_path, 'tiny-random', {})
+    assert '\n' not in str(e.value)

@@ -20,12 +20,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-import tempfile
+import secrets
 from typing import Any, Optional
 
 import torch
 
 from ros_segcap.core.spec import SPEC_VERSION
+
+from .base import one_line
 
 MANIFEST_FILE = 'manifest.json'
 FORMAT = 1
@@ -68,27 +70,86 @@ def export_command(model_name: str, out: Path, tensorrt: bool = False) -> str:
 
 
 def read_manifest(engines_dir: Path) -> dict[str, Any]:
-    """The manifest of a directory ({'format', 'models'}; empty when there is none)."""
+    """The manifest of a directory ({'format', 'models'}; empty when there is none).
+
+    ValueError (one line, naming the file) when it is not JSON or not shaped as above; the
+    entries themselves are checked by check_entry when they are used.
+    """
     path = Path(engines_dir) / MANIFEST_FILE
+    try:
+        return _parse(path)
+    except ValueError as exc:
+        raise ValueError(f'{path}: {exc}; delete it and run segcap export again') from None
+
+
+def _parse(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {'format': FORMAT, 'models': {}}
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f'not readable JSON ({one_line(exc)})') from None
+    if not isinstance(data, dict):
+        raise ValueError(f'must hold a JSON object, not a {type(data).__name__}')
     if data.get('format') != FORMAT:
-        raise ValueError(f'{path} has manifest format {data.get("format")}, this version '
-                         f'reads {FORMAT}; delete it and run segcap export again')
+        raise ValueError(f'manifest format {data.get("format")!r}, this version reads {FORMAT}')
+    if not isinstance(data.get('models'), dict):
+        raise ValueError('no "models" object')
     return data
 
 
+def _need(value: Any, kind: type, where: str) -> None:
+    if value is None:
+        raise ValueError(f'{where} is missing')
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = {dict: 'an object', str: 'a string', int: 'an integer'}
+        raise ValueError(f'{where} must be {names[kind]}, not {type(value).__name__}')
+
+
+def check_entry(entry: Any) -> None:
+    """ValueError naming the first field of a manifest entry that is missing or mistyped."""
+    _need(entry, dict, 'the entry')
+    _need(entry.get('weights_sha256'), str, 'weights_sha256')
+    _need(entry.get('spec_version'), int, 'spec_version')
+    _need(entry.get('graphs'), dict, 'graphs')
+    for graph in GRAPHS:
+        rec = entry['graphs'].get(graph)
+        _need(rec, dict, f'graphs.{graph}')
+        for key in ('onnx', 'onnx_sha256'):
+            _need(rec.get(key), str, f'graphs.{graph}.{key}')
+        _need(rec.get('plans', {}), dict, f'graphs.{graph}.plans')
+        for key, plan in rec.get('plans', {}).items():
+            _need(plan, dict, f'graphs.{graph}.plans.{key}')
+            for field_ in ('file', 'sha256', 'precision'):
+                _need(plan.get(field_), str, f'graphs.{graph}.plans.{key}.{field_}')
+
+
+def engine_file(engines_dir: Path, name: str) -> Path:
+    """The file a manifest names, resolved (symlinks too); ValueError if outside the folder."""
+    root = Path(engines_dir).resolve()
+    path = (root / name).resolve()
+    if path == root or not path.is_relative_to(root):
+        raise ValueError(f'the manifest names {name!r}, which resolves to {path}, outside '
+                         f'{engines_dir}')
+    return path
+
+
 def write_entry(engines_dir: Path, name: str, entry: dict[str, Any]) -> Path:
-    """Replace one model's entry (atomically rewrites manifest.json)."""
+    """Replace one model's entry (atomically rewrites manifest.json, mode from the umask)."""
     engines_dir = Path(engines_dir)
     data = read_manifest(engines_dir)
     data['models'][name] = entry
     path = engines_dir / MANIFEST_FILE
-    fd, tmp = tempfile.mkstemp(prefix='.manifest.', dir=engines_dir)
-    with os.fdopen(fd, 'w') as f:
-        f.write(json.dumps(data, indent=2) + '\n')
-    os.replace(tmp, path)
+    tmp = engines_dir / f'.manifest.{secrets.token_hex(4)}'
+    # os.open with 0o666 leaves the umask's mode (0644 under umask 022), so a node running
+    # as another user can read the manifest; mkstemp would give 0600.
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), 'w') as f:
+            f.write(json.dumps(data, indent=2) + '\n')
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 
@@ -113,20 +174,23 @@ def check_engines(engines_dir: Path, model: Any, model_arg: str, *, kind: str = 
     fix = export_command(model_arg, engines_dir, kind == 'tensorrt')
     name = model.config.name
     try:
-        entry = read_manifest(engines_dir)['models'].get(name)
-    except (ValueError, json.JSONDecodeError) as exc:
-        return EngineCheck(False, f'unreadable {engines_dir / MANIFEST_FILE} ({exc}); run: {fix}')
+        entry = _parse(engines_dir / MANIFEST_FILE)['models'].get(name)
+        if entry is not None:
+            check_entry(entry)
+    except ValueError as exc:
+        return EngineCheck(False, f'broken {engines_dir / MANIFEST_FILE}: {exc}; rebuild: '
+                                  f'{fix}')
     if entry is None:
         return EngineCheck(False, f'no {kind} engines for model {name} in {engines_dir}; '
                                   f'build them: {fix}')
     digest = digest or weights_hash(model)
-    if entry.get('spec_version') != SPEC_VERSION:
+    if entry['spec_version'] != SPEC_VERSION:
         return EngineCheck(False, f'engines of {name} in {engines_dir} use engine spec '
-                                  f'v{entry.get("spec_version")}, this code needs '
+                                  f'v{entry["spec_version"]}, this code needs '
                                   f'v{SPEC_VERSION}; rebuild: {fix}', entry=entry)
-    if entry.get('weights_sha256') != digest:
+    if entry['weights_sha256'] != digest:
         return EngineCheck(False, f'stale engines: {engines_dir} holds {name} exported from '
-                                  f'weights {str(entry.get("weights_sha256"))[:12]} '
+                                  f'weights {entry["weights_sha256"][:12]} '
                                   f'({entry.get("created", "?")}), the loaded model has '
                                   f'{digest[:12]}; rebuild: {fix}', entry=entry)
     files = {}
@@ -139,10 +203,13 @@ def check_engines(engines_dir: Path, model: Any, model_arg: str, *, kind: str = 
             if rec is None:
                 return EngineCheck(False, f'no TensorRT plan of {name}/{graph} for {plan_key} '
                                           f'in {engines_dir}; build it: {fix}', entry=entry)
-        path = engines_dir / rec['file']
+        try:
+            path = engine_file(engines_dir, rec['file'])
+        except ValueError as exc:
+            return EngineCheck(False, f'refused: {exc}; rebuild: {fix}', entry=entry)
         if not path.is_file():
-            return EngineCheck(False, f'{path} is listed in the manifest but missing; '
-                                      f'rebuild: {fix}', entry=entry)
+            return EngineCheck(False, f'{engines_dir / rec["file"]} is listed in the manifest '
+                                      f'but missing; rebuild: {fix}', entry=entry)
         if file_sha256(path) != rec['sha256']:
             return EngineCheck(False, f'{path} does not match its manifest hash (changed '
                                       f'after export); rebuild: {fix}', entry=entry)

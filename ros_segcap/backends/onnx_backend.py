@@ -11,7 +11,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .base import EngineError
+from .base import EngineError, one_line
 from ros_segcap.core.spec import GraphSpec
 
 PREFERRED_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider',
@@ -64,7 +64,11 @@ class OnnxBackend:
         opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
         if providers is None:
             providers = choose_providers(ort.get_available_providers(), self.path.parent)
-        self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+        except Exception as exc:  # onnxruntime's error types derive from Exception only
+            raise EngineError(f'onnxruntime cannot load {self.path} ({one_line(exc)}); export '
+                              'the engines again (segcap export)') from None
         self.providers = self.session.get_providers()
         self._check(digest)
         self._inputs = {i.name for i in self.session.get_inputs()}

@@ -18,9 +18,9 @@ import torch
 
 from ros_segcap.core.protocol import Engine
 
-from .base import BACKEND_NAMES, EngineError, Engines
+from .base import BACKEND_NAMES, EngineError, Engines, one_line
 from .engine import ArrayEngine
-from .manifest import check_engines, weights_hash
+from .manifest import check_engines, export_command, weights_hash
 from ros_segcap.core.spec import graph_specs
 from .tensorrt_backend import plan_key
 
@@ -53,6 +53,25 @@ def _fresh(model, model_arg: str, directory: Path, kind: str, digest: str):
     if not check.ok:
         raise EngineError(check.reason)
     return check
+
+
+# What opening an engine file can raise besides EngineError (unreadable files, a runtime's
+# own errors); each becomes a one-line EngineError so `auto` moves on to the next backend.
+OPEN_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError)
+
+
+def _open(backend: str, model, model_arg, directory, digest) -> Engines:
+    """Engines of an exported backend; any failure is an EngineError of one line."""
+    opener = _open_onnxruntime if backend == 'onnxruntime' else _open_tensorrt
+    try:
+        return opener(model, model_arg, directory, digest)
+    except EngineError:
+        raise  # already one line that says how to fix it
+    except OPEN_ERRORS as exc:
+        raise EngineError(f'cannot open the {backend} engines in {directory} '
+                          f'({type(exc).__name__}: {one_line(exc)}); rebuild: '
+                          f'{export_command(model_arg, directory, backend == "tensorrt")}'
+                          ) from None
 
 
 def _open_onnxruntime(model, model_arg, directory, digest) -> Engines:
@@ -106,8 +125,8 @@ def open_engine(model, backend: str = 'auto', *, torch_engine: Callable[[str], E
     if backend == 'torch':
         engine = torch_engine('requested')
     elif backend in ('onnxruntime', 'tensorrt'):
-        opener = _open_onnxruntime if backend == 'onnxruntime' else _open_tensorrt
-        engine = ArrayEngine(opener(model, model_arg, directory, weights_hash(model)), device)
+        engine = ArrayEngine(_open(backend, model, model_arg, directory, weights_hash(model)),
+                             device)
     else:
         engine = _auto(model, model_arg, directory, device, torch_engine)
     say(f'segcap backend: {engine.backend} ({engine.reason})'
@@ -118,12 +137,12 @@ def open_engine(model, backend: str = 'auto', *, torch_engine: Callable[[str], E
 def open_runners(model, backend: str, *, model_arg: Optional[str] = None,
                  directory: Optional[str | Path] = None) -> Engines:
     """The array-level vision and seg runners of an exported backend (parity checks)."""
-    openers = {'onnxruntime': _open_onnxruntime, 'tensorrt': _open_tensorrt}
-    if backend not in openers:
+    exported = ('onnxruntime', 'tensorrt')
+    if backend not in exported:
         raise ValueError(f'no exported runners for {backend!r}; use one of '
-                         f'{", ".join(openers)}')
-    return openers[backend](model, model_arg or model.config.name, engines_dir(directory),
-                            weights_hash(model))
+                         f'{", ".join(exported)}')
+    return _open(backend, model, model_arg or model.config.name, engines_dir(directory),
+                 weights_hash(model))
 
 
 def _say(line: str) -> None:
@@ -137,9 +156,9 @@ def _say(line: str) -> None:
 def _auto(model, model_arg, directory, device, torch_engine) -> Engine:
     digest = weights_hash(model)
     why_not = []
-    for name, opener in (('tensorrt', _open_tensorrt), ('onnxruntime', _open_onnxruntime)):
+    for name in ('tensorrt', 'onnxruntime'):
         try:
-            engines = opener(model, model_arg, directory, digest)
+            engines = _open(name, model, model_arg, directory, digest)
         except EngineError as exc:
             why_not.append(f'not {name}: {exc}')
             continue
