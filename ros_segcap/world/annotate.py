@@ -21,7 +21,6 @@ import cv2
 import numpy as np
 
 from ros_segcap.world import captions as cap
-from ros_segcap.world.palette import COLOUR_NAMES, KINDS
 from ros_segcap.world.refer import (Ref, absent_expressions, article, describe, noun,
                                     referring_expressions)
 from ros_segcap.world.render import BACKGROUND_ID, FIRST_OBJECT_ID, TABLE_ID, Scene
@@ -93,7 +92,7 @@ def referring(scene: Scene, rng: np.random.Generator, fixed: bool) -> Annotation
 
 def absent(scene: Scene, rng: np.random.Generator, fixed: bool) -> Annotation:
     """Ask for something that is not there; the answer is a plain sentence."""
-    refs = absent_expressions(scene.objects)
+    refs = absent_expressions(scene.objects, scene.spec.vocab)
     kinds = {o.kind for o in scene.objects}
     colours = {o.colour for o in scene.objects}
     hard = [r for r in refs if r.kind in kinds or r.colour in colours]  # near misses
@@ -230,8 +229,9 @@ def _vqa_choices(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]
         o = _pick(rng, objs)
         colour, kind = _pick(rng, ((o.colour, o.kind), (None, o.kind), (o.colour, None)))
     else:
-        colour = _pick(rng, (None,) + COLOUR_NAMES)
-        kind = _pick(rng, KINDS if colour is None else (None,) + KINDS)
+        vocab = scene.spec.vocab
+        colour = _pick(rng, (None,) + vocab.colours)
+        kind = _pick(rng, vocab.kinds if colour is None else (None,) + vocab.kinds)
     n = sum(1 for o in objs if colour in (None, o.colour) and kind in (None, o.kind))
     plural = noun(colour, kind, plural=True)
     n_all = len(objs)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ros_segcap.world.palette import COLOURS, KINDS, SHAPES, TABLES
+from ros_segcap.world.palette import COLOURS, DEFAULT_VOCAB, KINDS, SHAPES, TABLES, Vocabulary
 
 # Seeds of each split; the ranges never overlap (see split_seed).
 SPLITS: dict[str, tuple[int, int]] = {
@@ -71,6 +71,11 @@ class SceneSpec:
     def table_name(self) -> str:
         """Name of the table for captions, e.g. 'wooden table'."""
         return TABLES[self.table].name
+
+    @property
+    def vocab(self) -> Vocabulary:
+        """The kinds and colour names this world draws from."""
+        return DEFAULT_VOCAB
 
 
 def split_seed(split: str, index: int) -> int:

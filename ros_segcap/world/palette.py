@@ -32,6 +32,26 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 COLOUR_NAMES = tuple(COLOURS)
 
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The words of a world: its object kinds (in class-id order) and its colour names."""
+
+    kinds: tuple[str, ...]
+    colours: tuple[str, ...]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Panoptic class names: the stuff classes, then one thing class per kind."""
+        return STUFF_CLASSES + self.kinds
+
+    def kind_class(self, kind: str) -> int:
+        """Return the panoptic class id of an object kind."""
+        return len(STUFF_CLASSES) + self.kinds.index(kind)
+
+
+DEFAULT_VOCAB = Vocabulary(KINDS, COLOUR_NAMES)
+
 PLURALS = {'box': 'boxes', 'cup': 'cups', 'mug': 'mugs', 'bowl': 'bowls', 'bottle': 'bottles',
            'can': 'cans', 'ball': 'balls', 'block': 'blocks', 'cone': 'cones'}
 

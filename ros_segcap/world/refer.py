@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from ros_segcap.world.layout import ObjectSpec
-from ros_segcap.world.palette import COLOUR_NAMES, KINDS, ORDINALS, PLURALS
+from ros_segcap.world.palette import DEFAULT_VOCAB, ORDINALS, PLURALS, Vocabulary
 
 X_MARGIN = 0.05  # fraction of image width between ordered objects
 DEPTH_MARGIN = 0.06  # metres between ordered objects
@@ -168,7 +168,8 @@ def _relation_refs(objects: Sequence[ObjectSpec], members: list[int], colour: Op
 def _anchors(objects: Sequence[ObjectSpec]) -> list[Ref]:
     """One simple unique name per object that has one ('the blue bowl' or 'the bowl')."""
     names: dict[int, Ref] = {}
-    for o_colour, o_kind in [(o.colour, o.kind) for o in objects] + [(None, k) for k in KINDS]:
+    kinds = sorted({o.kind for o in objects})  # absent kinds have no members
+    for o_colour, o_kind in [(o.colour, o.kind) for o in objects] + [(None, k) for k in kinds]:
         members = group(objects, o_colour, o_kind)
         if len(members) == 1 and members[0] not in names:
             text = f'the {noun(o_colour, o_kind)}'
@@ -194,11 +195,12 @@ def referring_expressions(objects: Sequence[ObjectSpec]) -> list[Ref]:
     return refs
 
 
-def absent_expressions(objects: Sequence[ObjectSpec]) -> list[Ref]:
+def absent_expressions(objects: Sequence[ObjectSpec], vocab: Vocabulary = DEFAULT_VOCAB
+                       ) -> list[Ref]:
     """Return singular expressions naming what is not in the scene (targets = ())."""
     refs = []
-    for colour in (None,) + COLOUR_NAMES:
-        for kind in (None,) + KINDS:
+    for colour in (None,) + vocab.colours:
+        for kind in (None,) + vocab.kinds:
             if (colour or kind) and not group(objects, colour, kind):
                 refs.append(Ref(f'the {noun(colour, kind)}', (), 'absent', colour, kind))
     return refs

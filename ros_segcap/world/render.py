@@ -16,7 +16,7 @@ import numpy as np
 
 from ros_segcap.world.backdrops import backdrop_photo, fit_photo
 from ros_segcap.world.layout import ObjectSpec, SceneSpec
-from ros_segcap.world.palette import BACKGROUND_CLASS, TABLE_CLASS, TABLES, kind_class
+from ros_segcap.world.palette import BACKGROUND_CLASS, TABLE_CLASS, TABLES
 from ros_segcap.world.shapes import draw_object
 
 BACKGROUND_ID = 0  # panoptic segment id of the backdrop (stuff)
@@ -65,6 +65,7 @@ class Scene:
         Stuff (background, table) first, then objects in spec order.
         """
         ids = [BACKGROUND_ID, TABLE_ID] + [FIRST_OBJECT_ID + i for i in range(len(self.objects))]
+        kind_class = self.spec.vocab.kind_class
         classes = [BACKGROUND_CLASS, TABLE_CLASS] + [kind_class(o.kind) for o in self.objects]
         masks = self.panoptic[None, :, :] == np.array(ids)[:, None, None]
         keep = masks.reshape(len(ids), -1).any(axis=1)
