@@ -145,8 +145,9 @@ def weights_warning(name_or_dir: str) -> Optional[str]:
             return (f'model {name_or_dir!r} has no trained weights (none shipped in '
                     f'{SHIPPED_DIR}): the answer text is meaningless (README: The default '
                     'weights)')
-        if read_info(path).get('trained', False):
-            return None
+        info = json.loads((path / CONFIG_FILE).read_text())
+        if not isinstance(info, dict) or info.get('trained', False):
+            return None  # a broken config.json is reported by the loader
     except (FileNotFoundError, ValueError, OSError):
         return None
     return (f'model {name_or_dir!r} is marked trained: false (a candidate below the accuracy '
