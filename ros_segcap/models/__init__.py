@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 # family name -> module whose FAMILY attribute is its Family (imported on first use)
-FAMILIES = {'segcap': 'ros_segcap.models.segcap.family'}
+FAMILIES = {'segcap': 'ros_segcap.models.segcap.family',
+            'omg_llava': 'ros_segcap.models.omg_llava.family'}
 DEFAULT_FAMILY = 'segcap'
 
 
