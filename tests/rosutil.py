@@ -65,7 +65,7 @@ class NodeProcess:
 
     def __init__(self, workdir: Path, domain: int, namespace: str, params: dict[str, Any],
                  python_path: Optional[Path] = None) -> None:
-        self.namespace = namespace
+        self.namespace, self.domain = namespace, domain
         self.log_path = workdir / f'node{namespace.replace("/", "_")}.log'
         env = dict(os.environ, ROS_DOMAIN_ID=str(domain), OMP_NUM_THREADS='1',
                    PYTHONUNBUFFERED='1', RCUTILS_COLORIZED_OUTPUT='0')
@@ -96,6 +96,13 @@ class NodeProcess:
             if line.startswith('VmRSS:'):
                 return int(line.split()[1]) / 1024.0
         raise AssertionError('VmRSS not found')
+
+    def peak_rss_mb(self) -> float:
+        """Return the node's peak resident memory so far in MB (VmHWM, from /proc)."""
+        for line in Path(f'/proc/{self.proc.pid}/status').read_text().splitlines():
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 1024.0
+        raise AssertionError('VmHWM not found')
 
     def stop(self, timeout: float = 15.0) -> Optional[int]:
         """Stop with SIGINT (as Ctrl-C does); kill after `timeout`. Return the exit code."""

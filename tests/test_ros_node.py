@@ -1,8 +1,8 @@
 """segcap_node across real processes: frames, commands, prompts, service, action, bad input, load.
 
-One node (model tiny-random) serves most tests in file order; the standard-messages-only
-test starts its own node with ros_segcap_msgs hidden. The child's output is in every
-timeout message.
+One node (model tiny-random) serves the tests in file order (tests that start their own
+node processes are in test_ros_lifecycle.py). The child's output is in every timeout
+message.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ if not ru.HAVE_RCLPY:
 from action_msgs.msg import GoalStatus  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PointStamped  # noqa: E402
+from rcl_interfaces.srv import GetParameters  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
-from sensor_msgs.msg import CompressedImage  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from ros_segcap.ros import convert  # noqa: E402
@@ -166,6 +166,39 @@ def test_service_on_the_newest_frame_and_on_its_own_image(ros):
     assert result.status.startswith("bad input: unsupported image encoding 'yuv422'")
 
 
+def test_pending_service_calls_leave_parameters_answering(ros):
+    """Calls wait for the worker without holding executor threads (4 of them)."""
+    client = ros.side.node.create_client(ros.it.SegmentSrv, 'segcap/segment')
+    params = ros.side.node.create_client(GetParameters, 'segcap_node/get_parameters')
+    ru.wait_for(lambda: client.service_is_ready() and params.service_is_ready(), 10.0,
+                'the segment and get_parameters services', ros.node)
+    ros.show(ru.make_image(120, 160, stamp_sec=8500, value=-1))
+    assert ros.set_parameter('max_new_tokens', 1024).successful  # seconds per call
+    done_at: dict[str, float] = {}
+
+    def call(name: str, future: Any) -> Any:
+        future.add_done_callback(lambda _: done_at.setdefault(name, time.monotonic()))
+        return future
+    try:
+        calls = [call(f'call {i}', client.call_async(ros.it.SegmentSrv.Request(
+            command=f'describe the scene {i}'))) for i in range(5)]  # 1 runs, 4 wait
+        time.sleep(0.5)  # the node has them all
+        asked = time.monotonic()
+        answer = call('get_parameters', params.call_async(
+            GetParameters.Request(names=['max_new_tokens'])))
+        ru.wait_for(answer.done, RESULT_S, 'the get_parameters answer', ros.node)
+    finally:
+        assert ros.set_parameter('max_new_tokens', 16).successful
+    for future in calls:
+        ru.wait_for(future.done, 2 * RESULT_S, 'the service answers', ros.node)
+    assert answer.result().values[0].integer_value == 1024
+    first_call = min(done_at[f'call {i}'] for i in range(5))
+    assert done_at['get_parameters'] - asked < 3.0 and done_at['get_parameters'] < first_call, (
+        f'get_parameters took {done_at["get_parameters"] - asked:.1f} s and came '
+        f'{done_at["get_parameters"] - first_call:+.1f} s after the first call\'s answer')
+    assert {f.result().result.status for f in calls} <= {'ok', 'dropped: queue full'}
+
+
 def test_live_parameters_and_refused_ones(ros):
     assert ros.set_parameter('max_new_tokens', 8).successful
     refused = ros.set_parameter('model', 'segcap-tiny')
@@ -263,7 +296,7 @@ def test_bad_images_give_a_status_and_the_node_stays_up(ros, bad, expected):
     msg = ru.make_image(120, 160, stamp_sec=10000)
     for key, value in bad.items():
         setattr(msg, key, value)
-    ros.show(msg)
+    ros.show(msg, times=6)  # more than frame_buffer (4): no usable frame is left in the ring
     result = ros.send(ros.unique('segment the cup'))
     assert result.status.startswith(expected), result.status
     assert result.header.stamp.sec == 10000
@@ -271,9 +304,19 @@ def test_bad_images_give_a_status_and_the_node_stays_up(ros, bad, expected):
     assert ros.send(ros.unique('segment the cup')).status == 'ok'
 
 
+def test_a_bad_frame_right_before_a_command_leaves_it_the_newest_usable_one(ros):
+    captions = ros.side.collect(String, 'segcap/caption', 10)
+    ros.show(ru.make_image(120, 160, stamp_sec=10100, value=-1))
+    ros.show(ru.make_image(0, 0, stamp_sec=10101), times=1)
+    result = ros.send(ros.unique('segment the cup'))
+    assert (result.status, result.header.stamp.sec) == ('ok', 10100), result.status
+    ru.wait_for(lambda: [c for c in captions.snapshot() if c.data == result.answer], 10.0,
+                'the caption of the command', ros.node)
+
+
 def test_an_8000x6000_image_is_refused_and_the_node_stays_up(ros):
     big = ru.make_image(6000, 8000, 'mono8', stamp_sec=11000, value=7)  # 48 MB
-    for _ in range(3):  # best effort: a lost 48 MB frame leaves the last good one newest
+    for _ in range(5):  # best effort: until the ring (4) holds no usable frame
         ros.show(big, times=2)
         result = ros.send(ros.unique('segment the cup'))
         if result.header.stamp.sec == 11000:
@@ -331,53 +374,3 @@ def test_flood_of_commands_with_30hz_images(ros):
     assert statuses['ok'] >= 4 and statuses['dropped: queue full'] > 0, statuses
     assert ros.node.alive()
     assert rss[-1] - rss[0] < 50.0, f'RSS grew from {rss[0]:.0f} to {rss[-1]:.0f} MB'
-
-
-def test_standard_messages_only_with_compressed_images(tmp_path):
-    """Without ros_segcap_msgs the node says so once and publishes JSON results."""
-    hide = tmp_path / 'hide' / 'ros_segcap_msgs'
-    hide.mkdir(parents=True)
-    (hide / '__init__.py').write_text("raise ImportError('hidden by the test')\n")
-    domain, ns = ru.unique_domain(), f'/segcap_json_{uuid.uuid4().hex[:8]}'
-    node = ru.NodeProcess(tmp_path, domain, ns, {'model': 'tiny-random', 'compressed': True,
-                                                 'max_new_tokens': 8},
-                          python_path=hide.parent)
-    side = ru.TestSide(domain, ns)
-    try:
-        results = side.collect(String, 'segcap/result_json')
-        command = side.node.create_publisher(String, 'command', ru.reliable())
-        image = side.node.create_publisher(CompressedImage, 'image/compressed', ru.best_effort())
-        ru.wait_for(lambda: command.get_subscription_count() > 0 and
-                    side.node.count_publishers(f'{ns}/segcap/result_json') > 0,
-                    STARTUP_S, 'segcap_node to start', node)
-        command.publish(String(data='segment the cup'))
-        ru.wait_for(lambda: results.snapshot(), 5.0, 'a JSON result', node)
-        assert '"status": "no image yet"' in results.snapshot()[0].data
-        rgb = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-        frame = convert.rgb_to_compressed(rgb, 'jpeg')
-        frame.header.stamp.sec = 77
-        for _ in range(3):
-            image.publish(frame)
-            time.sleep(0.05)
-        time.sleep(0.3)
-        command.publish(String(data='describe'))
-        ru.wait_for(lambda: len(results.snapshot()) > 1, RESULT_S, 'the second result', node)
-        text = results.snapshot()[1].data
-        assert '"status": "ok"' in text and '"stamp": {"sec": 77' in text, text
-        assert node.output().count('ros_segcap_msgs is not importable') == 1
-    finally:
-        side.close()
-        code = node.stop()
-    assert code == 0, node.explain(f'exit code {code}')
-
-
-def test_a_bad_parameter_at_start_exits_1_with_one_line(tmp_path):
-    node = ru.NodeProcess(tmp_path, ru.unique_domain(), '/segcap_bad', {'model': 'nope'})
-    try:
-        code = node.proc.wait(STARTUP_S)
-    finally:
-        node.stop()
-    output = node.output()
-    assert code == 1 and 'Traceback' not in output, output
-    assert output.strip().startswith("segcap_node: could not start: unknown model 'nope'; known "
-                                     'models:'), output

@@ -1,307 +1,73 @@
-"""segcap_node: camera frames + plain-language commands in, answers and masks out.
+"""segcap_node's process: signals first, then the imports, the node, spinning, an orderly stop.
 
-A lifecycle (managed) node, thin over the core pipeline and the worker (docs/design.md §5):
-configure reads the parameters and loads the model (slow); activate subscribes, serves and
-starts the worker; deactivate stops taking work; cleanup releases the model. With the
-parameter autostart:=true the node configures and activates itself (an unmanaged start).
-The frame ring, command queue, worker thread and continuous mode are ros_segcap/worker.py;
-this node wires topics, parameters and QoS to it: convert -> core -> convert -> publish.
+The node itself is SegCapNode (segcap_node.py). This module imports only the standard library
+at its top, so that main() takes SIGINT and SIGTERM before the slow imports (rclpy, torch,
+the model): a Ctrl-C or SIGTERM at any moment exits 0. On a signal while spinning the worker
+stops (the running request is cancelled, waiting ones are answered 'cancelled: the node is
+stopping ...'), the executor spins until every pending service and action call has its
+answer, and only then do the node and the context go.
 """
 from __future__ import annotations
 
 import sys
-import threading
 import time
-from functools import partial
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import rclpy
-from geometry_msgs.msg import PointStamped
-from rcl_interfaces.msg import SetParametersResult
-from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
+from ros_segcap.ros.sigint import StopSignals
 
-from ros_segcap.core.options import in_scope, pipeline_values
-from ros_segcap.ros import convert, messages
-from ros_segcap.ros.messages import NO_INTERFACES, STATUS_CANCELLED, STATUS_OK, status_result
-from ros_segcap.ros.params import (NodeConfig, apply_changes, declare_parameters,
-                                   image_qos, read_parameters, use_default_dds_profile)
-from ros_segcap.ros.publish import ResultPublisher
-from ros_segcap.ros.sigint import raise_while
-from ros_segcap.worker import Frame, Request, Worker
-
-SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
-THROTTLE_S = 5.0
-LIVE_PIPELINE = tuple(o for o in in_scope('pipeline') if o.live)
+DRAIN_S = 5.0  # longest wait, at shutdown, for the pending calls to get their answers
+FLUSH_S = 0.3  # then the time the answers (and action results) get to leave
+SPIN_S = 0.1  # how often the spin loop looks at the stop request
 
 
-def make_pipeline(config: Any) -> Any:
-    """Open the core pipeline from the node config (image_size is checked, not ignored)."""
-    from ros_segcap.runtime import PipelineConfig, open_pipeline
-
-    pipeline = open_pipeline(PipelineConfig(**pipeline_values(vars(config))))
-    size = pipeline.model.config.image_size
-    if config.image_size and config.image_size != size:
-        raise ValueError(f'image_size={config.image_size}: model {config.model} has a fixed '
-                         f'input size of {size}; set image_size to 0 or {size}')
-    llm = getattr(pipeline.model, 'llm', None)
-    if llm is not None and llm.decode_path != 'reference':
-        llm.fast()  # the decoder's weights now, not at the first command
-    return pipeline
+def main(args: Optional[list[str]] = None) -> int:
+    """Run segcap_node until Ctrl-C, SIGTERM or shutdown; return the exit code."""
+    signals = StopSignals().install()  # first of all: a signal during the imports is no error
+    try:
+        return run(args, signals)
+    except KeyboardInterrupt:  # the one interrupt raced the end of the load: still a stop
+        return 0
 
 
-class SegCapNode(LifecycleNode):
-    """The ROS 2 node; see the module docstring and docs/design.md §5."""
+def run(args: Optional[list[str]], signals: StopSignals) -> int:
+    """Import, start the node (autostart) and spin it; return the exit code."""
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__('segcap_node', **kwargs)
-        declare_parameters(self)
-        self.autostart = bool(self.get_parameter('autostart').value)
-        self.failure = ''  # why the last configure failed
-        self._config = NodeConfig()
-        self._pipeline: Any = None
-        self._worker: Optional[Worker] = None
-        self._out: Optional[ResultPublisher] = None
-        self._inputs: list[Callable[[], Any]] = []  # destroy the active state's inputs
-        self._interfaces, why = messages.load_interfaces()
-        if self._interfaces is None:
-            self.get_logger().warning(NO_INTERFACES.format(why=why))
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+    from ros_segcap.ros.params import use_default_dds_profile
+    from ros_segcap.ros.segcap_node import SegCapNode
 
-    # ----- lifecycle transitions ----------------------------------------------------------
-
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Read the parameters and load the model; FAILURE (with the reason) on a bad one."""
+    if signals.requested.is_set():
+        return 0
+    use_default_dds_profile()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    node: Any = None
+    try:
+        signals.interrupt.set()  # a signal interrupts the model load
         try:
-            config = read_parameters(self)
-            self._pipeline = make_pipeline(config)
-        except Exception as exc:  # noqa: BLE001 - bad parameter or model: one line
-            reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            self.failure = ' '.join(str(reason).split())
-            if not self.autostart:  # unmanaged: main() prints it and exits 1
-                self.get_logger().error(f'configure failed: {self.failure}')
-            return FAILURE
-        self._config = config
-        self._worker = Worker(
-            process=self._process, publish=self._publish, publish_status=self._publish_status,
-            frame_buffer=config.frame_buffer, queue_size=config.queue_size,
-            stamp=lambda: self.get_clock().now().to_msg(), warn=self._warn)
-        self._set_live(config)
-        self._out = ResultPublisher(self, self._interfaces, self._pipeline)
-        self.get_logger().info(f'configured: model {config.model} on {config.device}')
-        return SUCCESS
-
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Subscribe, serve and start the worker."""
-        self._create_inputs()
-        self._worker.start()
-        topic = 'image/compressed' if self._config.compressed else 'image'
-        self.get_logger().info(f'ready: model {self._config.model} on {self._config.device}, '
-                               f'reading {self.resolve_topic_name(topic)}')
-        return SUCCESS
-
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop taking work: stop the worker (answering what waits), drop the inputs."""
-        self._worker.stop()
-        self._destroy_inputs()
-        return SUCCESS
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Release the pipeline (the model) and the publishers."""
-        self._release()
-        return SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop everything, whatever the state."""
-        self.close()
-        return SUCCESS
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Clean up after a failed transition; the node returns to unconfigured."""
-        self.close()
-        return SUCCESS
-
-    def close(self) -> None:
-        """Stop the worker (a running generation is cancelled), release the model."""
-        if self._worker is not None:
-            self._worker.stop()
-        self._destroy_inputs()
-        self._release()
-
-    def _release(self) -> None:
-        if self._out is not None:
-            self._out.destroy()
-        self._out, self._worker, self._pipeline = None, None, None
-
-    # ----- wiring -------------------------------------------------------------------------
-
-    def _create_inputs(self) -> None:
-        cfg, it = self._config, self._interfaces
-        image_type = CompressedImage if cfg.compressed else Image
-        topic = 'image/compressed' if cfg.compressed else 'image'
-        command_qos = QoSProfile(depth=cfg.command_qos_depth,
-                                 reliability=ReliabilityPolicy.RELIABLE)
-        subscriptions = [
-            (image_type, topic, self._on_image, image_qos(cfg)),
-            (String, 'command', self._on_command, command_qos),
-            (PointStamped, 'image_mouse_left', self._on_prompt, 10),
-        ] + ([(it.PromptMsg, 'segcap/prompt', self._on_prompt, 10)] if it else [])
-        for args in subscriptions:
-            sub = self.create_subscription(*args)
-            self._inputs.append(partial(self.destroy_subscription, sub))
-        timer = self.create_timer(cfg.diagnostics_period, self._on_diagnostics)
-        self._inputs.append(partial(self.destroy_timer, timer))
-        if it is not None:
-            self._create_servers(it)
-
-    def _create_servers(self, it: Any) -> None:
-        group = ReentrantCallbackGroup()  # both block until the worker answers
-        service = self.create_service(it.SegmentSrv, 'segcap/segment', self._on_service,
-                                      callback_group=group)
-        action = ActionServer(self, it.SegmentAction, 'segcap/segment_stream', self._on_goal,
-                              goal_callback=lambda _: GoalResponse.ACCEPT,
-                              cancel_callback=lambda _: CancelResponse.ACCEPT,
-                              callback_group=group)
-        self._inputs += [partial(self.destroy_service, service), action.destroy]
-
-    def _destroy_inputs(self) -> None:
-        while self._inputs:
-            self._inputs.pop()()
-
-    # ----- inputs (callbacks only store and enqueue) --------------------------------------
-
-    def _on_image(self, msg: Any) -> None:
-        error = convert.image_error(msg, self._max_pixels())
-        if error:
-            self._worker.count('bad_images')
-            self.get_logger().warning(f'bad image: {error}', throttle_duration_sec=THROTTLE_S)
-        self._worker.add_frame(msg.header, msg, error)
-
-    def _on_command(self, msg: String) -> None:
-        self._worker.command(msg.data)
-
-    def _on_prompt(self, msg: Any) -> None:
-        """Hold a click / visual prompt for the next command (or run it now with its text)."""
-        if isinstance(msg, PointStamped) or not msg.text.strip():
-            self._worker.hold_prompt(msg)
-        else:
-            self._worker.submit(self._worker.request(msg.text, msg))
-
-    def _on_service(self, request: Any, response: Any) -> Any:
-        req = self._worker.request(request.command, self._given_prompt(request.prompt))
-        if request.image.height and request.image.width:
-            error = convert.image_error(request.image, self._max_pixels())
-            req.frame = Frame(self._worker.new_key(), request.image.header, request.image,
-                              error)
-        response.result = self._worker.submit_and_wait(req)
-        return response
-
-    def _on_goal(self, goal_handle: Any) -> Any:
-        feedback_type = self._interfaces.SegmentAction.Feedback
-        text: list[str] = []
-
-        def on_text(piece: str) -> bool:
-            text.append(piece)
-            goal_handle.publish_feedback(feedback_type(text=''.join(text), delta=piece))
-            return not goal_handle.is_cancel_requested
-
-        goal = goal_handle.request
-        req = self._worker.request(goal.command, self._given_prompt(goal.prompt))
-        req.on_text, req.is_cancelled = on_text, lambda: goal_handle.is_cancel_requested
-        result = self._worker.submit_and_wait(req)
-        if result.status == STATUS_CANCELLED and goal_handle.is_cancel_requested:
-            goal_handle.canceled()
-        elif result.status == STATUS_OK:
-            goal_handle.succeed()
-        else:
-            goal_handle.abort()
-        return self._interfaces.SegmentAction.Result(result=result)
-
-    @staticmethod
-    def _given_prompt(prompt: Any) -> Any:
-        return None if prompt is None or prompt.type == prompt.NONE else prompt
-
-    # ----- the worker's callables (worker thread) -----------------------------------------
-
-    def _process(self, req: Request) -> tuple[Any, Any]:
-        """Run one request: convert -> core; never raises."""
-        from ros_segcap.core.types import InputError
-
-        if self._worker.cancelled(req):
-            return status_result(STATUS_CANCELLED), None
-        rgb = None
-        try:
-            t0 = time.perf_counter()
-            rgb = convert.message_to_rgb(req.frame.msg, req.frame.error, self._max_pixels())
-            prompt = messages.prompt_from_msg(req.prompt)
-            convert_ms = (time.perf_counter() - t0) * 1000.0
-            result = self._pipeline.run(rgb, req.command, prompt, frame_key=req.frame.key,
-                                        on_text=self._on_text(req),
-                                        on_mask=self._out.on_mask(req.command))
-            result.timing.add('ros_convert', convert_ms)
-        except InputError as exc:
-            result = status_result('bad input: ' + ' '.join(str(exc).split()))
-            self._warn(f'command {req.command[:80]!r}: {result.status}')
-        except Exception as exc:  # noqa: BLE001 - the node never dies on one command
-            self._worker.count('errors')
-            result = status_result(f'error: {type(exc).__name__}: ' + ' '.join(str(exc).split()))
-            self.get_logger().error(f'command {req.command[:80]!r} failed: {exc!r}',
-                                    throttle_duration_sec=THROTTLE_S)
-        result.timing.add('queue_wait', req.wait_ms)
-        return result, rgb
-
-    def _on_text(self, req: Request) -> Callable[[str], bool]:
-        def on_text(piece: str) -> bool:
-            if self._worker.cancelled(req):
-                return False
-            return req.on_text(piece) if req.on_text else True
-        return on_text
-
-    def _publish(self, req: Request, result: Any, rgb: Any) -> Any:
-        return self._out.publish(req, result, rgb, self._config.publish_overlay)
-
-    def _publish_status(self, req: Request, status: str) -> Any:
-        return self._out.publish(req, status_result(status), None, False)
-
-    # ----- timers and parameters ----------------------------------------------------------
-
-    def _on_diagnostics(self) -> None:
-        worker = self._worker
-        self._out.diagnostics(worker.snapshot(), worker.queue_depth(), self._config)
-
-    def _on_set_parameters(self, params: list) -> SetParametersResult:
-        configured = self._pipeline is not None
-        config, reason = apply_changes(self._config, params, configured)
-        for opt in LIVE_PIPELINE if configured else ():
-            old, new = getattr(self._config, opt.name), getattr(config, opt.name)
-            if not reason and new != old:
-                reason = self._pipeline.set_option(opt.pipeline_key, new) or ''
-        if reason:
-            self.get_logger().warning(f'parameter change refused: {reason}')
-            return SetParametersResult(successful=False, reason=reason)
-        self._config = config
-        self._set_live(config)
-        return SetParametersResult(successful=True)
-
-    def _set_live(self, config: Any) -> None:
-        if self._worker is not None:
-            self._worker.continuous = config.continuous
-            self._worker.continuous_rate = config.continuous_rate
-
-    def _max_pixels(self) -> int:
-        return int(self._config.max_image_megapixels * 1e6)
-
-    def _warn(self, text: str) -> None:
-        self.get_logger().warning(text, throttle_duration_sec=THROTTLE_S)
+            node = SegCapNode()
+            why = start(node) if node.autostart else ''
+        except Exception as exc:  # noqa: BLE001 - e.g. a parameter of the wrong type: one line
+            why = ' '.join(str(exc).split()) or type(exc).__name__
+        signals.interrupt.clear()
+        if signals.requested.is_set():  # the load was interrupted: why says nothing then
+            return 0
+        if why:
+            print(f'segcap_node: could not start: {why}', file=sys.stderr)
+            return 1
+        spin(node, signals)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signals.interrupt.clear()
+        finish(node)
 
 
-def start(node: SegCapNode) -> str:
+def start(node: Any) -> str:
     """Configure and activate an autostart node; return '' or why it could not start."""
+    from ros_segcap.ros.segcap_node import SUCCESS
+
     if node.trigger_configure() != SUCCESS:
         return node.failure or 'configure failed'
     if node.trigger_activate() != SUCCESS:
@@ -309,50 +75,34 @@ def start(node: SegCapNode) -> str:
     return ''
 
 
-def main(args: Optional[list[str]] = None) -> int:
-    """Run segcap_node until Ctrl-C or shutdown; return the exit code."""
-    use_default_dds_profile()
-    loading = threading.Event()
-    loading.set()
-    raise_while(loading)  # Ctrl-C interrupts the model load; later rclpy's shutdown ends spin
-    rclpy.init(args=args)
-    node, why = None, ''
+def spin(node: Any, signals: StopSignals) -> None:
+    """Spin until a stop signal; then answer every pending call before returning."""
+    from rclpy.executors import MultiThreadedExecutor
+
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
     try:
-        node = SegCapNode()
-        why = start(node) if node.autostart else ''
-    except KeyboardInterrupt:
-        return stop(node, 0)
-    except Exception as exc:  # noqa: BLE001 - e.g. a parameter of the wrong type: one line
-        why = ' '.join(str(exc).split()) or type(exc).__name__
-    loading.clear()
-    if why and not rclpy.ok():  # Ctrl-C while loading: rclpy shut the context down under us
-        return stop(node, 0)
-    if why:
-        print(f'segcap_node: could not start: {why}', file=sys.stderr)
-        return stop(node, 1)
-    return spin(node)
+        while not signals.requested.is_set() and node.context.ok():
+            executor.spin_once(timeout_sec=SPIN_S)
+        node.stop_work()  # cancels the running request, answers the waiting ones
+        drain = time.monotonic() + DRAIN_S
+        while node.pending and time.monotonic() < drain and node.context.ok():
+            executor.spin_once(timeout_sec=0.05)
+        flush = time.monotonic() + FLUSH_S
+        while time.monotonic() < flush and node.context.ok():
+            executor.spin_once(timeout_sec=0.05)
+    finally:
+        executor.shutdown(timeout_sec=1.0)
 
 
-def stop(node: Optional[SegCapNode], code: int) -> int:
-    """Release the node (if any) and rclpy; return `code`."""
+def finish(node: Any) -> None:
+    """Release the node (if any) and rclpy."""
+    import rclpy
+
     if node is not None:
         node.close()
         node.destroy_node()
     rclpy.try_shutdown()
-    return code
-
-
-def spin(node: SegCapNode) -> int:
-    """Spin until Ctrl-C or shutdown, then stop the node cleanly; return 0."""
-    try:
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        stop(node, 0)
-    return 0
 
 
 if __name__ == '__main__':

@@ -1,7 +1,8 @@
 """The node's outputs: results, mask, overlay, caption and /diagnostics, from core results.
 
 Created when segcap_node is configured and destroyed at cleanup. Every image output carries
-the source frame's header.
+the source frame's header. Once the node's context is shut down nothing is published (the
+result message is still built and returned, for the caller that waits for it).
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 from typing import Any, Callable, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.exceptions import InvalidHandle
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.logging import LoggingSeverity
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -24,6 +27,7 @@ from ros_segcap.worker import Request
 # Results are kept until every reader has them: a burst of 'dropped' statuses from a command
 # flood must not push older results out of the writer's history before a slow reader acks.
 RELIABLE = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+RCLError = _rclpy.RCLError
 STATS = ('commands', 'results', 'dropped', 'bad_images', 'errors', 'continuous')
 
 
@@ -47,17 +51,31 @@ class ResultPublisher:
         for publisher in (self._result, self._mask, self._overlay, self._caption, self._diag):
             self._node.destroy_publisher(publisher)
 
+    def message(self, req: Request, result: Any) -> Any:
+        """Build the result message of `req` (not published)."""
+        env = Envelope(self._header(req), req.command, req.arrival,
+                       self._pipeline.encode_count)
+        if self._it is not None:
+            return messages.result_to_msg(result, env, self._it.ResultMsg)
+        return String(data=messages.result_to_json(result, env))
+
+    @staticmethod
+    def _header(req: Request) -> Header:
+        return req.frame.header if req.frame is not None else Header()
+
     def publish(self, req: Request, result: Any, rgb: Any, overlay: bool) -> Any:
         """Publish a result (and its images when `rgb` is given); return the result message."""
-        header = req.frame.header if req.frame is not None else Header()
-        env = Envelope(header, req.command, req.arrival, self._pipeline.encode_count)
-        if self._it is not None:
-            msg = messages.result_to_msg(result, env, self._it.ResultMsg)
-        else:
-            msg = String(data=messages.result_to_json(result, env))
-        self._result.publish(msg)
-        if rgb is not None and result.status in (STATUS_OK, STATUS_CANCELLED):
-            self._publish_images(result, rgb, header, overlay)
+        msg = self.message(req, result)
+        if not self._node.context.ok():
+            return msg  # shutting down: the publishers went with the context
+        try:
+            self._result.publish(msg)
+            if rgb is not None and result.status in (STATUS_OK, STATUS_CANCELLED):
+                self._publish_images(result, rgb, self._header(req), overlay)
+        except (InvalidHandle, RCLError):
+            if self._node.context.ok():
+                raise
+            return msg  # the context was shut down while publishing
         if result.timing.ms:
             with self._lock:
                 self._stage_ms = dict(result.timing.ms, total=result.timing.total)
