@@ -13,7 +13,8 @@ from ros_segcap.core.options import check, describe, in_scope, option, pipeline_
 
 # Subcommand modules; each has register(subparsers). Missing ones are skipped quietly so the
 # core CLI keeps working in a partial install.
-SUBCOMMAND_MODULES = ('ros_segcap.ros.commands', 'ros_segcap.engine_cli')
+SUBCOMMAND_MODULES = ('ros_segcap.ros.commands', 'ros_segcap.engine_cli',
+                      'ros_segcap.convert_cli')
 
 
 class UsageError(Exception):

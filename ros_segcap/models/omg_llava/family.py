@@ -86,7 +86,8 @@ def load_directory(directory: str | Path, *, device: str | torch.device = 'cpu'
 def _rebuild_buffers(model: OMGLlavaModel, device: torch.device) -> None:
     """Non-persistent buffers (RoPE frequencies) are computed, not stored."""
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-    model.llm.model.rotary_emb = LlamaRotaryEmbedding(config=model.llm.config, device=device)
+    with torch.device(device):
+        model.llm.model.rotary_emb = LlamaRotaryEmbedding(config=model.llm.config)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
             if t.is_meta]
     if left:
@@ -139,7 +140,7 @@ def load(name_or_dir: str, *, device: str | torch.device = 'cpu', allow_pickle: 
 def prepare(model: OMGLlavaModel, *, decode_path: str = 'reference') -> None:
     """OMG-LLaVA decodes with the transformers Llama forward; other paths say why not."""
     model.decode_note = '' if decode_path == 'reference' else (
-        f'decode path {decode_path} is segcap-tiny\'s GGUF kernels; omg-llava decodes with '
+        f"decode path {decode_path} is segcap-tiny's GGUF kernels; omg-llava decodes with "
         'the transformers forward (reference)')
 
 

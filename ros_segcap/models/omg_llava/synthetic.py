@@ -61,7 +61,8 @@ def official_manifest(config: OMGLlavaConfig, *, dot_default: bool = False) -> d
         pth[f'{PEFT}{module}.lora_B{adapter}.weight'] = (out, c.lora_rank)
     pc, q = c.pixel_token_dim, c.prior_dim
     for name, (cin, cout) in {'projector.model.query_proj': (q, pc),
-                              'projector.model.model.0': (pc, h), 'projector.model.model.2': (h, h),
+                              'projector.model.model.0': (pc, h),
+                              'projector.model.model.2': (h, h),
                               'projector.model.model_feat.0': (pc + q, h),
                               'projector.model.model_feat.2': (h, h),
                               'projector_text2vision.model.0': (h, q),
