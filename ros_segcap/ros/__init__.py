@@ -1,7 +1,8 @@
 """The thin ROS 2 layer; only this package imports rclpy and messages (core never does).
 
-segcap_node (node.py) is a lifecycle node: configure loads the model, activate subscribes and
-serves (launch/segcap.launch.py drives both; autostart:=true makes the node do it itself).
+segcap_node is a lifecycle node (SegCapNode in segcap_node.py; node.py is the process: signals,
+spinning, an orderly stop): configure loads the model, activate subscribes and serves
+(launch/segcap.launch.py drives both; autostart:=true makes the node do it itself).
 All names are relative to the node's namespace and remappable:
 
   subscribes  image              sensor_msgs/Image (rgb8 bgr8 rgba8 bgra8 mono8 mono16 16UC1),
@@ -21,6 +22,6 @@ All names are relative to the node's namespace and remappable:
 
 Parameters: core/options.py (the table), declared by params.py; the serving loop: worker.py
 (no ROS); outputs: publish.py; Image <-> numpy: convert.py; result/prompt glue: messages.py.
-Statuses: 'ok', 'no image yet', 'dropped: queue full', 'cancelled', 'bad input: ...',
-'error: ...'.
+Statuses: 'ok', 'no image yet', 'dropped: queue full', 'cancelled', 'cancelled: the node is
+stopping ...', 'bad input: ...', 'error: ...'.
 """
