@@ -30,6 +30,9 @@ ABSENT_ANSWER = 'There is no {noun} in this image.'
 ABSENT_PARAPHRASES = ("I can't find any {noun} in this image.", 'There is no {noun} here.')
 
 VERBS = {'ball': 'lies', 'bowl': 'sits', 'box': 'sits'}
+# the varied world's kinds (world/varied) that do not stand
+VERBS.update({k: 'lies' for k in ('plate', 'banana', 'apple', 'orange', 'pear', 'book',
+                                  'phone', 'marker', 'sponge')})
 
 
 def grounded(phrase: str) -> str:
