@@ -270,9 +270,9 @@ def check_loadable(name: str) -> None:
     if model_use(name) == 'meta':
         raise ValueError(f"model {name} is a shape check of the paper's sizes, built only on "
                          'the meta device (model.build_meta_model): it has no weights and is '
-                         'far too big for a CPU; to run it, convert released OMG-LLaVA weights '
-                         'into a model directory (model.safetensors + config.json) and pass its '
-                         'path, or use segcap-tiny')
+                         'far too big for a CPU; for the real model convert the official '
+                         'OMG-LLaVA release (segcap convert omg-llava ... --out DIR) and pass '
+                         '--model DIR, or use segcap-tiny')
 
 
 def register(config: SegCapConfig, *, use: str = 'run') -> None:
