@@ -13,11 +13,11 @@ from one set only, and the training splits never draw held-out families
 (varied_split_seed / sample_varied_split).
 """
 from ros_segcap.world.varied.families import (COLOUR_NAMES, COLOUR_WORDS, KINDS, STYLE_SETS,
-                                              STYLE_SPLIT, VOCAB, families)
+                                              STYLE_SPLIT, VOCAB, style_families)
 from ros_segcap.world.varied.render import render_varied
 from ros_segcap.world.varied.scene import (VariedObject, VariedSceneSpec, sample_varied_scene,
                                            sample_varied_split)
 
 __all__ = ['COLOUR_NAMES', 'COLOUR_WORDS', 'KINDS', 'STYLE_SETS', 'STYLE_SPLIT', 'VOCAB',
-           'VariedObject', 'VariedSceneSpec', 'families', 'render_varied',
-           'sample_varied_scene', 'sample_varied_split']
+           'VariedObject', 'VariedSceneSpec', 'render_varied',
+           'sample_varied_scene', 'sample_varied_split', 'style_families']

@@ -109,7 +109,7 @@ FINISHES = ('plain', 'plain', 'plain', 'dots', 'stripes', 'checks', 'photo', 'me
 WALLS = ('plain', 'plain', 'stripes', 'photo', 'photo')
 
 
-def families(axis: str, styles: str) -> tuple[str, ...]:
+def style_families(axis: str, styles: str) -> tuple[str, ...]:
     """Return the families of an axis that a 'train' or 'held_out' scene may draw from."""
     if styles not in STYLE_SETS:
         raise ValueError(f'unknown styles {styles!r}; use one of {STYLE_SETS}')

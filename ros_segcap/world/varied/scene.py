@@ -14,7 +14,7 @@ import numpy as np
 
 from ros_segcap.world.layout import split_seed
 from ros_segcap.world.palette import Vocabulary
-from ros_segcap.world.varied import families as fam
+import ros_segcap.world.varied.families as fam
 from ros_segcap.world.varied.camera import PinholeCamera
 from ros_segcap.world.varied.kinds import build, proportions
 from ros_segcap.world.varied.sprite import Pose
@@ -200,7 +200,7 @@ def _place(rng: np.random.Generator, look: dict, cam: PinholeCamera, extent: tup
 
 
 def _scene_style(rng: np.random.Generator, styles: str, aspect: float) -> dict:
-    cam_family = _pick(rng, fam.families('camera', styles))
+    cam_family = _pick(rng, fam.style_families('camera', styles))
     (p0, p1), (h0, h1) = fam.CAMERA_POSES[cam_family]
     fov = np.radians(rng.uniform(42.0, 62.0))
     cam = PinholeCamera(height=float(rng.uniform(h0, h1)), pitch=float(rng.uniform(p0, p1)),
@@ -225,12 +225,12 @@ def _scene_style(rng: np.random.Generator, styles: str, aspect: float) -> dict:
                       noise=float(rng.uniform(0.0, 6.0)),
                       jpeg=int(rng.choice([0, 0, int(rng.integers(35, 95))])))
     return dict(camera_family=cam_family, camera=cam,
-                table_material=_pick(rng, fam.families('table', styles)),
+                table_material=_pick(rng, fam.style_families('table', styles)),
                 table_rgb=fam.sample_colour(rng, table_word), table_word=table_word,
                 table_extent=(float(xl), float(xr), float(z_far)),
                 table_texture=_pick(rng, TEXTURES), wall=_pick(rng, fam.WALLS),
                 wall_rgb=fam.sample_colour(rng, wall_word), wall_texture=_pick(rng, TEXTURES),
-                shading=_pick(rng, fam.families('shading', styles)), light=light,
+                shading=_pick(rng, fam.style_families('shading', styles)), light=light,
                 effects=effects)
 
 
@@ -238,7 +238,7 @@ def sample_varied_scene(seed: int, styles: str = 'train', *, aspect: float = 4 /
                         n_objects: Optional[int] = None) -> VariedSceneSpec:
     """Sample a varied scene from `seed`, drawing only `styles` ('train' | 'held_out')
     families; deterministic for (seed, styles, aspect, n_objects)."""
-    fam.families('table', styles)  # raises for unknown style sets
+    fam.style_families('table', styles)  # raises for unknown style sets
     rng = np.random.default_rng([seed, 48271, fam.STYLE_SETS.index(styles)])
     style = _scene_style(rng, styles, aspect)
     density = _pick(rng, tuple(DENSITIES))
