@@ -6,6 +6,10 @@ Scores: referring cIoU / gIoU and no-target accuracy (referring + absent samples
 conventions), GCG mask AP50 / mIoU / recall, caption BLEU-4 / CIDEr-D and colour attribute
 accuracy, region-answer accuracy (exact, normalised) and VQA accuracy. Sample i of the split
 is scene split_seed(split, seed_offset + i) with task TASK_CYCLE[i % len(TASK_CYCLE)].
+
+`--world varied --styles train|held_out` evaluates on the varied world (its test split in
+the train or the held-out style families) and adds referring gIoU and region accuracy per
+object kind and per colour word (`by_kind`, `by_colour`).
 """
 from __future__ import annotations
 
@@ -25,8 +29,11 @@ from ros_segcap.runtime import PipelineConfig, open_pipeline
 from ros_segcap.core.preprocess import prompt_queries
 from ros_segcap.core.types import SegCapResult
 from ros_segcap.world import sample_scene
+from ros_segcap.world.annotate import Annotation
+from ros_segcap.world.varied import sample_varied_split
 from training.data.sample import Sample
-from training.data.tabletop import tabletop_sample
+from training.data.tabletop import WORLDS, tabletop_example
+from training.eval.by_attribute import AttributeMeter
 from training.eval.metrics import GcgMeter, ReferringMeter
 from training.eval.text_metrics import (attribute_accuracy, cider_d, corpus_bleu,
                                         region_answer_accuracy)
@@ -56,25 +63,38 @@ class Evaluator:
     """Accumulate predictions per task; `scores()` gives every metric."""
 
     def __init__(self) -> None:
+        self.attributes = AttributeMeter()
         self.referring = ReferringMeter()
         self.gcg = GcgMeter()
         self.captions: list[tuple[str, str, list[tuple[str, set[str]]]]] = []
         self.region: list[tuple[str, str]] = []
         self.vqa: list[tuple[str, str]] = []
 
-    def update(self, sample: Sample, result: SegCapResult) -> None:
-        """Score one sample's result against its annotation."""
+    def update(self, sample: Sample, result: SegCapResult, objects: Optional[Sequence] = None,
+               ann: Optional[Annotation] = None) -> None:
+        """Score one sample's result against its annotation.
+
+        objects: the scene's objects (default: the default world's scene of the sample);
+        ann: the world's annotation, to score by kind and colour.
+        """
         if sample.task in ('referring', 'absent'):
-            self.referring.update(result.masks or None, sample.masks or None)
+            iou = self.referring.update(result.masks or None, sample.masks or None)
+            if ann is not None and objects is not None and sample.task == 'referring':
+                self.attributes.update('referring_giou', [objects[i] for i in ann.ref.targets],
+                                       iou)
         elif sample.task == 'gcg':
             self.gcg.update(result.masks, sample.masks, result.phrases,
                             parse_answer(sample.answer).phrases, result.scores)
         elif sample.task == 'caption':
-            seed = int(sample.source.split('/')[2])
-            objects = [(f'{o.colour} {o.kind}', {o.colour}) for o in sample_scene(seed).objects]
-            self.captions.append((result.answer, sample.answer, objects))
+            if objects is None:
+                objects = sample_scene(int(sample.source.split('/')[2])).objects
+            named = [(f'{o.colour} {o.kind}', {o.colour}) for o in objects]
+            self.captions.append((result.answer, sample.answer, named))
         elif sample.task == 'region':
             self.region.append((result.answer, parse_answer(sample.answer).text))
+            if ann is not None and objects is not None and ann.extra.get('objects'):
+                right = region_answer_accuracy([result.answer], [self.region[-1][1]])
+                self.attributes.update('region_acc', [objects[ann.extra['objects'][0]]], right)
         elif sample.task == 'vqa':
             self.vqa.append((result.answer, sample.answer))
 
@@ -103,9 +123,12 @@ class Evaluator:
 
 def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
              tasks: Sequence[str] = TASK_CYCLE, log: Optional[Path] = None,
-             decode_path: str = DEFAULT_DECODE_PATH, refine_edges: bool = True
-             ) -> dict[str, Any]:
-    """Run n samples of a split through a Pipeline and return the scores."""
+             decode_path: str = DEFAULT_DECODE_PATH, refine_edges: bool = True,
+             world: str = 'default', styles: str = 'train') -> dict[str, Any]:
+    """Run n samples of a split through a Pipeline and return the scores.
+
+    world='varied' adds the world, the style set and scores per kind and colour.
+    """
     pipe = open_pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS,
                                         decode_path=decode_path, refine_edges=refine_edges))
     ev = Evaluator()
@@ -113,9 +136,14 @@ def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
     t0 = time.time()
     for i in range(n):
         task = tasks[i % len(tasks)]
-        sample = tabletop_sample(split, i, IMAGE_SIZE, task, seed_offset)
+        sample, ann = tabletop_example(split, i, IMAGE_SIZE, task, seed_offset, world, styles)
         result = answer_with_prompts(pipe, sample)
-        ev.update(sample, result)
+        if world == 'varied':
+            spec = sample_varied_split(split, seed_offset + i, styles,
+                                       aspect=IMAGE_SIZE[1] / IMAGE_SIZE[0])
+            ev.update(sample, result, spec.objects, ann)
+        else:
+            ev.update(sample, result)
         rows.append({'i': i, 'task': task, 'question': sample.question,
                      'truth': sample.answer, 'answer': result.raw_text})
     scores = ev.scores()
@@ -123,6 +151,8 @@ def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
                   model=model, decode_path=pipe.model.llm.effective_decode_path(),
                   refine_edges=refine_edges,
                   answers=[r['answer'] for r in rows])
+    if world != 'default':
+        scores.update(world=world, styles=styles, **ev.attributes.compute())
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
@@ -152,18 +182,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--decode-path', default=DEFAULT_DECODE_PATH, choices=DECODE_PATHS)
     ap.add_argument('--no-refine-edges', dest='refine_edges', action='store_false',
                     help='keep the masks as the mask grid gives them (no edge refinement)')
+    ap.add_argument('--world', default='default', choices=WORLDS,
+                    help='varied: the domain-randomised world (scores per kind and colour too)')
+    ap.add_argument('--styles', default='train', choices=('train', 'held_out'),
+                    help='style families of the varied world (held_out: only with --split test)')
     ap.add_argument('--parity', action='store_true',
                     help='also run the reference decode path on the same samples and report '
                          'the answer mismatch rate and the score differences')
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     log = Path(args.answers) if args.answers else None
+    if args.world == 'default' and args.styles != 'train':
+        ap.error('--styles applies to --world varied only')
+    if args.styles == 'held_out' and args.split != 'test':
+        ap.error('held-out styles are evaluated on the test split only; add --split test')
+    world = dict(world=args.world, styles=args.styles)
     scores = evaluate(args.model, args.split, args.n, args.seed_offset, log=log,
-                      decode_path=args.decode_path, refine_edges=args.refine_edges)
+                      decode_path=args.decode_path, refine_edges=args.refine_edges, **world)
     if args.parity:
         scores['parity'] = parity(scores, evaluate(args.model, args.split, args.n,
                                                    args.seed_offset, decode_path='reference',
-                                                   refine_edges=args.refine_edges))
+                                                   refine_edges=args.refine_edges, **world))
     scores.pop('answers')  # in --answers
     text = json.dumps({k: (None if isinstance(v, float) and np.isnan(v) else v)
                        for k, v in scores.items()}, indent=2)
