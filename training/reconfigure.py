@@ -38,7 +38,7 @@ def reconfigure(init: str | Path, changes: dict, out: str | Path) -> SegCapModel
     if info.get('lora'):
         from ros_segcap.models.segcap.lora import apply_lora
         apply_lora(model, **info['lora'])
-    load_state(model, read_tensors(init))
+    load_state(model, read_tensors(init), missing_ok=True)  # new parts keep their init
     model.trained = bool(info.get('trained', False))
     save_model(model, out)
     return model
