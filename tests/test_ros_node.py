@@ -128,7 +128,8 @@ def test_click_on_image_mouse_left_is_a_point_prompt_for_the_next_command(ros):
     ros.click.publish(click)
     time.sleep(0.3)
     outside = ros.send(ros.unique('what is this?'))
-    assert outside.status.startswith('bad input: point (500, 30) is outside the 160x120')
+    assert outside.status.startswith('bad input: point (500, 30) is'), outside.status
+    assert 'outside the 160x120' in outside.status, outside.status
 
 
 def test_visual_prompts_on_segcap_prompt(ros):
