@@ -2,6 +2,11 @@
 """Write a grid PNG of tabletop scenes: image, mask overlay, and one annotation each.
 
 Usage: python scripts/preview_world.py [--n=6] [--split=val] [--size=384x512] [--out=PATH]
+       python scripts/preview_world.py --world varied [--n=8] [--size=240x320] [--out=PATH]
+
+--world varied writes a contact sheet of the varied world instead: the first rows are
+train-style scenes, the last rows held-out-style scenes (test split), each image labelled
+with its camera, table, shading and kinds.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 from ros_segcap.world import TASKS, annotate, render, sample_scene, split_seed  # noqa: E402
 from ros_segcap.world.render import FIRST_OBJECT_ID  # noqa: E402
+from ros_segcap.world.varied import render_varied, sample_varied_split  # noqa: E402
 
 
 def overlay(scene, seg_ids) -> np.ndarray:
@@ -63,6 +69,24 @@ def tile(split: str, index: int, h: int, w: int) -> np.ndarray:
     return np.vstack([scene.image, over, text_panel(lines, w, 170)])
 
 
+def varied_tile(styles: str, index: int, h: int, w: int) -> np.ndarray:
+    """One labelled varied scene: the image with its style line under it."""
+    spec = sample_varied_split('test', index, styles, aspect=w / h)
+    scene = render_varied(spec, h, w)
+    kinds = ', '.join(f'{o.colour} {o.kind}' for o in spec.objects[:4])
+    lines = [f'{styles}: {spec.camera_family} camera, {spec.table_material} table, '
+             f'{spec.shading}', kinds]
+    return np.vstack([scene.image, text_panel(lines, w, 34)])
+
+
+def contact_sheet(n: int, h: int, w: int, cols: int = 4) -> np.ndarray:
+    """n train-style and n held-out-style varied scenes, `cols` per row."""
+    tiles = [varied_tile(s, i, h, w) for s in ('train', 'held_out') for i in range(n)]
+    pad = [np.pad(t, ((0, 3), (0, 3), (0, 0)), constant_values=255) for t in tiles]
+    pad += [np.full_like(pad[0], 255)] * (-len(pad) % cols)
+    return np.vstack([np.hstack(pad[r:r + cols]) for r in range(0, len(pad), cols)])
+
+
 def main() -> None:
     """Parse arguments and write the grid."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,12 +95,23 @@ def main() -> None:
     parser.add_argument('--start', type=int, default=0)
     parser.add_argument('--size', default='384x512', help='HxW')
     parser.add_argument('--out', default='out/preview_world.png')
+    parser.add_argument('--world', default='default', choices=('default', 'varied'))
+    parser.add_argument('--palette', action='store_true',
+                        help='write a 256-colour PNG (about 4x smaller; needs Pillow)')
     args = parser.parse_args()
     h, w = (int(v) for v in args.size.lower().split('x'))
-    cols = [tile(args.split, args.start + i, h, w) for i in range(args.n)]
-    grid = np.hstack([np.pad(c, ((0, 0), (0, 4), (0, 0)), constant_values=255) for c in cols])
+    if args.world == 'varied':
+        grid = contact_sheet(args.n, h, w)
+    else:
+        cols = [tile(args.split, args.start + i, h, w) for i in range(args.n)]
+        grid = np.hstack([np.pad(c, ((0, 0), (0, 4), (0, 0)), constant_values=255)
+                          for c in cols])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    if not cv2.imwrite(args.out, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+    if args.palette:
+        from PIL import Image  # only this option needs Pillow
+        Image.fromarray(grid).quantize(256, method=Image.Quantize.MEDIANCUT,
+                                       dither=Image.Dither.NONE).save(args.out, optimize=True)
+    elif not cv2.imwrite(args.out, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
         raise SystemExit(f'could not write {args.out}')
     print(args.out)
 
