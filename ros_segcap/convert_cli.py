@@ -42,22 +42,28 @@ def register(subparsers) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ros_segcap.cli import UsageError
+    """Exit code 0, or 2 with one line naming what does not fit."""
     from ros_segcap.models.omg_llava.convert import ConversionError, convert, Sources
     from ros_segcap.models.omg_llava.family import CONFIGS
     if args.sizes not in CONFIGS:
-        raise UsageError(f'--sizes {args.sizes}: choose one of {", ".join(CONFIGS)}')
+        return _fail(f'--sizes {args.sizes}: choose one of {", ".join(CONFIGS)}')
     if args.shard_mb < 1:
-        raise UsageError('--shard-mb must be at least 1')
+        return _fail('--shard-mb must be at least 1')
     src = Sources(llm=args.llm, pth=args.pth, omg_seg=args.omg_seg,
                   text_embeds=args.text_embeds, clip=args.clip)
     try:
         report = convert(src, args.out, sizes=CONFIGS[args.sizes], dtype=args.dtype,
                          lora_alpha=args.lora_alpha, shard_bytes=args.shard_mb << 20,
                          progress=args.progress)
-    except (ConversionError, FileNotFoundError) as exc:
-        raise UsageError(str(exc)) from None
+    except (ConversionError, FileNotFoundError, ValueError) as exc:
+        return _fail(str(exc))
     print(f'wrote {args.out}: {report["tensors_written"]} tensors in {len(report["shards"])} '
           f'shards, {len(report["dropped"])} source tensors dropped (conversion_report.json)',
           file=sys.stdout)
     return 0
+
+
+def _fail(message: str) -> int:
+    line = message.strip().splitlines()[0] if message.strip() else 'failed'
+    print(f'segcap convert: error: {line}', file=sys.stderr)
+    return 2
