@@ -106,12 +106,10 @@ def cmd_infer(args) -> int:
     from ros_segcap.core.types import InputError
 
     image = read_image(args.image, args.max_image_megapixels)
-    from ros_segcap.core.pipeline import check_request  # imports torch: after the image
     prompts = list(args.prompt)
     try:
         vp = visual_prompt_from_args(args, image.shape[0], image.shape[1])
-        for prompt in prompts:  # the Pipeline checks them again; here before loading
-            check_request(prompt, vp, image.shape[0], image.shape[1])
+        check_requests(prompts, vp, image.shape[0], image.shape[1])
     except InputError as exc:
         raise UsageError(str(exc)) from None
     if args.out:
@@ -136,6 +134,18 @@ def cmd_infer(args) -> int:
     if args.out:
         print(f'wrote {args.out}', file=sys.stderr)
     return 0
+
+
+def check_requests(prompts: Sequence[str], vp, height: int, width: int) -> None:
+    """Check the prompts as the Pipeline will, before the model loads; InputError."""
+    from ros_segcap.core.tokens import MARK_TOKEN, REGION_TOKEN, check_prompt
+
+    prompts = [check_prompt(p) for p in prompts]  # the text alone, without torch
+    if vp is not None or any(REGION_TOKEN in p or MARK_TOKEN in p for p in prompts):
+        from ros_segcap.core.pipeline import check_request
+
+        for prompt in prompts:
+            check_request(prompt, vp, height, width)
 
 
 def make_pipeline(values: dict):

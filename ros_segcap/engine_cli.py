@@ -47,16 +47,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Run `segcap export`; user errors raise cli.UsageError (exit 2)."""
     from pathlib import Path
 
-    from ros_segcap.backends.base import EngineError
     from ros_segcap.cli import UsageError, writable_dir
-    from ros_segcap.core.types import ModelError
-    from ros_segcap.models import load_model
 
     _fill_defaults(args)
     if args.fp16 and not args.tensorrt:
         raise UsageError('--fp16 applies to TensorRT plans; add --tensorrt (onnxruntime on '
                          'CPU runs the fp32 ONNX files)')
-    if args.opset < 17:
+    if args.opset is not None and args.opset < 17:
         raise UsageError(f'--opset {args.opset}: the graphs need opset 17 or newer')
     if not 1 <= args.opt_queries <= args.max_queries:
         raise UsageError('--opt-queries must be between 1 and --max-queries')
@@ -68,6 +65,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UsageError(f"--tensorrt: {why}. On a Jetson, use JetPack's TensorRT "
                              '(a venv made with --system-site-packages sees it)')
     out = Path(args.out) if args.check else writable_dir(args.out)
+    from ros_segcap.backends.base import EngineError  # the model and engines: torch from here
+    from ros_segcap.core.types import ModelError
+    from ros_segcap.models import load_model
 
     try:
         model = load_model(args.model, allow_pickle=args.allow_pickle)
@@ -76,11 +76,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.check:
         return _check(model, args.model, out, args.tensorrt)
     from ros_segcap.export.build import export_engines
+    from ros_segcap.export.onnx_export import OPSET
     from ros_segcap.export.tensorrt_build import QueryProfile
 
     try:
         export_engines(model, out, model_arg=args.model, fp16=args.fp16,
-                       tensorrt=args.tensorrt, opset=args.opset, verify=args.verify,
+                       tensorrt=args.tensorrt, opset=args.opset or OPSET, verify=args.verify,
                        profile=QueryProfile(1, args.opt_queries, args.max_queries),
                        echo=lambda s: print(s, file=sys.stderr, flush=True))
     except EngineError as exc:
@@ -89,12 +90,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _fill_defaults(args: argparse.Namespace) -> None:
-    """The exporter's own defaults for the flags not given (imported only when exporting)."""
-    from ros_segcap.export.onnx_export import OPSET
+    """The query profile's defaults for the flags not given (the opset's: at export)."""
     from ros_segcap.export.tensorrt_build import QueryProfile
 
-    for name, value in (('opset', OPSET), ('max_queries', QueryProfile.max),
-                        ('opt_queries', QueryProfile.opt)):
+    for name, value in (('max_queries', QueryProfile.max), ('opt_queries', QueryProfile.opt)):
         if getattr(args, name) is None:
             setattr(args, name, value)
 

@@ -199,3 +199,24 @@ def test_infer_flags_come_from_the_option_table(capfd) -> None:
         with pytest.raises(SystemExit):
             parser.parse_args(['infer', 'x.png', '--prompt', 'p', *bad])
         assert reason in capfd.readouterr().err
+
+
+def test_building_the_parser_imports_nothing_heavy() -> None:
+    """`segcap <anything>` parses (and refuses bad flags) without importing torch or onnx."""
+    probe = ('import sys\n'
+             'from ros_segcap.cli import build_parser\n'
+             'build_parser()\n'
+             'heavy = {"torch", "onnx", "cv2", "transformers"} & set(sys.modules)\n'
+             'assert not heavy, heavy\n')
+    proc = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_usage_errors_are_one_line(capfd) -> None:
+    """argparse's own errors (usage) are one line too, exit code 2."""
+    with pytest.raises(SystemExit) as exc:
+        main(['infer', 'x.png', '--prompt', 'p', '--backend', 'onnx'])
+    err = capfd.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "backend='onnx' must be one of torch, onnxruntime, tensorrt, auto" in err

@@ -89,3 +89,12 @@ def test_params_file_is_written_from_the_table():
         name = line.split(':')[0].strip()
         if name in values:
             assert line.endswith('[restart]') is not option(name).live, line
+
+
+def test_the_image_size_limit_is_a_node_parameter_and_a_cli_flag():
+    """max_image_megapixels: one option, one range, for the node and `segcap infer`."""
+    opt = option('max_image_megapixels')
+    assert {'node', 'cli'} <= opt.scopes and 'pipeline' not in opt.scopes
+    assert defaults('cli')['max_image_megapixels'] == defaults('node')['max_image_megapixels']
+    assert check('max_image_megapixels', 0.0) == (
+        'max_image_megapixels=0.0 must be from 0.01 to 500')

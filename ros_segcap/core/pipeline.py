@@ -26,10 +26,9 @@ from .preprocess import (Letterbox, PromptQueries, check_image, letterbox, promp
                          unletterbox)
 from .protocol import Engine, SegModel
 from .refine import radius_px, refine
-from .tokens import MARK_TOKEN, REGION_TOKEN, control_token_in
+from .tokens import MARK_TOKEN, REGION_TOKEN, check_prompt
 from .types import InputError, SegCapResult, Timing, VisualPrompt
 
-MAX_PROMPT_CHARS = 2000
 LIVE_OPTIONS = live('pipeline')
 
 
@@ -201,27 +200,6 @@ def check_request(prompt: str, visual_prompt: Optional[VisualPrompt], height: in
     if n_tokens == 0:
         tag = MARK_TOKEN if visual_prompt.kind == 'point' else REGION_TOKEN
         prompt = f'{tag} {prompt}'
-    return prompt
-
-
-def check_prompt(prompt: str) -> str:
-    """The stripped prompt; InputError when it is empty, too long, not UTF-8 text, or holds
-    a control token (core.tokens: [SEG], <p>, <image>, chat markers, ...)."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError('empty prompt: say what to segment or ask a question')
-    prompt = prompt.strip()
-    try:
-        prompt.encode('utf-8')
-    except UnicodeEncodeError as exc:  # undecodable argv bytes arrive as lone surrogates
-        raise InputError(f'the prompt is not valid UTF-8 text (at character {exc.start}); '
-                         'write it in UTF-8') from None
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InputError(f'prompt is {len(prompt)} characters; the limit is '
-                         f'{MAX_PROMPT_CHARS}')
-    token = control_token_in(prompt)
-    if token:
-        raise InputError(f'the prompt contains the control token {token!r}, which only the '
-                         'model may write; remove it (<region> and <mark> are allowed)')
     return prompt
 
 

@@ -15,8 +15,7 @@ from typing import Callable, Optional, TYPE_CHECKING
 import torch
 from torch import nn
 
-from ros_segcap.core.tokens import VISUAL_PROMPT_TOKENS, control_token_in
-from ros_segcap.core.types import InputError
+from ros_segcap.core.tokens import VISUAL_PROMPT_TOKENS, refuse_control_tokens
 
 from .config import (DECODE_PATHS, DEFAULT_DECODE_PATH, IMAGE_TOKEN, SPECIAL_TOKENS,
                      SEG_TOKEN, SegCapConfig)
@@ -157,11 +156,7 @@ class LanguageModel(nn.Module):
 
     def check_question(self, question: str) -> None:
         """InputError naming the first control token (this tokenizer's, or core's) in it."""
-        token = control_token_in(question, self.control_tokens)
-        if token:
-            raise InputError(f'the prompt contains the control token {token!r}, which only '
-                             'the model may write; remove it (<region> and <mark> are '
-                             'allowed)')
+        refuse_control_tokens(question, self.control_tokens)
 
     def prompt_ids(self, question: str, num_visual: int, answer: Optional[str] = None
                    ) -> tuple[list[int], list[int]]:
