@@ -251,12 +251,18 @@ def test_written_files_get_the_umask_mode(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / 'm').iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
 
 
-def test_meta_only_and_test_only_names() -> None:
+def test_meta_only_and_test_only_names(monkeypatch) -> None:
+    from ros_segcap.models.segcap import config
     from ros_segcap.models.segcap.family import FAMILY
 
-    with pytest.raises(ValueError, match='omg-llava-7b is a shape check.*meta device'):
-        load_model('omg-llava-7b')
+    big = config.get_config('tiny-random').replace(name='tiny-meta')
+    monkeypatch.setitem(config._REGISTRY, 'tiny-meta', big)
+    monkeypatch.setitem(config._USE, 'tiny-meta', 'meta')
+    with pytest.raises(ValueError, match='tiny-meta is a shape check.*meta device'):
+        load_model('tiny-meta')
     with pytest.raises(ValueError, match='shape check'):
-        FAMILY.build('omg-llava-7b')
+        FAMILY.build('tiny-meta')
+    meta = FAMILY.build('tiny-meta', device='meta')
+    assert {p.device.type for p in meta.parameters()} == {'meta'}
     assert 'test-only' in weights.weights_warning('tiny-random')
-    assert weights.weights_warning('omg-llava-7b') is None  # its loader says why
+    assert weights.weights_warning('tiny-meta') is None  # its loader says why

@@ -33,7 +33,7 @@ MANIFEST_FILE = 'manifest.json'
 FORMAT = 1
 GRAPHS = ('vision', 'seg')
 # The parts of the model that end up in the engines; the LLM and projectors stay in torch.
-ENGINE_PREFIXES = ('backbone.', 'pixel_decoder.', 'decoder.')
+ENGINE_PREFIXES = ('backbone.', 'pixel_decoder.', 'decoder.', 'visual_encoder.')
 # Config fields that change the graphs' shapes or arithmetic.
 GRAPH_CONFIG_KEYS = ('image_size', 'backbone', 'backbone_channels', 'shuffle', 'dim',
                      'num_queries', 'class_names', 'decoder_layers', 'num_heads', 'ffn_dim',

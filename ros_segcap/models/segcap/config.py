@@ -1,9 +1,9 @@
 """Model configurations: frozen dataclasses and a registry of named builds.
 
 `segcap-tiny` is the default runnable model (EfficientNet-Lite0 + SmolLM2-135M-Instruct,
-512x512 input). `omg-llava-7b` holds the paper's sizes (ConvNeXt-L CLIP, 1024x1024, 9 decoder
-layers, InternLM2-7B) and is only instantiated on the meta device to check shapes.
-`tiny-random` is a small randomly initialised model for fast tests.
+512x512 input). `tiny-random` is a small randomly initialised model for fast tests. A name
+registered with use='meta' is a shape check, built only on the meta device. (The paper's
+OMG-LLaVA 7B is its own family: ros_segcap.models.omg_llava.)
 
 Every config is checked when it is made (`check_config`): a model directory's config.json
 is user input, and an image_size of 100000 would otherwise try to allocate tens of GB.
@@ -231,20 +231,11 @@ _REGISTRY: dict[str, SegCapConfig] = {
         name='tiny-random', image_size=128, backbone_pretrained=False, dim=32,
         num_queries=8, decoder_layers=2, num_heads=4, ffn_dim=64, llm='random', llm_hidden=64,
         llm_config=TINY_RANDOM_LLM, max_object_tokens=8, fine_pool=True),
-    'omg-llava-7b': SegCapConfig(
-        name='omg-llava-7b', image_size=1024, backbone='convnext-large',
-        backbone_pretrained=False, backbone_channels=(384, 768, 1536), dim=256,
-        num_queries=300, class_names=tuple(f'class{i}' for i in range(133)), decoder_layers=9,
-        ffn_dim=2048, mask_stride=4, llm='random', llm_hidden=4096,
-        llm_config=dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                        num_attention_heads=32, num_key_value_heads=8, vocab_size=92544,
-                        max_position_embeddings=32768),
-        max_object_tokens=300, fine_pool=True),
 }
 # What a registered name is for: 'run' (the CLI and the node load it), 'test' (random weights,
 # loadable for the test suite only), 'meta' (a shape check, built only on the meta device).
 USES = ('run', 'test', 'meta')
-_USE = {'segcap-tiny': 'run', 'tiny-random': 'test', 'omg-llava-7b': 'meta'}
+_USE = {'segcap-tiny': 'run', 'tiny-random': 'test'}
 
 
 def model_names() -> list[str]:
