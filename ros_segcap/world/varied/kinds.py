@@ -79,9 +79,9 @@ PROFILES: dict[str, tuple[tuple, tuple, bool, float, float]] = {
     'vase/flared': ((0, 0.3, 0.8, 1), (1, 0.45, 0.55, 0.6), True, 1.1, 1.0),
 }
 BANDS: dict[str, tuple] = {
-    'bottle': ((0.0, 0.1, SECOND),), 'jar/mason': ((0.0, 0.12, METAL),),
-    'jar': ((0.0, 0.12, SECOND),), 'can': ((0.0, 0.05, METAL), (0.95, 1.0, METAL)),
-    'can/food': ((0.0, 0.04, METAL), (0.96, 1.0, METAL), (0.15, 0.85, SECOND)),
+    'bottle': ((0.0, 0.1, SECOND),), 'jar/mason': ((0.01, 0.12, METAL),),
+    'jar': ((0.01, 0.12, SECOND),), 'can': ((0.01, 0.05, METAL), (0.95, 1.0, METAL)),
+    'can/food': ((0.01, 0.04, METAL), (0.96, 1.0, METAL)),
     'cone/traffic': ((0.3, 0.5, SECOND),), 'teapot': ((0.0, 0.12, BODY),),
 }
 SPHERE_T = np.linspace(0.0, 1.0, 15)
@@ -141,7 +141,7 @@ def _extras(parts: list, kind: str, variant: str, pose: Pose, w: float, h: float
         if variant == 'seam':
             stroke(parts, ellipse(0, cy, 0.55 * r, 0.9 * r, -70, 70, 12), 0.08 * r, SECOND)
         elif variant == 'band':
-            parts.append(Part(ellipse(0, cy, 0.98 * r, 0.25 * r), SECOND, (0.0, 0.3, 0.95)))
+            parts.append(Part(ellipse(0, cy, 0.98 * r, 0.15 * r), SECOND, (0.0, 0.3, 0.95)))
         else:
             for dx, dy in ((0, 0), (-0.55, -0.35), (0.55, -0.35), (0.0, 0.6)):
                 parts.append(Part(ellipse(dx * r, cy + dy * r, 0.22 * r, 0.22 * r), SECOND,
@@ -171,8 +171,10 @@ def _boxy(parts: list, kind: str, variant: str, pose: Pose, w: float, h: float) 
         cuboid(parts, pose, bw, bd, 0.3 * bh, yaw=pose.yaw, mat=SECOND)
         cuboid(parts, pose, bw, bd, 0.7 * bh, yaw=pose.yaw, y0=-0.3 * bh * pose.cos_e)
         return
-    cuboid(parts, pose, bw, bd, bh, yaw=pose.yaw,
-           top_mat={'phone': DARK, 'book': BODY}.get(kind))
+    cuboid(parts, pose, bw, bd, bh, yaw=pose.yaw)
+    if kind == 'phone':  # a dark screen inset in the top face
+        cuboid(parts, pose, 0.6 * bw, 0.7 * bd, 0.02 * bh, yaw=pose.yaw, mat=DARK,
+               y0=-bh * pose.cos_e)
     if kind == 'book' and variant != 'standing':  # pages: a pale band along the front face
         cuboid(parts, pose, 0.96 * bw, 0.96 * bd, 0.7 * bh, yaw=pose.yaw, mat=SECOND,
                top_mat=BODY, y0=-0.15 * bh * pose.cos_e)

@@ -83,7 +83,7 @@ def _albedo(o: VariedObject, s: Sprite) -> np.ndarray:
     sec = np.array(o.second_rgb, np.float32)
     alb = body * (1.0 - second[..., None]) + sec * second[..., None]
     alb[s.mat == SECOND] = sec
-    alb[s.mat == INSIDE] *= 0.72
+    alb[s.mat == INSIDE] *= 0.8
     for mat, rgb in FIXED.items():
         alb[s.mat == mat] = rgb
     return alb
@@ -121,7 +121,7 @@ def colourise(o: VariedObject, s: Sprite, shading: str, light: Lighting, sin_e: 
         grain = sample_texture('gravel', s.tex[..., 0] * 12.0, s.tex[..., 1] * 12.0)
         gain = gain * (0.82 + 0.36 * grain)
     spec = np.zeros_like(lam)
-    shiny = (s.mat == METAL) | (s.mat == DARK)
+    shiny = s.mat == METAL
     if o.finish in ('metallic', 'glass'):
         shiny |= s.mat == BODY
     if shading == 'glossy':

@@ -214,11 +214,11 @@ def _scene_style(rng: np.random.Generator, styles: str, aspect: float) -> dict:
     table_word = _pick(rng, fam.COLOUR_NAMES)
     wall_word = _pick(rng, fam.COLOUR_NAMES)
     az, el = float(rng.uniform(-np.pi, np.pi)), float(np.radians(rng.uniform(20.0, 80.0)))
-    tint = rng.uniform(-0.08, 0.08, size=3)
+    tint = rng.uniform(-0.05, 0.05, size=3)
     light = Lighting(az, el, tuple(float(1.0 + t) for t in tint),
-                     ambient=float(rng.uniform(0.35, 0.6)), direct=float(rng.uniform(0.4, 0.75)),
+                     ambient=float(rng.uniform(0.45, 0.65)), direct=float(rng.uniform(0.35, 0.6)),
                      shadows=bool(rng.random() < 0.75), softness=float(rng.uniform(0.002, 0.02)))
-    wb = rng.uniform(-0.05, 0.05, size=3)
+    wb = rng.uniform(-0.03, 0.03, size=3)
     effects = Effects(exposure=float(rng.uniform(0.85, 1.15)),
                       white_balance=tuple(float(1.0 + w) for w in wb),
                       blur=float(rng.choice([0.0, 0.0, rng.uniform(0.5, 1.8)])),

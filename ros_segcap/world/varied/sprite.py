@@ -76,7 +76,7 @@ def revolve(parts: list[Part], pose: Pose, height: float, radius: float, ts, rs,
     parts.append(Part(ellipse(x0, yc[0], r[0], ry[0]), top))
     if open_top:
         parts.append(Part(ellipse(x0, yc[0] + 0.08 * ry[0], 0.88 * r[0], 0.8 * ry[0]), INSIDE,
-                          normal=(0.0, 0.55, 0.0)))
+                          normal=(0.0, 0.8, 0.0)))
 
 
 def cuboid(parts: list[Part], pose: Pose, w: float, d: float, h: float, *, yaw: float = 0.0,
