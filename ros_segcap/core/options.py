@@ -84,6 +84,9 @@ OPTIONS = (
            live=True, lo=0.01, hi=500.0, scopes=frozenset({'node', 'cli'})),
     Option('diagnostics_period', float, 1.0, 'seconds between /diagnostics messages',
            lo=0.1, hi=60.0),
+    Option('drop_warn_percent', float, 5.0, 'warn when more than this % of the image frames '
+           'are lost on the way (judged from their header stamps)', live=True, lo=0.0,
+           hi=100.0),
     Option('autostart', bool, False, 'configure and activate at start (unmanaged); '
            'false: wait for lifecycle transitions'),
 )

@@ -23,7 +23,10 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import get_types_from_msg, get_typestore, Stores
 
+from ros_segcap.core.options import option
 from ros_segcap.ros.commands import add_play_arguments, add_record_arguments
+from ros_segcap.ros.transport import (DropMeter, header_stamp_ns, transport_fix,
+                                      use_large_frame_transport)
 
 
 class BagError(RuntimeError):
@@ -62,6 +65,12 @@ def _register_package_types(typestore: Any, msgtype: str) -> None:
         raise BagError(f'no {msgtype.split("/")[-1]}.msg in {share / "msg"}')
 
 
+def has_header(msg_class: Any) -> bool:
+    """True if the message's first field is a std_msgs Header (its stamp can be read raw)."""
+    first = next(iter(msg_class.get_fields_and_field_types().items()), None)
+    return first == ('header', 'std_msgs/Header')
+
+
 def make_typestore(msgtypes: list[str]) -> Any:
     """Build a rosbags typestore that knows the standard messages and `msgtypes`."""
     typestore = get_typestore(Stores.ROS2_KILTED)
@@ -72,7 +81,11 @@ def make_typestore(msgtypes: list[str]) -> Any:
 
 
 class Recorder(Node):
-    """Subscribes raw to each topic once a publisher shows its type, and writes to a bag."""
+    """Subscribes raw to each topic once a publisher shows its type, and writes to a bag.
+
+    Topics whose messages start with a Header get a DropMeter: frames lost on the way,
+    estimated from the cadence of the stamps.
+    """
 
     def __init__(self, writer: Writer, topics: list[str]) -> None:
         super().__init__('segcap_record')
@@ -80,6 +93,7 @@ class Recorder(Node):
         self._pending = [absolute_topic(t) for t in topics]
         self._readers: list[Any] = []
         self.count = 0
+        self.meters: dict[str, DropMeter] = {}
 
     @property
     def pending(self) -> list[str]:
@@ -93,8 +107,10 @@ class Recorder(Node):
             msgtype = types[topic][0]
             typestore = make_typestore([msgtype])
             connection = self._writer.add_connection(topic, msgtype, typestore=typestore)
+            msg_class = message_class(msgtype)
+            meter = self.meters.setdefault(topic, DropMeter()) if has_header(msg_class) else None
             self._readers.append(self.create_subscription(
-                message_class(msgtype), topic, self._writer_callback(connection),
+                msg_class, topic, self._writer_callback(connection, meter),
                 self._qos_for(topic), raw=True))
             self._pending.remove(topic)
             self.get_logger().info(f'recording {topic} ({msgtype})')
@@ -107,10 +123,13 @@ class Recorder(Node):
             qos.reliability = ReliabilityPolicy.BEST_EFFORT
         return qos
 
-    def _writer_callback(self, connection: Any) -> Any:
+    def _writer_callback(self, connection: Any, meter: Optional[DropMeter]) -> Any:
         def callback(rawdata: bytes) -> None:
             self._writer.write(connection, self.get_clock().now().nanoseconds, rawdata)
             self.count += 1
+            stamp = header_stamp_ns(rawdata) if meter is not None else None
+            if stamp is not None:
+                meter.add(stamp)
         return callback
 
 
@@ -132,8 +151,9 @@ def _record_loop(node: Recorder, args: argparse.Namespace) -> None:
         rclpy.spin_once(node, timeout_sec=0.05)
 
 
-def record(args: argparse.Namespace, ros_args: Optional[list[str]] = None) -> int:
-    """Record `args.topics` into `args.out`; return the number of messages written."""
+def record(args: argparse.Namespace, ros_args: Optional[list[str]] = None
+           ) -> tuple[int, dict[str, DropMeter]]:
+    """Record `args.topics` into `args.out`; return the messages written and drop meters."""
     out = Path(args.out)
     if out.exists():
         raise BagError(f'{out} exists; delete it or choose another --out')
@@ -156,7 +176,24 @@ def record(args: argparse.Namespace, ros_args: Optional[list[str]] = None) -> in
             rclpy.try_shutdown()
         if single:
             shutil.move(str(bag_dir / f'{out.stem}.mcap'), out)
-    return node.count
+    return node.count, node.meters
+
+
+def loss_summary(meters: dict[str, DropMeter]) -> tuple[str, list[str]]:
+    """Return the received/expected/lost part of the summary line, and loss warnings."""
+    parts, warnings = [], []
+    threshold = option('drop_warn_percent').default
+    for topic, meter in meters.items():
+        if not meter.known:
+            parts.append(f'{topic}: received {meter.received}, too few to estimate loss')
+            continue
+        parts.append(f'{topic}: received {meter.received}, expected {meter.expected}, '
+                     f'lost {meter.lost} ({meter.percent():.1f}%)')
+        if meter.percent() > threshold:
+            warnings.append(f'{meter.percent():.0f}% of the frames on {topic} were lost on the '
+                            f'way (judged from their header stamps); '
+                            f'{transport_fix(f"record {topic}/compressed")}')
+    return '; '.join(parts), warnings
 
 
 class Player(Node):
@@ -235,17 +272,22 @@ def play(args: argparse.Namespace, ros_args: Optional[list[str]] = None) -> int:
 
 def run_record(args: argparse.Namespace, ros_args: Optional[list[str]] = None) -> int:
     """`segcap record`: exit code 0 on success, 1 with a message on a user error."""
+    use_large_frame_transport()  # before rclpy.init: Fast DDS reads it once
     try:
-        count = record(args, ros_args)
+        count, meters = record(args, ros_args)
     except BagError as error:
         print(f'segcap record: {error}', file=sys.stderr)
         return 1
-    print(f'recorded {count} messages to {args.out}')
+    losses, warnings = loss_summary(meters)
+    print(f'recorded {count} messages to {args.out}' + (f'; {losses}' if losses else ''))
+    for warning in warnings:
+        print(f'segcap record: warning: {warning}', file=sys.stderr)
     return 0
 
 
 def run_play(args: argparse.Namespace, ros_args: Optional[list[str]] = None) -> int:
     """`segcap play`: exit code 0 on success, 1 with a message on a user error."""
+    use_large_frame_transport()  # before rclpy.init: Fast DDS reads it once
     try:
         count = play(args, ros_args)
     except BagError as error:

@@ -25,6 +25,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from ros_segcap.ros.commands import add_camera_arguments
 from ros_segcap.ros.convert import compressed_to_rgb, image_to_rgb
 from ros_segcap.ros.sigint import raise_while
+from ros_segcap.ros.transport import use_large_frame_transport
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
@@ -186,6 +187,7 @@ def publish_loop(node: CameraPublisher, rate: float, count: int = 0) -> None:
 
 def run(args: argparse.Namespace, ros_args: Optional[list[str]] = None) -> int:
     """Run the camera publisher until Ctrl-C (or --count frames); return an exit code."""
+    use_large_frame_transport()  # before rclpy.init: Fast DDS reads it once
     if args.rate <= 0:
         print(f'segcap camera: --rate must be > 0, got {args.rate}', file=sys.stderr)
         return 2

@@ -29,8 +29,9 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from ros_segcap.ros.commands import add_demo_arguments
-from ros_segcap.ros.processes import (Child, DemoError, check_children, find_share_file,
-                                      ros_environment, start_child, stop_children)
+from ros_segcap.ros.processes import (Child, DemoError, check_children, ros_environment,
+                                      start_child, stop_children)
+from ros_segcap.ros.transport import find_share_file, use_large_frame_transport
 
 OVERLAY_GRACE = 3.0  # seconds to wait for the overlay and mask once the answer is in
 STOP = threading.Event()  # set by SIGINT/SIGTERM; spin_until turns it into KeyboardInterrupt
@@ -239,6 +240,7 @@ def _demo(client: DemoClient, children: list[Child], args: argparse.Namespace) -
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; return 0 on success, 1 with a message on failure, 130 on Ctrl-C."""
+    use_large_frame_transport()  # here and in the children, unless the user chose one
     args.out = Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     env = ros_environment()

@@ -14,6 +14,7 @@ import time
 from typing import Any, Optional
 
 from ros_segcap.ros.sigint import StopSignals
+from ros_segcap.ros.transport import use_large_frame_transport
 
 DRAIN_S = 5.0  # longest wait, at shutdown, for the pending calls to get their answers
 FLUSH_S = 0.3  # then the time the answers (and action results) get to leave
@@ -31,15 +32,14 @@ def main(args: Optional[list[str]] = None) -> int:
 
 def run(args: Optional[list[str]], signals: StopSignals) -> int:
     """Import, start the node (autostart) and spin it; return the exit code."""
+    use_large_frame_transport()  # before rclpy.init: Fast DDS reads it once
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
-    from ros_segcap.ros.params import use_default_dds_profile
     from ros_segcap.ros.segcap_node import SegCapNode
 
     if signals.requested.is_set():
         return 0
-    use_default_dds_profile()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node: Any = None
     try:

@@ -7,9 +7,6 @@ restart it to change them).
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
-from pathlib import Path
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -88,16 +85,3 @@ def image_qos(config: NodeConfig) -> QoSProfile:
                    else ReliabilityPolicy.BEST_EFFORT)
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=config.image_qos_depth,
                       reliability=reliability)
-
-
-def use_default_dds_profile() -> None:
-    """Point Fast DDS at config/fastdds_shm.xml (64 MiB SHM) unless a profile is set."""
-    if os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE') or \
-            os.environ.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp') != 'rmw_fastrtps_cpp':
-        return
-    here = Path(__file__).resolve()
-    for path in (here.parents[2] / 'config' / 'fastdds_shm.xml',
-                 Path(sys.prefix) / 'share' / 'ros_segcap' / 'config' / 'fastdds_shm.xml'):
-        if path.is_file():
-            os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = str(path)
-            return

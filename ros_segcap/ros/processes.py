@@ -9,12 +9,12 @@ import os
 import random
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Mapping, Optional
 
-PACKAGE = 'ros_segcap'
+from ros_segcap.ros.transport import use_large_frame_transport
+
 CLEAN_EXIT_CODES = (0, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT)
 
 
@@ -22,33 +22,18 @@ class DemoError(RuntimeError):
     """The demo cannot go on; the message says what happened and what to try."""
 
 
-def find_share_file(relative: str) -> Optional[Path]:
-    """Find config/ or launch/ files in the source tree, share/ros_segcap or the ament index."""
-    for root in (Path(__file__).resolve().parents[2], Path(sys.prefix) / 'share' / PACKAGE):
-        if (root / relative).is_file():
-            return root / relative
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        path = Path(get_package_share_directory(PACKAGE)) / relative
-    except (ImportError, LookupError, OSError, ValueError):
-        return None
-    return path if path.is_file() else None
-
-
 def ros_environment(base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     """Environment for the demo's processes: a private domain, localhost discovery, SHM.
 
     ROS_DOMAIN_ID is drawn at random (1-100) unless set, so two demos do not talk to each
-    other; config/fastdds_shm.xml (a large shared-memory segment, without which 640x480
-    best-effort frames at 30 Hz arrive at ~3 Hz) is used unless a profile is set already.
+    other; the large-frame DDS profile is set as in every entry point (transport.py), unless
+    the user chose one.
     """
     env = dict(os.environ if base is None else base)
     env.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(1, 100)))
     env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     env.setdefault('PYTHONUNBUFFERED', '1')
-    profile = find_share_file('config/fastdds_shm.xml')
-    if profile is not None and not env.get('FASTDDS_DEFAULT_PROFILES_FILE'):
-        env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(profile)
+    use_large_frame_transport(env)
     return env
 
 

@@ -105,14 +105,20 @@ class ResultPublisher:
             logger.debug(f'command {command[:40]!r}: mask {index} ready')
         return on_mask
 
-    def diagnostics(self, snapshot: tuple[dict, list], queue_depth: int, config: Any) -> None:
-        """Publish rates, counts, per-stage latency and a warning when frames stop."""
+    def diagnostics(self, snapshot: tuple[dict, list], queue_depth: int, config: Any,
+                    frames: Optional[dict[str, float]] = None, warning: str = '') -> None:
+        """Publish rates, counts, per-stage latency and a warning when frames stop.
+
+        `frames` adds values about the image stream (frames lost, say); `warning` makes the
+        status WARN with that message, unless no frame came for 5 s (that warning wins).
+        """
         stats, times = snapshot
         with self._lock:
             stages = dict(self._stage_ms)
         now = time.monotonic()
         values: dict[str, Any] = {
             'model': config.model, 'image rate (Hz)': float(messages.rate_hz(times, now)),
+            **(frames or {}),
             'queue depth': queue_depth, 'queue size': config.queue_size,
             'encoder runs': self._pipeline.encode_count,
             **{k: stats.get(k, 0) for k in STATS},
@@ -121,4 +127,5 @@ class ResultPublisher:
         node = self._node
         self._diag.publish(messages.diagnostics(
             f'{node.get_name()}: segcap', node.get_fully_qualified_name(),
-            node.get_clock().now().to_msg(), values, 'no image received for 5 s' if stale else ''))
+            node.get_clock().now().to_msg(), values,
+            'no image received for 5 s' if stale else warning))

@@ -33,6 +33,7 @@ from ros_segcap.ros.messages import NO_INTERFACES, STATUS_CANCELLED, STATUS_OK, 
 from ros_segcap.ros.params import (NodeConfig, apply_changes, declare_parameters,
                                    image_qos, read_parameters)
 from ros_segcap.ros.publish import ResultPublisher
+from ros_segcap.ros.transport import DropMeter, transport_fix
 from ros_segcap.worker import STATUS_STOPPING, Frame, Request, Worker
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
@@ -71,6 +72,7 @@ class SegCapNode(LifecycleNode):
         self._pending = 0  # service and action calls waiting for their answer
         self._pending_lock = threading.Lock()
         self._namesakes = 1  # nodes with this node's name, as last seen in the graph
+        self._drops = DropMeter()  # frames lost on the way, from the image stamps
         self._interfaces, why = messages.load_interfaces()
         if self._interfaces is None:
             self.get_logger().warning(NO_INTERFACES.format(why=why))
@@ -166,6 +168,7 @@ class SegCapNode(LifecycleNode):
             (String, 'command', self._on_command, command_qos),
             (PointStamped, 'image_mouse_left', self._on_prompt, 10),
         ] + ([(it.PromptMsg, 'segcap/prompt', self._on_prompt, 10)] if it else [])
+        self._drops = DropMeter()
         for args in subscriptions:
             sub = self.create_subscription(*args)
             self._inputs.append(partial(self.destroy_subscription, sub))
@@ -196,6 +199,7 @@ class SegCapNode(LifecycleNode):
             self._worker.count('bad_images')
             self.get_logger().warning(f'bad image: {error}', throttle_duration_sec=THROTTLE_S)
         self._worker.add_frame(msg.header, msg, error)
+        self._drops.add(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
 
     def _on_command(self, msg: String) -> None:
         self._worker.command(msg.data)
@@ -310,8 +314,15 @@ class SegCapNode(LifecycleNode):
     # ----- timers and parameters ----------------------------------------------------------
 
     def _on_diagnostics(self) -> None:
-        worker = self._worker
-        self._out.diagnostics(worker.snapshot(), worker.queue_depth(), self._config)
+        worker, drops = self._worker, self._drops
+        lost, sent = drops.recent_percent(), drops.source_hz()
+        warning = ''
+        if drops.known and lost > self._config.drop_warn_percent:
+            warning = (f'{lost:.0f}% of the image frames are lost on the way (the source sends '
+                       f'{sent:.1f} Hz, judged from the header stamps); {transport_fix()}')
+            self.get_logger().warning(warning, throttle_duration_sec=THROTTLE_S)
+        self._out.diagnostics(worker.snapshot(), worker.queue_depth(), self._config,
+                              {'frames lost (%)': lost, 'source rate (Hz)': sent}, warning)
         self._check_namesakes()
 
     def _check_namesakes(self) -> None:
