@@ -22,8 +22,8 @@ import torch
 from .answer import parse_answer, referring_answer
 from .frames import FrameFeatures
 from .options import check, live, option
-from .preprocess import (Letterbox, PromptQueries, check_image, letterbox, prompt_queries,
-                         unletterbox)
+from .preprocess import (InputGeometry, Letterbox, PromptQueries, check_image, letterbox,
+                         prompt_queries, unletterbox)
 from .protocol import Engine, SegModel
 from .refine import radius_px, refine
 from .tokens import MARK_TOKEN, REGION_TOKEN, check_prompt
@@ -53,6 +53,7 @@ class Pipeline:
         self.settings = settings
         self.backend = engine.backend
         self.device = torch.device(getattr(engine, 'device', 'cpu'))
+        self.geometry = InputGeometry.of(model.config)  # placement, pad colour, resize
         self._frames: OrderedDict[Hashable, tuple[FrameFeatures, Letterbox]] = OrderedDict()
         self._lock = threading.RLock()
         self.encode_count = 0
@@ -89,7 +90,7 @@ class Pipeline:
                 self._frames.move_to_end(frame_key)
                 return self._frames[frame_key]
             with self._timed(timing, 'preprocess'):
-                tensor, box = letterbox(image, self.model.config.image_size)
+                tensor, box = letterbox(image, self.model.config.image_size, self.geometry)
             with self._timed(timing, 'vision'), torch.no_grad():
                 frame = self.model.frame(tensor, self.engine)
             self.encode_count += 1

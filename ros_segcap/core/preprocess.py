@@ -26,14 +26,58 @@ POINT_HALF_SIZE = 0.01  # a point becomes a box of +-1% of the image side around
 POINT_WINDOW = 0.08
 
 
+PLACEMENTS = ('top-left', 'centre')
+# 'area': the image is resized (cv2 INTER_AREA when shrinking, INTER_LINEAR when enlarging),
+# then pasted into the square; 'bicubic': the image is pasted into a square of its own
+# longer side, and that square is resized with PIL's bicubic (as CLIPImageProcessor does)
+INTERPOLATIONS = ('area', 'bicubic')
+
+
+@dataclass(frozen=True)
+class InputGeometry:
+    """How a model wants its S x S input made: where the image sits, the pad, the resize.
+
+    Read from a model config's optional attributes (core.protocol.ModelConfig); a config
+    without them gets these defaults (segcap-tiny's input).
+    """
+
+    placement: str = 'top-left'  # one of PLACEMENTS
+    pad_rgb: tuple[int, int, int] = MEAN_RGB
+    interpolation: str = 'area'  # one of INTERPOLATIONS
+
+    def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f'letterbox placement {self.placement!r}: use one of {PLACEMENTS}')
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f'resize interpolation {self.interpolation!r}: use one of '
+                             f'{INTERPOLATIONS}')
+        if len(self.pad_rgb) != 3 or not all(0 <= int(c) <= 255 for c in self.pad_rgb):
+            raise ValueError(f'pad colour {self.pad_rgb!r} must be three values in 0..255')
+
+    @classmethod
+    def of(cls, config: object) -> 'InputGeometry':
+        """The geometry a model config asks for (defaults for the attributes it lacks)."""
+        default = cls()
+        return cls(placement=getattr(config, 'letterbox_placement', default.placement),
+                   pad_rgb=tuple(getattr(config, 'pad_rgb', default.pad_rgb)),
+                   interpolation=getattr(config, 'resize_interpolation',
+                                         default.interpolation))
+
+
 @dataclass(frozen=True)
 class Letterbox:
-    """How an (height, width) image sits in the S x S model input (top-left, scaled)."""
+    """How an (height, width) image sits in the S x S model input.
+
+    Image pixel (x, y) lands on model-input pixel (left + x * scale, top + y * scale);
+    left = top = 0 is the top-left placement.
+    """
 
     height: int
     width: int
     size: int  # S
     scale: float  # S / max(height, width)
+    left: float = 0.0  # model-input pixels of padding before the image, x
+    top: float = 0.0  # and y
 
     @property
     def extent(self) -> tuple[float, float]:
@@ -46,7 +90,7 @@ class Letterbox:
 
     def to_unit(self, x: float, y: float) -> tuple[float, float]:
         """Original pixel coordinates -> 0..1 coordinates of the padded square."""
-        return x * self.scale / self.size, y * self.scale / self.size
+        return (x * self.scale + self.left) / self.size, (y * self.scale + self.top) / self.size
 
 
 def check_image(image: np.ndarray) -> None:
@@ -61,19 +105,43 @@ def check_image(image: np.ndarray) -> None:
         raise InputError('image is empty (zero width or height)')
 
 
-def letterbox(image: np.ndarray, size: int) -> tuple[torch.Tensor, Letterbox]:
+def letterbox(image: np.ndarray, size: int, geometry: InputGeometry = InputGeometry()
+              ) -> tuple[torch.Tensor, Letterbox]:
     """(H, W, 3) uint8 RGB -> (1, 3, S, S) float32 in 0..255 and its Letterbox."""
     check_image(image)
     h, w = image.shape[:2]
+    centre = geometry.placement == 'centre'
+    if geometry.interpolation == 'bicubic':
+        return _expand_and_resize(image, size, geometry.pad_rgb, centre)
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     resized = cv2.resize(image, (nw, nh), interpolation=interp)
+    top, left = ((size - nh) // 2, (size - nw) // 2) if centre else (0, 0)
     canvas = np.empty((size, size, 3), np.uint8)
-    canvas[:] = MEAN_RGB
-    canvas[:nh, :nw] = resized
+    canvas[:] = geometry.pad_rgb
+    canvas[top:top + nh, left:left + nw] = resized
     tensor = torch.from_numpy(canvas).permute(2, 0, 1)[None].float()
-    return tensor, Letterbox(h, w, size, scale)
+    return tensor, Letterbox(h, w, size, scale, float(left), float(top))
+
+
+def _expand_and_resize(image: np.ndarray, size: int, pad_rgb: tuple[int, int, int],
+                       centre: bool) -> tuple[torch.Tensor, Letterbox]:
+    """The release's way (xtuner expand2square, CLIPImageProcessor): paste the image into a
+    square of its longer side (centred: offset (side - short) // 2), resize it with PIL
+    bicubic."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    side = max(h, w)
+    top, left = ((side - h) // 2, (side - w) // 2) if centre else (0, 0)
+    square = np.empty((side, side, 3), np.uint8)
+    square[:] = pad_rgb
+    square[top:top + h, left:left + w] = image
+    resized = np.asarray(Image.fromarray(square).resize((size, size), Image.BICUBIC))
+    scale = size / side
+    tensor = torch.from_numpy(resized.copy()).permute(2, 0, 1)[None].float()
+    return tensor, Letterbox(h, w, size, scale, left * scale, top * scale)
 
 
 def unletterbox(mask_logits: torch.Tensor, box: Letterbox) -> torch.Tensor:
@@ -87,6 +155,8 @@ def unletterbox(mask_logits: torch.Tensor, box: Letterbox) -> torch.Tensor:
     hm, wm = mask_logits.shape[-2:]
     if mask_logits.shape[0] == 0:
         return mask_logits.new_zeros((0, box.height, box.width))
+    if box.left or box.top:
+        return _sample_pixels(mask_logits, box)
     cover_h = box.height * box.scale / box.size * hm  # mask cells the image covers
     cover_w = box.width * box.scale / box.size * wm
     cells_h = min(hm, max(1, math.ceil(cover_h - 1e-6)))
@@ -97,6 +167,21 @@ def unletterbox(mask_logits: torch.Tensor, box: Letterbox) -> torch.Tensor:
     up = F.interpolate(cells, size=(out_h, out_w),
                        mode='bilinear', align_corners=False)
     return up[0, :, :box.height, :box.width]
+
+
+def _sample_pixels(mask_logits: torch.Tensor, box: Letterbox) -> torch.Tensor:
+    """unletterbox for a padded placement: each original pixel centre is sampled where it
+    lies on the grid (bilinear, edge cells repeated) - the same values as resizing the grid
+    to the padded square at the image's scale and cropping the padding."""
+    hm, wm = mask_logits.shape[-2:]
+    ys = ((torch.arange(box.height, dtype=torch.float64) + 0.5) * box.scale + box.top) / box.size
+    xs = ((torch.arange(box.width, dtype=torch.float64) + 0.5) * box.scale + box.left) / box.size
+    grid = torch.stack(torch.meshgrid(xs * 2 - 1, ys * 2 - 1, indexing='xy'), -1)
+    cells = mask_logits[:, None].float().clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
+    grid = grid.to(cells)[None].expand(cells.shape[0], -1, -1, -1)
+    out = F.grid_sample(cells, grid, mode='bilinear', padding_mode='border',
+                        align_corners=False)
+    return out[:, 0].to(mask_logits.dtype)
 
 
 @dataclass
@@ -174,13 +259,15 @@ def prompt_queries(prompts: Sequence[VisualPrompt], box: Letterbox, mask_size: i
 def _mask_to_grid(mask: np.ndarray, box: Letterbox, hm: int) -> np.ndarray:
     """Original-size bool mask -> (hm, hm) bool on the padded square: the cells under it.
 
-    Each pixel centre is mapped with the letterbox scale, so any aspect ratio is exact.
+    Each pixel centre is mapped with the letterbox scale and offset, so any aspect ratio and
+    placement is exact.
     """
     ys, xs = np.nonzero(mask)
     cells = box.scale / box.size * hm  # mask cells per original pixel
+    y0, x0 = box.top / box.size * hm, box.left / box.size * hm  # padding, in cells
     grid = np.zeros((hm, hm), bool)
-    grid[np.minimum(((ys + 0.5) * cells).astype(np.int64), hm - 1),
-         np.minimum(((xs + 0.5) * cells).astype(np.int64), hm - 1)] = True
+    grid[np.minimum(((ys + 0.5) * cells + y0).astype(np.int64), hm - 1),
+         np.minimum(((xs + 0.5) * cells + x0).astype(np.int64), hm - 1)] = True
     if not grid.any():
         raise InputError('mask prompt vanishes at the model resolution')
     return grid

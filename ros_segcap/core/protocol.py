@@ -32,7 +32,12 @@ class Engine(Protocol):
 
 
 class ModelConfig(Protocol):
-    """What the runtime reads of a model's config."""
+    """What the runtime reads of a model's config.
+
+    Optional attributes, read with these defaults when a config lacks them (core.preprocess
+    InputGeometry): letterbox_placement 'top-left' | 'centre' ('top-left'), pad_rgb
+    (MEAN_RGB), resize_interpolation 'area' | 'bicubic' ('area').
+    """
 
     name: str
     image_size: int  # S: the model input side

@@ -14,9 +14,13 @@ from .convnext import ConvNeXtConfig
 from .decoder import HeadConfig
 from .tokenizer import ADDED_AT, ADDED_TOKENS
 
-# Official preprocessing (omg_llava_7b_finetune_8gpus.py image_processor, chat tool): expand
-# to a centred square in this colour, resize, /255, CLIP mean and std.
+# Official preprocessing (omg_llava_7b_finetune_8gpus.py image_processor, chat_omg_llava.py):
+# xtuner expand2square centres the image in a square of its longer side, filled with
+# int(mean * 255); CLIPImageProcessor resizes it to 1024 with PIL bicubic (resample=3; the
+# centre crop of 1024 is then a no-op), /255, mean and std as written in the config.
 PAD_RGB = (122, 116, 104)
+PLACEMENT = 'centre'
+INTERPOLATION = 'bicubic'
 CLIP_MEAN = (0.4814, 0.4578, 0.4082)
 CLIP_STD = (0.2686, 0.2613, 0.2757)
 
@@ -123,6 +127,14 @@ class OMGLlavaConfig:
     @property
     def pad_rgb(self) -> tuple[int, int, int]:
         return PAD_RGB
+
+    @property
+    def letterbox_placement(self) -> str:
+        return PLACEMENT
+
+    @property
+    def resize_interpolation(self) -> str:
+        return INTERPOLATION
 
     @property
     def pixel_mean(self) -> tuple[float, float, float]:
