@@ -4,16 +4,26 @@ The one place the runtime meets the model registry (ros_segcap.models) and the e
 adapters (ros_segcap.backends); the CLI, the node, the benchmarks and the evaluation all
 open their pipelines here. Nothing here builds engines: stale ones are refused with the
 `segcap export` command that fixes them (or skipped by `auto`, which says why).
+
+On a CUDA device the model loads on the GPU in the dtype of its weights, segcap-tiny's CPU
+decode kernels (fast-q4) are not used (one line says so), and the process reports its peak
+GPU memory on stderr / the log when it exits.
 """
 from __future__ import annotations
 
+import atexit
 from dataclasses import dataclass, fields
+import logging
+import sys
 from typing import Any, Callable, Optional
 
 from ros_segcap.backends.select import open_engine
 from ros_segcap.core.options import option
 from ros_segcap.core.pipeline import Pipeline, Settings
 from ros_segcap.models import family_of
+
+log = logging.getLogger('ros_segcap.runtime')
+_peak_reported: set[str] = set()  # CUDA devices whose exit report is registered
 
 
 @dataclass(frozen=True)
@@ -49,9 +59,40 @@ def open_pipeline(config: PipelineConfig = PipelineConfig(), *, model: Any = Non
                             allow_pickle=config.allow_pickle, decode_path=config.decode_path)
     else:
         family.prepare(model, decode_path=config.decode_path)
+    if getattr(model, 'decode_note', ''):
+        (say or _say)(model.decode_note)
+    if is_cuda(config.device):
+        report_peak_gpu_memory(config.device)
     engine = open_engine(model, config.backend, model_arg=config.model,
                          directory=config.engines_dir or None, device=config.device,
                          torch_engine=lambda why: family.torch_engine(model, config.device,
                                                                       why),
                          say=say)
     return Pipeline(model, engine, config.settings())
+
+
+def is_cuda(device: Any) -> bool:
+    return str(device).startswith('cuda')
+
+
+def report_peak_gpu_memory(device: str) -> None:
+    """Say torch.cuda.max_memory_allocated of `device` when the process exits (once)."""
+    if device in _peak_reported:
+        return
+    _peak_reported.add(device)
+
+    def report() -> None:
+        import torch
+        if torch.cuda.is_available():
+            peak = torch.cuda.max_memory_allocated(device) / 2 ** 30
+            _say(f'segcap: peak GPU memory {peak:.2f} GiB on {device} '
+                 '(torch.cuda.max_memory_allocated)')
+    atexit.register(report)
+
+
+def _say(line: str) -> None:
+    """Log a line; print it to stderr when nobody configured logging (CLI, node)."""
+    if log.hasHandlers():
+        log.info('%s', line)
+    else:
+        print(line, file=sys.stderr, flush=True)

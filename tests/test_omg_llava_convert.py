@@ -117,6 +117,8 @@ def test_infer_on_the_converted_directory(release, tmp_path) -> None:
                  '--max-new-tokens', '6')
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip()  # random weights: the answer is noise, but it is printed
+    # the default decode path is segcap-tiny's: one line says omg-llava does not use it
+    assert run.stderr.count('decode path fast-q4 is not used') == 1, run.stderr
     engines = tmp_path / 'engines'
     run = segcap('export', '--model', out, '--out', engines, timeout=170)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -138,10 +138,13 @@ def load(name_or_dir: str, *, device: str | torch.device = 'cpu', allow_pickle: 
 
 
 def prepare(model: OMGLlavaModel, *, decode_path: str = 'reference') -> None:
-    """OMG-LLaVA decodes with the transformers Llama forward; other paths say why not."""
+    """OMG-LLaVA decodes with the transformers Llama forward on the model's device (a GPU
+    too); other decode paths are segcap-tiny's, and model.decode_note says so in one line
+    (the runtime prints it)."""
+    device = model.llm.get_input_embeddings().weight.device
     model.decode_note = '' if decode_path == 'reference' else (
-        f"decode path {decode_path} is segcap-tiny's GGUF kernels; omg-llava decodes with "
-        'the transformers forward (reference)')
+        f'decode path {decode_path} is not used: omg-llava decodes with the transformers '
+        f"forward on {device} (segcap-tiny's fast paths and CPU kernels do not apply)")
 
 
 def torch_engine(model: OMGLlavaModel, device: str | torch.device = 'cpu',

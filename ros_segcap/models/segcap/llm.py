@@ -213,6 +213,10 @@ class LanguageModel(nn.Module):
             self._fast = None  # free the old snapshot before building the new one
             if quantize == 'q4':
                 try:
+                    device = self.lm.get_input_embeddings().weight.device
+                    if device.type != 'cpu':
+                        raise RuntimeError(f'its C kernels run on the CPU and the LLM is on '
+                                           f'{device}')
                     self._fast = FastLlama(self.lm, quantize='q4', gguf=self._gguf())
                 except (OSError, RuntimeError, ValueError) as e:
                     self.q4_unavailable = str(e).splitlines()[0] if str(e) else repr(e)
