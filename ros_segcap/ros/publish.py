@@ -110,7 +110,7 @@ class ResultPublisher:
         """Publish rates, counts, per-stage latency and a warning when frames stop.
 
         `frames` adds values about the image stream (frames lost, say); `warning` makes the
-        status WARN with that message, unless no frame came for 5 s (that warning wins).
+        status WARN with that message (after 'no image received for 5 s' when none came).
         """
         stats, times = snapshot
         with self._lock:
@@ -128,4 +128,4 @@ class ResultPublisher:
         self._diag.publish(messages.diagnostics(
             f'{node.get_name()}: segcap', node.get_fully_qualified_name(),
             node.get_clock().now().to_msg(), values,
-            'no image received for 5 s' if stale else warning))
+            '; '.join(t for t in ('no image received for 5 s' if stale else '', warning) if t)))

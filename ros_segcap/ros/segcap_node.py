@@ -38,6 +38,7 @@ from ros_segcap.worker import STATUS_STOPPING, Frame, Request, Worker
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 THROTTLE_S = 5.0
+STALE_S = 5.0  # no frame for this long: diagnostics warn (publish.py)
 LIVE_PIPELINE = tuple(o for o in in_scope('pipeline') if o.live)
 
 
@@ -315,15 +316,27 @@ class SegCapNode(LifecycleNode):
 
     def _on_diagnostics(self) -> None:
         worker, drops = self._worker, self._drops
+        snapshot = worker.snapshot()
         lost, sent = drops.recent_percent(), drops.source_hz()
         warning = ''
         if drops.known and lost > self._config.drop_warn_percent:
             warning = (f'{lost:.0f}% of the image frames are lost on the way (the source sends '
                        f'{sent:.1f} Hz, judged from the header stamps); {transport_fix()}')
+        elif not snapshot[1] or time.monotonic() - snapshot[1][-1] > STALE_S:
+            warning = self._silent_publishers()
+        if warning:
             self.get_logger().warning(warning, throttle_duration_sec=THROTTLE_S)
-        self._out.diagnostics(worker.snapshot(), worker.queue_depth(), self._config,
+        self._out.diagnostics(snapshot, worker.queue_depth(), self._config,
                               {'frames lost (%)': lost, 'source rate (Hz)': sent}, warning)
         self._check_namesakes()
+
+    def _silent_publishers(self) -> str:
+        """Say so when the image topic has publishers but no frame of theirs arrives."""
+        topic = self.resolve_topic_name('image/compressed' if self._config.compressed
+                                        else 'image')
+        count = self.count_publishers(topic)
+        return (f'{count} publisher(s) on {topic} but no frame arrives; {transport_fix()}'
+                if count else '')
 
     def _check_namesakes(self) -> None:
         """Warn when another node has this node's name: every command would be answered twice."""

@@ -27,6 +27,7 @@ CWD_PROFILES = ('DEFAULT_FASTDDS_PROFILES.xml', 'DEFAULT_FASTRTPS_PROFILES.xml')
 FAST_DDS_RMWS = ('rmw_fastrtps_cpp', 'rmw_fastrtps_dynamic_cpp')
 PAUSE_S = 2.0  # a longer gap between stamps is a paused source, not lost frames
 WARMUP = 10  # intervals seen before the cadence (and so any loss) is estimated
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # a checkout (or pip -e install)
 
 
 def find_share_file(relative: str) -> Optional[Path]:
@@ -35,7 +36,7 @@ def find_share_file(relative: str) -> Optional[Path]:
     The ament index covers colcon installs (install/ros_segcap/share/ros_segcap, found
     through AMENT_PREFIX_PATH); sys.prefix covers pip installs into a venv.
     """
-    for root in (Path(__file__).resolve().parents[2], Path(sys.prefix) / 'share' / PACKAGE):
+    for root in (SOURCE_ROOT, Path(sys.prefix) / 'share' / PACKAGE):
         if (root / relative).is_file():
             return root / relative
     try:
