@@ -175,3 +175,14 @@ def test_mask_box() -> None:
     assert mask_box(m) == (0, 0, -1, -1)
     m[2:5, 7:9] = True
     assert mask_box(m) == (7, 2, 8, 4)
+
+
+def test_a_box_partly_outside_the_image_is_clipped_to_it() -> None:
+    """The query box and its cells cover only the part of the box inside the image: the
+    box's centre outside the image must not wrap to the far side of the grid."""
+    box = letterbox(make_image(60, 60, seed=3), 64)[1]
+    q = prompt_queries([VisualPrompt('box', box=(-50.0, 0.0, 10.0, 10.0))], box, 16)
+    cx, cy, w, h = q.boxes[0, 0].tolist()
+    assert 0.0 <= cx - w / 2 and abs(cx - 5 / 60) < 1e-6 and abs(w - 10 / 60) < 1e-6
+    cols = q.restrict[0, 0].any(0).nonzero()[:, 0].tolist()
+    assert cols and max(cols) <= 3  # only the left edge of the grid, nothing on the right

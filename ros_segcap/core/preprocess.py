@@ -237,9 +237,11 @@ def prompt_queries(prompts: Sequence[VisualPrompt], box: Letterbox, mask_size: i
     for i, p in enumerate(prompts):
         p.validate(box.height, box.width)
         kinds[0, i] = PROMPT_KIND_IDS[p.kind]
-        if p.kind == 'box':
-            x0, y0 = box.to_unit(p.box[0], p.box[1])
-            x1, y1 = box.to_unit(p.box[2], p.box[3])
+        if p.kind == 'box':  # the part of the box inside the image
+            bx0, by0 = max(0.0, p.box[0]), max(0.0, p.box[1])
+            bx1, by1 = min(float(box.width), p.box[2]), min(float(box.height), p.box[3])
+            x0, y0 = box.to_unit(bx0, by0)
+            x1, y1 = box.to_unit(bx1, by1)
             boxes[0, i] = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
             restrict[0, i] = torch.from_numpy(_box_region(x0, y0, x1, y1, hm))
             continue
