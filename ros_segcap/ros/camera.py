@@ -3,7 +3,8 @@
 Run it with `segcap camera`, `segcap_camera` or `python -m ros_segcap.ros.camera`; ROS
 arguments (`--ros-args -r image:=/cam/image`) are accepted after the options. Frames are
 published as rgb8 sensor_msgs/Image stamped with the time of publishing, with best-effort
-(sensor-data) QoS unless --reliable, like a camera driver.
+(sensor-data) QoS unless --reliable, like a camera driver, over the large-frame DDS profile
+unless one is set (transport.py).
 """
 from __future__ import annotations
 
