@@ -104,7 +104,9 @@ class DropMeter:
     The source's period is the median of the shortest intervals between successive stamps
     (those within 1.5x of the 5th percentile of the last `window`); an interval of k periods
     means k - 1 frames lost. A gap over PAUSE_S is a paused source, and a stamp that goes
-    back (a replayed bag loops, say) starts again from it; neither counts. Thread-safe.
+    back (a replayed bag loops, say) starts again from it; neither counts. Losing exactly
+    every other frame looks like a source at half the rate (real losses are not so regular).
+    Thread-safe.
     """
 
     def __init__(self, window: int = 150) -> None:
