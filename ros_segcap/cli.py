@@ -106,7 +106,13 @@ def cmd_infer(args) -> int:
     from ros_segcap.core.types import InputError
 
     image = read_image(args.image, args.max_image_megapixels)
-    prompts = list(args.prompt)
+    prompts = list(args.prompt or [])
+    if args.panoptic and (prompts or args.point or args.box or args.mask):
+        raise UsageError('--panoptic lists every object without a command: drop --prompt, '
+                         '--point, --box and --mask')
+    if not args.panoptic and not prompts:
+        raise UsageError('say what to segment with --prompt "..." (or list every object '
+                         'with --panoptic)')
     try:
         vp = visual_prompt_from_args(args, image.shape[0], image.shape[1])
         check_requests(prompts, vp, image.shape[0], image.shape[1])
@@ -120,6 +126,8 @@ def cmd_infer(args) -> int:
 
         print(f'warning: {weights_warning(args.model) or "untrained weights"}',
               file=sys.stderr)
+    if args.panoptic:
+        return panoptic(pipe, image, args.out)
     results = []
     for i, prompt in enumerate(prompts):
         try:
@@ -133,6 +141,21 @@ def cmd_infer(args) -> int:
             write_result(out, image, result)
     if args.out:
         print(f'wrote {args.out}', file=sys.stderr)
+    return 0
+
+
+def panoptic(pipe, image, out: Optional[str]) -> int:
+    """Print one line per object (id, class, score, box); write masks / overlay to `out`."""
+    result = pipe.panoptic(image, frame_key='cli')
+    for i, phrase, score, box, stuff in zip(result.ids, result.phrases, result.scores,
+                                            result.boxes, result.stuff):
+        kind = 'stuff' if stuff else 'thing'
+        print(f'{i:3d} {phrase:<12} {kind} score {score:.2f} box {",".join(map(str, box))}')
+    if not result.ids:
+        print('(no objects)')
+    if out:
+        write_result(Path(out), image, result)
+        print(f'wrote {out}', file=sys.stderr)
     return 0
 
 
@@ -176,6 +199,8 @@ def write_result(out: Path, image, result) -> None:
             'boxes': [list(b) for b in result.boxes],
             'timing_ms': {k: round(v, 2) for k, v in result.timing.ms.items()},
             'model': result.model, 'status': result.status, 'raw_text': result.raw_text}
+    if result.ids:
+        info.update(ids=result.ids, stuff=result.stuff)
     (out / 'result.json').write_text(json.dumps(info, indent=2) + '\n')
     overlay = draw_overlay(image, result)
     cv2.imwrite(str(out / 'overlay.png'), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
@@ -184,9 +209,11 @@ def write_result(out: Path, image, result) -> None:
 def add_infer(sub) -> None:
     p = sub.add_parser('infer', help='segment / caption one image (no ROS needed)')
     p.add_argument('image', help='image file (png, jpg, ...)')
-    p.add_argument('--prompt', action='append', required=True,
+    p.add_argument('--prompt', action='append',
                    help='the command, e.g. "segment the red cup"; repeat for several '
                         'prompts on the same image (encoded once)')
+    p.add_argument('--panoptic', action='store_true',
+                   help='list every object the decoder keeps (class, score, box), no LLM')
     p.add_argument('--point', help='X,Y point prompt in pixels')
     p.add_argument('--box', help='X1,Y1,X2,Y2 box prompt in pixels')
     p.add_argument('--mask', help='PNG mask prompt, the size of the image (nonzero = inside)')

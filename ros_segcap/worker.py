@@ -8,7 +8,9 @@ a 0x0 image say, only when the ring holds nothing better, so its status says wha
 queue (a full queue drops the command with a status, so slow processing never builds a
 backlog). Frame keys are unique per frame, so several commands on one frame share its key and
 the core encodes it once. In continuous mode the last command re-runs on new frames, at most
-`continuous_rate` times a second.
+`continuous_rate` times a second; so does a command for which `sticky(command)` is true (a
+'track ...' command) without continuous mode. In panoptic mode every new frame (at most
+`continuous_rate` a second) becomes a request of kind 'panoptic', with or without commands.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ class Request:
     continuous: bool = False
     queued: float = field(default_factory=time.monotonic)
     started: float = 0.0  # when the worker took it (time.monotonic)
+    kind: str = 'command'  # or 'panoptic': every object of the frame, no command
 
     @property
     def wait_ms(self) -> float:
@@ -86,6 +89,8 @@ class Worker:
         self.image_times: deque[float] = deque(maxlen=120)
         self.continuous = False
         self.continuous_rate = 1.0  # Hz
+        self.panoptic = False  # every new frame becomes a panoptic request
+        self.sticky: Callable[[str], bool] = lambda command: False  # re-run without continuous
         self._pending_prompt: Any = None
         self._last_command: Optional[str] = None
         self._last_continuous = (0.0, 0)  # (clock time, frame key)
@@ -235,12 +240,17 @@ class Worker:
         with self._lock:
             command = self._last_command
         last_time, last_key = self._last_continuous
-        if not self.continuous or command is None or frame is None or frame.key == last_key:
+        kind = 'panoptic' if self.panoptic else 'command'
+        if self.panoptic:
+            command = 'panoptic'
+        elif command is None or not (self.continuous or self.sticky(command)):
+            return None
+        if frame is None or frame.key == last_key:
             return None
         if now - last_time < 1.0 / self.continuous_rate or not self._queue.empty():
             return None
         self._last_continuous = (now, frame.key)
-        req = Request(command, frame, self._stamp(), continuous=True)
+        req = Request(command, frame, self._stamp(), continuous=True, kind=kind)
         self.submit(req)
         return req
 

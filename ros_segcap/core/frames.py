@@ -31,3 +31,14 @@ class FrameFeatures:
     query_feat: torch.Tensor  # (1, Nq, D)
     query_pos: torch.Tensor  # (1, Nq, D)
     fine: Optional[torch.Tensor] = None  # (1, C8, Hm, Wm) [1, 40, 64, 64] with fine_pool
+
+
+@dataclass
+class FrameObjects:
+    """Every object the decoder keeps for a frame (a panoptic reading), N of them."""
+
+    classes: torch.Tensor  # (N,) class index into names
+    names: tuple[str, ...]  # the model's class names (K)
+    scores: torch.Tensor  # (N,) class probability
+    stuff: torch.Tensor  # (N,) bool: a stuff region (background, table), not a thing
+    mask_logits: torch.Tensor  # (N, Hm, Wm) on the model input

@@ -18,6 +18,7 @@ SCOPES = ('node', 'cli', 'pipeline')
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt', 'auto')
 DECODE_PATHS = ('fast-q4', 'fast', 'reference')
 IMAGE_QOS = ('sensor_data', 'best_effort', 'reliable')
+MODES = ('command', 'panoptic')
 NODE = frozenset({'node'})
 ALL = frozenset(SCOPES)
 MODEL = frozenset({'node', 'cli', 'pipeline'})
@@ -72,7 +73,14 @@ OPTIONS = (
     Option('publish_overlay', bool, True, 'publish segcap/overlay (rgb8)', live=True),
     Option('continuous', bool, False, 're-run the last command on new frames', live=True),
     Option('continuous_rate', float, 1.0, 'highest re-run rate in continuous mode (Hz)',
-           live=True, lo=0.01, hi=20.0),
+           live=True, lo=0.01, hi=30.0),
+    Option('mode', str, 'command', 'command: answer commands; panoptic: publish every object '
+           'of each frame (at most continuous_rate Hz), no LLM', live=True, choices=MODES),
+    Option('track_min_match', float, 0.3, 'tracking: a re-found object whose mask overlaps '
+           'its last one less than this (IoU) is re-grounded by the LLM', live=True,
+           lo=0.0, hi=1.0),
+    Option('track_reground_s', float, 10.0, 'tracking: re-ground with the LLM at least this '
+           'often (s); 0 = only when a match is lost or weak', live=True, lo=0.0, hi=3600.0),
     Option('queue_size', int, 4, 'commands waiting at most; more are dropped', lo=1, hi=1000),
     Option('compressed', bool, False, 'subscribe to image/compressed (jpeg/png) instead of '
            'image'),

@@ -16,11 +16,23 @@ def colour(i: int) -> tuple[int, int, int]:
 
 
 def label_image(result: SegCapResult, height: int, width: int) -> np.ndarray:
-    """(H, W) uint8: 0 = background, i+1 = mask i (later masks win where they overlap)."""
+    """(H, W) uint8: 0 = background, i+1 = mask i (later masks win where they overlap);
+    results with ids (panoptic, tracking) write each mask's id instead (an instance-id
+    image; ids above 255 wrap)."""
     labels = np.zeros((height, width), np.uint8)
     for i, m in enumerate(result.masks[:255]):
-        labels[m] = i + 1
+        labels[m] = (result.ids[i] - 1) % 255 + 1 if result.ids else i + 1
     return labels
+
+
+def _key(result: SegCapResult, i: int) -> int:
+    """The colour index of mask i: its id when the result has ids (stable across frames)."""
+    return result.ids[i] - 1 if result.ids else i
+
+
+def _name(result: SegCapResult, i: int, phrase: str) -> str:
+    text = phrase or f'mask {i + 1}'
+    return f'{text} #{result.ids[i]}' if result.ids else text
 
 
 def draw_overlay(image: np.ndarray, result: SegCapResult, alpha: float = 0.5) -> np.ndarray:
@@ -31,16 +43,16 @@ def draw_overlay(image: np.ndarray, result: SegCapResult, alpha: float = 0.5) ->
     for i, m in enumerate(result.masks):
         if not m.any():
             continue
-        c = np.array(colour(i), np.float32)
+        c = np.array(colour(_key(result, i)), np.float32)
         out[m] = (out[m] * (1 - alpha) + c * alpha).astype(np.uint8)
         contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL,
                                        cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, colour(i), max(1, int(2 * scale)))
+        cv2.drawContours(out, contours, -1, colour(_key(result, i)), max(1, int(2 * scale)))
     for i, (m, phrase) in enumerate(zip(result.masks, result.phrases)):
         if m.any():
             ys, xs = np.nonzero(m)
-            _label(out, phrase or f'mask {i + 1}', int(xs.min()), int(ys.min()), colour(i),
-                   scale)
+            _label(out, _name(result, i, phrase), int(xs.min()), int(ys.min()),
+                   colour(_key(result, i)), scale)
     if result.answer:
         _caption(out, result.answer, scale)
     return out

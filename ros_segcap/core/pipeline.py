@@ -22,6 +22,7 @@ import torch
 from .answer import parse_answer, referring_answer
 from .frames import FrameFeatures
 from .options import check, live, option
+from .panoptic import panoptic_result
 from .preprocess import (InputGeometry, Letterbox, PromptQueries, check_image, letterbox,
                          prompt_queries, unletterbox)
 from .protocol import Engine, SegModel
@@ -103,11 +104,15 @@ class Pipeline:
     def run(self, image: np.ndarray, prompt: str, visual_prompt: Optional[VisualPrompt] = None,
             frame_key: Optional[Hashable] = None,
             on_text: Optional[Callable[[str], bool]] = None,
-            on_mask: Optional[Callable[[int, np.ndarray], None]] = None) -> SegCapResult:
+            on_mask: Optional[Callable[[int, np.ndarray], None]] = None,
+            on_state: Optional[Callable[[torch.Tensor, np.ndarray], None]] = None
+            ) -> SegCapResult:
         """Answer one command on one frame. Raises InputError for bad input.
 
         on_text(piece) streams the answer text (return False to cancel); on_mask(i, mask)
-        gets mask i (bool, original size) as soon as its [SEG] token is generated.
+        gets mask i (bool, original size) as soon as its [SEG] token is generated;
+        on_state(hidden (H,), probabilities (H_img, W_img)) gets each [SEG] hidden state
+        with its mask (a tracker keeps them to re-find the objects on later frames).
         """
         question = self._check(image, prompt, visual_prompt)
         timing = Timing()
@@ -130,10 +135,40 @@ class Pipeline:
                     logits = self._mask_logits(frame, box, hidden[None])
                     probs = self.probabilities(logits, image, box)[0]
                 early.append(probs)
+                if on_state is not None:
+                    on_state(hidden.detach(), probs)
                 if on_mask is not None:
                     on_mask(len(early) - 1, probs > self.settings.mask_threshold)
             gen = self._generate(embeds, timing, on_text, prefix_len, key, on_seg)
             return self._finish(gen, early, timing)
+
+    def panoptic(self, image: np.ndarray, frame_key: Optional[Hashable] = None
+                 ) -> SegCapResult:
+        """Every object the decoder keeps for the frame, without the LLM: phrases are class
+        names, with ids (1..N on this frame) and stuff flags (core.panoptic)."""
+        check_image(image)
+        timing = Timing()
+        with self._lock, torch.no_grad():
+            frame, box = self.encode(image, frame_key, timing)
+            with self._timed(timing, 'panoptic'):
+                objects = self.model.panoptic(frame)
+                logits = unletterbox(objects.mask_logits, box)
+                result = panoptic_result(objects, logits, self.settings.mask_threshold)
+        result.timing, result.model = timing, self.model.config.name
+        return result
+
+    def refind(self, image: np.ndarray, hidden: torch.Tensor,
+               frame_key: Optional[Hashable] = None, timing: Optional[Timing] = None
+               ) -> np.ndarray:
+        """[SEG] hidden states (n, H) kept from an answer -> their mask probabilities
+        (n, H_img, W_img) on this frame: vision and the mask decoder only, no LLM."""
+        check_image(image)
+        timing = timing if timing is not None else Timing()
+        with self._lock, torch.no_grad():
+            frame, box = self.encode(image, frame_key, timing)
+            with self._timed(timing, 'mask_decode'):
+                logits = self._mask_logits(frame, box, hidden.to(self.device))
+                return self.probabilities(logits, image, box)
 
     def _check(self, image, prompt: str, visual_prompt: Optional[VisualPrompt]) -> str:
         check_image(image)

@@ -10,7 +10,7 @@ from typing import Any, Callable, ContextManager, Optional, Protocol
 
 import torch
 
-from .frames import DecoderOutput, FrameFeatures
+from .frames import DecoderOutput, FrameFeatures, FrameObjects
 from .preprocess import PromptQueries
 
 
@@ -82,6 +82,10 @@ class SegModel(Protocol):
     def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,
                         engine: Engine) -> torch.Tensor:
         """[SEG] hidden states (n, H) -> mask logits (n, Hm, Wm) on the model input."""
+        ...
+
+    def panoptic(self, frame: FrameFeatures) -> FrameObjects:
+        """Every object the decoder keeps for the frame (no LLM): classes, scores, masks."""
         ...
 
 

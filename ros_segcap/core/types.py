@@ -82,6 +82,10 @@ class SegCapResult:
 
     masks[i] belongs to phrases[i]; boxes are (x1, y1, x2, y2) in pixels of the original
     image; an answer without [SEG] has no masks. status is 'ok' or a one-line reason.
+    Panoptic and tracking results add per object: ids (an object id, stable across frames
+    while tracked), stuff (a stuff region: background, table), match_scores (how well a
+    tracked object was re-found; 0 = lost, empty mask); regrounded: the LLM answered on this
+    frame. Ordinary answers leave them empty.
     """
 
     answer: str  # text without special tokens
@@ -93,3 +97,7 @@ class SegCapResult:
     timing: Timing = field(default_factory=Timing)
     status: str = 'ok'
     model: str = ''
+    ids: list[int] = field(default_factory=list)
+    stuff: list[bool] = field(default_factory=list)
+    match_scores: list[float] = field(default_factory=list)
+    regrounded: bool = False

@@ -105,6 +105,10 @@ def result_to_msg(result: SegCapResult, env: Envelope, msg_type: type) -> Any:
     msg.stage_ms = [float(v) for v in result.timing.ms.values()]
     msg.total_ms = float(result.timing.total)
     msg.encoder_runs = int(env.encoder_runs)
+    msg.ids = [int(i) for i in result.ids]
+    msg.stuff = [bool(s) for s in result.stuff]
+    msg.match_scores = [float(s) for s in result.match_scores]
+    msg.regrounded = bool(result.regrounded)
     return msg
 
 
@@ -121,6 +125,9 @@ def result_to_json(result: SegCapResult, env: Envelope) -> str:
         'boxes': [list(map(int, b)) for b in result.boxes],
         'stage_ms': {k: round(v, 3) for k, v in result.timing.ms.items()},
         'total_ms': round(result.timing.total, 3), 'encoder_runs': env.encoder_runs,
+        'ids': [int(i) for i in result.ids], 'stuff': [bool(s) for s in result.stuff],
+        'match_scores': [float(s) for s in result.match_scores],
+        'regrounded': bool(result.regrounded),
     })
 
 

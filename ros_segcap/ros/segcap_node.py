@@ -29,6 +29,7 @@ from std_msgs.msg import String
 
 from ros_segcap.core.options import in_scope, pipeline_values
 from ros_segcap.ros import convert, messages
+from ros_segcap.ros.modes import Modes, is_tracked
 from ros_segcap.ros.messages import NO_INTERFACES, STATUS_CANCELLED, STATUS_OK, status_result
 from ros_segcap.ros.params import (NodeConfig, apply_changes, declare_parameters,
                                    image_qos, read_parameters)
@@ -67,6 +68,7 @@ class SegCapNode(LifecycleNode):
         self.failure = ''  # why the last configure failed
         self._config = NodeConfig()
         self._pipeline: Any = None
+        self._modes: Optional[Modes] = None
         self._worker: Optional[Worker] = None
         self._out: Optional[ResultPublisher] = None
         self._inputs: list[Callable[[], Any]] = []  # destroy the active state's inputs
@@ -97,6 +99,8 @@ class SegCapNode(LifecycleNode):
             process=self._process, publish=self._publish, publish_status=self._publish_status,
             frame_buffer=config.frame_buffer, queue_size=config.queue_size,
             stamp=lambda: self.get_clock().now().to_msg(), warn=self._warn)
+        self._worker.sticky = is_tracked
+        self._modes = Modes(self._pipeline, config)
         self._set_live(config)
         self._out = ResultPublisher(self, self._interfaces, self._pipeline)
         self.get_logger().info(f'configured: model {config.model} on {config.device}')
@@ -154,7 +158,7 @@ class SegCapNode(LifecycleNode):
     def _release(self) -> None:
         if self._out is not None:
             self._out.destroy()
-        self._out, self._worker, self._pipeline = None, None, None
+        self._out, self._worker, self._pipeline, self._modes = None, None, None, None
 
     # ----- wiring -------------------------------------------------------------------------
 
@@ -282,9 +286,8 @@ class SegCapNode(LifecycleNode):
             rgb = convert.message_to_rgb(req.frame.msg, req.frame.error, self._max_pixels())
             prompt = messages.prompt_from_msg(req.prompt)
             convert_ms = (time.perf_counter() - t0) * 1000.0
-            result = self._pipeline.run(rgb, req.command, prompt, frame_key=req.frame.key,
-                                        on_text=self._on_text(req),
-                                        on_mask=self._out.on_mask(req.command))
+            result = self._modes.run(req, rgb, prompt, self._on_text(req),
+                                     self._out.on_mask(req.command))
             result.timing.add('ros_convert', convert_ms)
             if result.status == STATUS_CANCELLED and self._worker.stopping:
                 result.status = STATUS_STOPPING
@@ -367,6 +370,9 @@ class SegCapNode(LifecycleNode):
         if self._worker is not None:
             self._worker.continuous = config.continuous
             self._worker.continuous_rate = config.continuous_rate
+            self._worker.panoptic = config.mode == 'panoptic'
+        if self._modes is not None:
+            self._modes.set_live(config)
 
     def _max_pixels(self) -> int:
         return int(self._config.max_image_megapixels * 1e6)

@@ -20,7 +20,7 @@ from typing import Any, Callable, ContextManager, Optional
 import torch
 from torch import nn
 
-from ros_segcap.core.frames import DecoderOutput, FrameFeatures
+from ros_segcap.core.frames import DecoderOutput, FrameFeatures, FrameObjects
 from ros_segcap.core.preprocess import PromptQueries
 from ros_segcap.core.protocol import Engine
 
@@ -208,6 +208,11 @@ class OMGLlavaModel(nn.Module):
         d = self.config.dim
         out = engine.decode(frame, queries[None, :, :d], queries[None, :, d:])
         return out.mask_logits[-1][0]
+
+    def panoptic(self, frame: FrameFeatures) -> FrameObjects:
+        """Not supported yet: the OMG-Seg head's queries are not mapped to classes here."""
+        raise NotImplementedError(f'panoptic mode is not supported yet for {self.config.name} '
+                                  '(omg_llava family); use a segcap-tiny model')
 
     def generate(self, embeds: torch.Tensor, *, max_new_tokens: int, temperature: float,
                  on_text: Optional[Callable[[str], bool]] = None,

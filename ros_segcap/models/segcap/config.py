@@ -30,6 +30,7 @@ DEFAULT_DECODE_PATH = option('decode_path').default
 # (ros_segcap.world.palette.CLASS_NAMES): stuff first, then one thing class per kind.
 TABLETOP_CLASSES = ('background', 'table', 'cup', 'mug', 'bowl', 'bottle', 'can', 'ball', 'box',
                     'block', 'cone')
+STUFF_NAMES = ('background', 'table')  # classes that are regions, not countable things
 # Colour words of the tabletop world (ros_segcap.world.palette.COLOUR_NAMES, same order).
 TABLETOP_COLOURS = ('red', 'green', 'blue', 'yellow', 'orange', 'purple', 'pink', 'white',
                     'black')

@@ -11,12 +11,12 @@ from typing import ContextManager, Optional, Sequence
 import torch
 from torch import nn
 
-from ros_segcap.core.frames import DecoderOutput, FrameFeatures
+from ros_segcap.core.frames import DecoderOutput, FrameFeatures, FrameObjects
 from ros_segcap.core.preprocess import PromptQueries, point_queries
 from ros_segcap.core.protocol import Engine
 
 from .backbone import pixel_shuffle_tokens
-from .config import MARK_TOKEN, REGION_TOKEN, SegCapConfig
+from .config import MARK_TOKEN, REGION_TOKEN, STUFF_NAMES, SegCapConfig
 from .decoder import PROMPT_KIND_IDS, OMGDecoder
 from .encoder import PixelDecoder, build_backbone, normalize_image
 from .llm import Generation, LanguageModel, build_language_model, load_tokenizer
@@ -202,8 +202,7 @@ class SegCapModel(nn.Module):
 
     def decode_seg(self, frame: FrameFeatures, hidden: torch.Tensor) -> DecoderOutput:
         """[SEG] hidden states (N, H) -> decoder output for N queries (batch 1)."""
-        feat, pos = self.projectors.to_queries(hidden[None])
-        return self.decode_queries(frame, feat, pos)
+        return self.decode_queries(frame, *self.projectors.to_queries(hidden[None]))
 
     # ----- vision -> LLM ------------------------------------------------------------------
 
@@ -335,6 +334,16 @@ class SegCapModel(nn.Module):
             return self.seg_masks(frame, hidden)
         feat, pos = self.projectors.to_queries(hidden[None])
         return engine.decode(frame, feat, pos).mask_logits[-1][0]
+
+    def panoptic(self, frame: FrameFeatures) -> FrameObjects:
+        """The frame's kept queries (its object tokens) whose best class is not void."""
+        keep = self.kept_queries(frame)
+        probs = frame.class_logits[0, keep].float().softmax(-1)
+        real = probs.argmax(-1) < probs.shape[-1] - 1
+        keep, (scores, classes) = keep[real], probs[real, :-1].max(-1)
+        names = tuple(self.config.class_names)
+        stuff = torch.tensor([names[c] in STUFF_NAMES for c in classes.tolist()], dtype=torch.bool)
+        return FrameObjects(classes, names, scores, stuff, frame.mask_logits[0, keep])
 
     def _prompt_decoder(self, engine: Engine):
         """decode(frame, kinds, boxes, restrict) of prompt queries on `engine`."""
