@@ -140,6 +140,13 @@ def box_block_mask(boxes: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return ~inside
 
 
+def region_block_mask(regions: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """(N, H, W) bool regions -> (N, h, w) True outside the region resized nearest to size,
+    as the official mask prompt blocks attention (`_get_attn_mask_from_gt_mask`)."""
+    small = F.interpolate(regions[:, None].float(), size, mode='nearest')[:, 0]
+    return small < 0.5
+
+
 class OMGSegHead(nn.Module):
     """Pixel decoder + decoder + heads. Call `encode` once per image, then decode queries."""
 
@@ -177,14 +184,21 @@ class OMGSegHead(nn.Module):
 
     def _mask_head(self, decoder: TransformerDecoder, mask_embed: nn.Module,
                    query: torch.Tensor, mask_features: torch.Tensor, size: Tuple[int, int],
-                   boxes: Optional[torch.Tensor]):
-        """Post-norm, mask logits, and the next layer's attention mask (True = blocked)."""
+                   boxes: Optional[torch.Tensor], regions: Optional[torch.Tensor] = None):
+        """Post-norm, mask logits, and the next layer's attention mask (True = blocked).
+
+        Regions (N, H, W) alone decide where a query attends (the mask logits do not);
+        otherwise the logits do, confined to boxes (N, 4) relative x1 y1 x2 y2 if given.
+        """
         normed = decoder.post_norm(query)
         masks = torch.einsum('bqc,bchw->bqhw', mask_embed(normed), mask_features)
-        attn = F.interpolate(masks, size, mode='bilinear', align_corners=False)
-        blocked = attn.sigmoid() < 0.5
-        if boxes is not None:
-            blocked = blocked | box_block_mask(boxes, size)[:, None]
+        if regions is not None:
+            blocked = region_block_mask(regions, size)[:, None]
+        else:
+            attn = F.interpolate(masks, size, mode='bilinear', align_corners=False)
+            blocked = attn.sigmoid() < 0.5
+            if boxes is not None:
+                blocked = blocked | box_block_mask(boxes, size)[:, None]
         blocked = blocked.flatten(2)  # (B, Q, h*w)
         blocked = blocked & ~blocked.all(-1, keepdim=True)  # fully masked rows see everything
         heads = self.config.num_heads
@@ -194,7 +208,7 @@ class OMGSegHead(nn.Module):
     def _decode(self, decoder: TransformerDecoder, mask_embed: nn.Module,
                 memory: PixelDecoderOutput, query: torch.Tensor, query_pos: torch.Tensor,
                 batch_index: Optional[torch.Tensor] = None,
-                boxes: Optional[torch.Tensor] = None):
+                boxes: Optional[torch.Tensor] = None, regions: Optional[torch.Tensor] = None):
         """Run the layers; returns (raw query, post-normed query, last mask logits)."""
         mask_features = memory.mask_features
         keys = []
@@ -206,12 +220,12 @@ class OMGSegHead(nn.Module):
         sizes = [tuple(m.shape[-2:]) for m in memory.memories]
         levels = len(sizes)
         normed, masks, blocked = self._mask_head(decoder, mask_embed, query, mask_features,
-                                                 sizes[0], boxes)
+                                                 sizes[0], boxes, regions)
         for i, layer in enumerate(decoder.layers):
             lvl = i % levels
             query = layer(query, keys[lvl], memory.memory_pos[lvl], query_pos, blocked)
             normed, masks, blocked = self._mask_head(decoder, mask_embed, query, mask_features,
-                                                     sizes[(i + 1) % levels], boxes)
+                                                     sizes[(i + 1) % levels], boxes, regions)
         return query, normed, masks
 
     # -- the three query kinds -----------------------------------------------------------
@@ -278,6 +292,21 @@ class OMGSegHead(nn.Module):
             rel = torch.as_tensor(boxes, dtype=points.dtype) / points.new_tensor([w, h, w, h])
         query, _, masks = self._decode(self.transformer_decoder, self.mask_embed, memory,
                                        feat, pos, batch_index, rel)
+        return PromptOutput(query, pos, masks)
+
+    def decode_regions(self, memory: PixelDecoderOutput, regions: torch.Tensor,
+                       points: torch.Tensor, batch_index: torch.Tensor,
+                       image_size: Tuple[int, int]) -> PromptOutput:
+        """Mask (region) prompts through the main decoder, as `forward_visual_prompt` does.
+
+        regions: (N, H, W) bool, any grid over the image; points: (N, 2) (x, y) pixels of
+        each region's innermost point (the argmax of its distance transform), which makes
+        the query as a point prompt does. Every layer attends only within the region
+        resized nearest to that layer's memory (a region that vanishes there sees all).
+        """
+        feat, pos = self.prompt_queries(points, image_size)
+        query, _, masks = self._decode(self.transformer_decoder, self.mask_embed, memory,
+                                       feat, pos, batch_index, regions=regions)
         return PromptOutput(query, pos, masks)
 
 

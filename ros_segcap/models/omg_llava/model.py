@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ros_segcap.core.frames import DecoderOutput, FrameFeatures, FrameObjects
-from ros_segcap.core.preprocess import PromptQueries
+from ros_segcap.core.preprocess import PROMPT_KIND_IDS, PromptQueries
 from ros_segcap.core.protocol import Engine
 
 from .config import OMGLlavaConfig
@@ -183,13 +183,29 @@ class OMGLlavaModel(nn.Module):
     def region_tokens(self, frame: FrameFeatures, prompts: PromptQueries,
                       engine: Engine) -> torch.Tensor:
         """Visual prompts -> (N, H) tokens: each prompt's query through the main decoder
-        (in torch: the engines' seg graph holds the [SEG] decoder), then query_proj + model."""
-        s = self.config.image_size
-        points = prompts.boxes[0, :, :2].float() * s
-        feat, pos = self.head.prompt_queries(points, (s, s))
-        boxes = restrict_boxes(prompts.restrict[0])
-        out = self._run_queries(frame, feat[:, 0], pos[:, 0], boxes, seg=False)
-        queries = torch.cat([out.query_feat[0], out.query_pos[0]], -1)
+        (in torch: the engines' seg graph holds the [SEG] decoder), then query_proj + model.
+
+        A mask prompt is the official region prompt: its query is a point query at the
+        innermost point (the box centre, floored to a pixel as the official argmax is) and
+        attends only within the region (restrict). A box prompt attends within its box and
+        its mask; a point prompt within the box around its restrict window and its mask.
+        """
+        s, head = self.config.image_size, self.head
+        kinds, boxes, restrict = prompts.kinds[0], prompts.boxes[0].float(), prompts.restrict[0]
+        memory, centres = self._memory(frame), boxes[:, :2] * s
+        index = torch.zeros_like(kinds)
+        queries = centres.new_zeros(kinds.shape[0], 2 * self.config.dim)
+        region = kinds == PROMPT_KIND_IDS['mask']
+        if region.any():
+            out = head.decode_regions(memory, restrict[region], centres[region].floor(),
+                                      index[region], (s, s))
+            queries[region] = torch.cat([out.query_feat, out.query_pos], -1)[:, 0]
+        if (~region).any():
+            xyxy = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
+            box = (kinds == PROMPT_KIND_IDS['box'])[:, None]
+            rel = torch.where(box, xyxy, restrict_boxes(restrict))[~region]
+            out = head.decode_points(memory, centres[~region], index[~region], (s, s), rel * s)
+            queries[~region] = torch.cat([out.query_feat, out.query_pos], -1)[:, 0]
         return self.projector.model.object_tokens(queries.float())
 
     def question_embeds(self, frame: FrameFeatures, question: str,
