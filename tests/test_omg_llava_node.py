@@ -25,7 +25,6 @@ from ros_segcap.ros.messages import load_interfaces  # noqa: E402
 pytestmark = pytest.mark.ros
 STARTUP_S = 40.0  # import + load of the tiny converted model on a busy 2-core machine
 COMMAND = 'Please segment the cup in this image.'
-KNOWN_BUG = "'LlamaForCausalLM' object has no attribute 'decode_path'"
 
 
 def _results(side: ru.TestSide) -> tuple[str, ru.Collector, Callable[[Any], Any]]:
@@ -57,16 +56,10 @@ def test_the_node_serves_a_converted_omg_llava_directory(release, tmp_path):  # 
         topic, results, read = _results(side)
         image = side.node.create_publisher(ru.Image, 'image', ru.best_effort())
         command = side.node.create_publisher(String, 'command', ru.reliable())
-        try:
-            ru.wait_for(lambda: command.get_subscription_count() > 0 and
-                        image.get_subscription_count() > 0 and
-                        side.node.count_publishers(f'{ns}/{topic}') > 0,
-                        STARTUP_S, 'segcap_node to load the omg_llava directory', node)
-        except AssertionError as exc:
-            if KNOWN_BUG in str(exc):
-                pytest.xfail('segcap_node.make_pipeline reads model.llm.decode_path, which only '
-                             "segcap-tiny's LLM has (getattr with 'reference' fixes it)")
-            raise
+        ru.wait_for(lambda: command.get_subscription_count() > 0 and
+                    image.get_subscription_count() > 0 and
+                    side.node.count_publishers(f'{ns}/{topic}') > 0,
+                    STARTUP_S, 'segcap_node to load the omg_llava directory', node)
         frame = ru.make_image(120, 160, stamp_sec=4242, frame_id='cam_omg', value=-1)
         frame.header.stamp.nanosec = 123
         for _ in range(5):

@@ -53,7 +53,11 @@ class Generated(Protocol):
 
 
 class SegModel(Protocol):
-    """A grounded multimodal model: vision features -> visual block -> LLM -> [SEG] masks."""
+    """A grounded multimodal model: vision features -> visual block -> LLM -> [SEG] masks.
+
+    A model may also offer `warm_up()`, which a long-running caller (the node) calls once
+    after loading so that the first command does not pay for lazy set-up.
+    """
 
     config: ModelConfig
     trained: bool  # False: the new parts are untrained (answers are noise)

@@ -52,9 +52,9 @@ def make_pipeline(config: Any) -> Any:
     if config.image_size and config.image_size != size:
         raise ValueError(f'image_size={config.image_size}: model {config.model} has a fixed '
                          f'input size of {size}; set image_size to 0 or {size}')
-    llm = getattr(pipeline.model, 'llm', None)
-    if llm is not None and llm.decode_path != 'reference':
-        llm.fast()  # the decoder's weights now, not at the first command
+    warm_up = getattr(pipeline.model, 'warm_up', None)
+    if warm_up is not None:
+        warm_up()  # e.g. the decoder's weights now, not at the first command
     return pipeline
 
 

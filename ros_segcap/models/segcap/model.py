@@ -345,6 +345,11 @@ class SegCapModel(nn.Module):
         stuff = torch.tensor([names[c] in STUFF_NAMES for c in classes.tolist()], dtype=torch.bool)
         return FrameObjects(classes, names, scores, stuff, frame.mask_logits[0, keep])
 
+    def warm_up(self) -> None:
+        """Build the LLM's lean decoder now (a node calls this at configure)."""
+        if self.llm.decode_path != 'reference':
+            self.llm.fast()
+
     def _prompt_decoder(self, engine: Engine):
         """decode(frame, kinds, boxes, restrict) of prompt queries on `engine`."""
         def decode(frame: FrameFeatures, kinds: torch.Tensor, boxes: torch.Tensor,
