@@ -5,10 +5,11 @@ kept. On each later frame those states are decoded against the new frame's featu
 (Pipeline.refind: for seg_pointer models the state's pointer scores over the new frame's
 object tokens, else the [SEG] query through the mask decoder) and each mask is matched to
 the object's previous mask by IoU: the match score. The LLM answers again (re-grounding) when
-a match is weak (IoU < min_match, or an empty mask) or every `reground_s` seconds. After a
-re-ground, new masks take over the ids of the objects they overlap (or of a lost object with
-the same phrase); an object the answer no longer names is reported lost (empty mask, match
-score 0) until a later re-ground finds it. Knows nothing of ROS.
+a match is weak (IoU < min_match, or an empty mask), every `reground_s` seconds, and every
+`retry_lost_s` while an object is lost. After a re-ground, each object takes the new mask
+with its phrase (the most overlapping one if several) or else one that overlaps it by
+>= min_match, and keeps its id; an object the answer no longer names is reported lost
+(empty mask, match score 0) until a later re-ground finds it. Knows nothing of ROS.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class TrackSettings:
 
     min_match: float = option('track_min_match').default
     reground_s: float = option('track_reground_s').default  # 0 = only when weak or lost
+    retry_lost_s: float = 1.0  # while an object is lost, look for it this often (s)
 
 
 @dataclass
@@ -91,8 +93,9 @@ class Tracker:
         """
         if self.command is None:
             raise ValueError('Tracker.step before start(command): say what to track')
-        due = self.settings.reground_s > 0 and \
-            self._clock() - self._grounded_at >= self.settings.reground_s
+        since = self._clock() - self._grounded_at
+        due = (self.settings.reground_s > 0 and since >= self.settings.reground_s) or \
+            (any(t.lost for t in self.tracks) and since >= self.settings.retry_lost_s)
         if not self.tracks or due:
             return self._ground(image, frame_key, Timing(), on_text)
         timing = Timing()
@@ -126,21 +129,15 @@ class Tracker:
         masks: dict[int, np.ndarray] = {}
         scores: dict[int, float] = {}
         confidence: dict[int, float] = {}
-        for t in self.tracks:  # the old objects take the new masks they overlap most
-            best, best_iou = None, 0.0
-            for j, (phrase, _, mask, _) in enumerate(new):
-                iou = mask_iou(mask, t.mask)
-                if j not in used and mask.any() and iou > best_iou:
-                    best, best_iou = j, iou
-            if best is None or best_iou < max(self.settings.min_match, 1e-6):
-                best = next((j for j, (phrase, _, mask, _) in enumerate(new) if j not in used
-                             and t.lost and phrase == t.phrase and mask.any()), None)
+        for t in self.tracks:  # each old object takes the new mask that names or overlaps it
+            best = self._match(t, new, used)
             if best is None:
                 t.lost, masks[t.id], scores[t.id] = True, np.zeros_like(t.mask), 0.0
                 continue
             used.add(best)
+            iou = mask_iou(new[best][2], t.mask)
             t.phrase, t.hidden, t.mask, t.lost = new[best][0], new[best][1], new[best][2], False
-            masks[t.id], scores[t.id], confidence[t.id] = t.mask, max(best_iou, 1e-3), new[best][3]
+            masks[t.id], scores[t.id], confidence[t.id] = t.mask, max(iou, 1e-3), new[best][3]
         for j, (phrase, hidden, mask, score) in enumerate(new):
             if j not in used and mask.any():
                 track = Track(self._next_id, phrase, hidden, mask)
@@ -150,6 +147,18 @@ class Tracker:
         result = self._result(image, masks, scores, confidence, timing, regrounded=True)
         result.raw_text, result.status = answer.raw_text, answer.status
         return result
+
+    def _match(self, track: Track, new: list, used: set[int]) -> Optional[int]:
+        """The new object that continues `track`: the same phrase (the answer names the same
+        object; the most overlapping one when several do), else an overlap >= min_match."""
+        best, best_score = None, max(self.settings.min_match, 1e-6)
+        for j, (phrase, _, mask, _) in enumerate(new):
+            if j in used or not mask.any():
+                continue
+            score = mask_iou(mask, track.mask) + (1.0 if phrase == track.phrase else 0.0)
+            if score >= best_score:
+                best, best_score = j, score
+        return best
 
     def _kept(self, answer: SegCapResult, got: _Grounding
               ) -> list[tuple[str, torch.Tensor, np.ndarray, float]]:

@@ -63,13 +63,13 @@ class Sequence:
 
 
 def pick_target(spec: SceneSpec) -> tuple[int, str]:
-    """The object nearest the image centre whose colour and kind no other object shares."""
+    """The largest object whose colour and kind no other object shares."""
     names = [f'{o.colour} {o.kind}' for o in spec.objects]
     unique = [i for i, n in enumerate(names) if names.count(n) == 1]
     if not unique:
         raise ValueError(f'scene {spec.seed} has no object with a unique name; pick another '
                          'seed')
-    best = min(unique, key=lambda i: abs(spec.objects[i].x - 0.5))
+    best = max(unique, key=lambda i: spec.objects[i].area)
     return best, f'the {names[best]}'
 
 

@@ -1,0 +1,118 @@
+"""Tracking from a language command on world sequences with the shipped segcap-tiny.
+
+The LLM answers on the first frame; later frames re-find the target from its [SEG] state.
+A fake clock advances 0.1 s per frame (a 10 Hz camera), so the timed rules are exact.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ros_segcap.core.pipeline import mask_iou
+from ros_segcap.core.tracker import Tracker, TrackSettings, track_command
+from ros_segcap.models.segcap.weights import SHIPPED_DIR
+from ros_segcap.world.sequence import HAND_ID, make_sequence
+
+SHIPPED = SHIPPED_DIR / 'segcap-tiny'
+needs_weights = pytest.mark.skipif(not (SHIPPED / 'model.safetensors').is_file(),
+                                   reason='no shipped segcap-tiny weights in ros_segcap/weights')
+FRAME_S = 0.1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope='module')
+def pipeline():
+    from ros_segcap.runtime import PipelineConfig, open_pipeline
+    return open_pipeline(PipelineConfig(model='segcap-tiny'))
+
+
+def follow(pipeline, seq, settings: TrackSettings, command: str = ''):
+    """Track seq's target over its frames; return (results, tracker)."""
+    clock = Clock()
+    tracker = Tracker(pipeline, settings, clock=clock)
+    tracker.start(command or seq.phrase)
+    results = []
+    for frame in seq.frames:
+        clock.now = frame.index * FRAME_S
+        results.append(tracker.step(frame.image, frame_key=(seq.kind, seq.seed, frame.index)))
+    return results, tracker
+
+
+def test_track_command_prefix():
+    assert track_command('track the red cup') == 'the red cup'
+    assert track_command('  Track  the red cup ') == 'the red cup'
+    assert track_command('track ') is None
+    assert track_command('the track of the red cup') is None
+    assert track_command('keep segmenting the red cup') is None
+
+
+def test_sequences_have_exact_identities():
+    seq = make_sequence('leave', seed=0, frames=20)
+    sizes = [int(f.mask(seq.target).sum()) for f in seq.frames]
+    assert sizes[0] > 500 and sizes[-1] == sizes[0], 'the target starts and ends in view'
+    assert min(sizes) == 0, 'the target leaves the view'
+    push = make_sequence('push', seed=1, frames=12)
+    assert all((f.panoptic == HAND_ID).any() for f in push.frames), 'the hand is in every frame'
+    moved = [np.flatnonzero(f.mask(push.target).any(0)).mean() for f in push.frames]
+    assert moved[-1] - moved[0] > 30, f'the pushed target moved {moved[-1] - moved[0]:.0f} px'
+    pan = make_sequence('pan', seed=0, frames=6)
+    assert not np.array_equal(pan.frames[0].image, pan.frames[-1].image)
+
+
+@needs_weights
+def test_ids_stay_while_the_camera_pans(pipeline):
+    seq = make_sequence('pan', seed=0, frames=12)
+    results, _ = follow(pipeline, seq, TrackSettings(reground_s=0))
+    assert [r.regrounded for r in results] == [True] + [False] * 11, \
+        'the LLM answered again though every match was strong'
+    assert all(r.ids == [1] for r in results), [r.ids for r in results]
+    ious = [mask_iou(r.masks[0], f.mask(seq.target)) for r, f in zip(results, seq.frames)]
+    assert min(ious) > 0.8, f'tracked mask IoU with the truth: {np.round(ious, 2)}'
+    assert all(r.match_scores[0] > 0.3 for r in results)
+
+
+@needs_weights
+def test_a_target_that_leaves_is_reported_lost_and_keeps_its_id(pipeline):
+    seq = make_sequence('leave', seed=0, frames=20)
+    results, _ = follow(pipeline, seq, TrackSettings(reground_s=0))
+    gone = [i for i, f in enumerate(seq.frames) if not f.mask(seq.target).any()]
+    assert gone, 'the sequence must take the target out of view'
+    for i in gone:  # no mask invented while it is out of view
+        assert not results[i].masks[0].any(), f'frame {i}: a mask for a target out of view'
+        assert results[i].match_scores[0] == 0.0
+    assert all(r.ids == [1] for r in results), 'the target must keep id 1 (no new id)'
+    seen = [i for i, f in enumerate(seq.frames) if f.mask(seq.target).sum() > 500]
+    ious = [mask_iou(results[i].masks[0], seq.frames[i].mask(seq.target)) for i in seen[:3]]
+    assert min(ious) > 0.8, ious
+
+
+@needs_weights
+def test_reground_every_n_seconds(pipeline):
+    seq = make_sequence('pan', seed=0, frames=8)
+    results, _ = follow(pipeline, seq, TrackSettings(reground_s=0.25))
+    # the LLM answers at 0.0 s, 0.3 s, 0.6 s (frames 0, 3, 6) and only then
+    assert [i for i, r in enumerate(results) if r.regrounded] == [0, 3, 6]
+    assert all(r.ids == [1] for r in results)
+
+
+@needs_weights
+def test_a_new_command_replaces_the_tracked_set(pipeline):
+    seq = make_sequence('pan', seed=0, frames=3)
+    clock = Clock()
+    tracker = Tracker(pipeline, TrackSettings(reground_s=0), clock=clock)
+    tracker.start(seq.phrase)
+    first = tracker.step(seq.frames[0].image, frame_key='a')
+    other = next(f'the {o.colour} {o.kind}' for i, o in enumerate(seq.spec.objects)
+                 if i != seq.target)
+    tracker.start(other)
+    second = tracker.step(seq.frames[1].image, frame_key='b')
+    assert first.phrases == [seq.phrase]
+    assert second.regrounded and seq.phrase not in second.phrases
+    assert not set(first.ids) & set(second.ids), 'the old ids must not carry over'
