@@ -1,0 +1,157 @@
+"""Perception at camera rate: tracking and panoptic mode vs vision alone, in one run.
+
+Prints, with the shipped segcap-tiny on this machine (torch backend):
+  1. tracking results per second vs frames offered at 10 and 30 Hz (the ROS-free Worker in
+     continuous mode, fed world-sequence frames in real time; newest frame wins);
+  2. per-frame tracking latency (frames followed without the LLM) / vision-only latency
+     (encode of a new frame): goal <= 1.3;
+  3. panoptic latency / vision-only latency: goal <= 1.2;
+  4. tracked mask mean IoU over world sequences / per-frame single-command IoU (the same
+     command answered by the LLM on every frame): goal >= 0.9;
+  5. id switches per 100 frames (the id on the target changes): goal <= 1.
+Latencies are medians of interleaved repeats on distinct frames (no frame cache). The IoU
+part runs with a fake 10 Hz clock (default tracker settings) so re-grounds do not depend on
+this machine's speed.
+
+Usage: .venv/bin/python benchmarks/bench_tracking.py [--seeds 3] [--frames 20] [--seconds 8]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+
+import numpy as np
+import torch
+
+from ros_segcap.core.pipeline import mask_iou
+from ros_segcap.core.tracker import Tracker, TrackSettings
+from ros_segcap.runtime import PipelineConfig, open_pipeline
+from ros_segcap.worker import Worker
+from ros_segcap.world.sequence import SEQUENCE_KINDS, make_sequence
+
+HEIGHT, WIDTH = 480, 640
+
+
+def latencies(pipe, frames: list[np.ndarray], phrase: str) -> dict[str, float]:
+    """Median ms of vision only, a followed tracking step and a panoptic frame."""
+    tracker = Tracker(pipe, TrackSettings(reground_s=0))
+    tracker.start(phrase)
+    tracker.step(frames[0])  # the LLM answers once
+    ms: dict[str, list[float]] = {'vision': [], 'tracking': [], 'panoptic': []}
+    for image in frames[1:]:
+        t0 = time.perf_counter()
+        pipe.encode(image)
+        t1 = time.perf_counter()
+        result = tracker.step(image)
+        t2 = time.perf_counter()
+        pipe.panoptic(image)
+        t3 = time.perf_counter()
+        ms['vision'].append((t1 - t0) * 1e3)
+        if not result.regrounded:
+            ms['tracking'].append((t2 - t1) * 1e3)
+        ms['panoptic'].append((t3 - t2) * 1e3)
+    return {k: statistics.median(v) for k, v in ms.items() if v}
+
+
+def throughput(pipe, frames: list[np.ndarray], phrase: str, rate: float, seconds: float
+               ) -> tuple[float, float]:
+    """(frames offered per s, tracking results per s) through the Worker in real time."""
+    tracker = Tracker(pipe, TrackSettings(reground_s=0))
+    done: list[float] = []
+
+    def process(req):
+        if not req.continuous:
+            tracker.start(req.command)
+        return tracker.step(req.frame.msg, frame_key=req.frame.key), None
+
+    worker = Worker(process=process, publish=lambda req, result, extra: done.append(1),
+                    publish_status=lambda req, status: None, frame_buffer=2, queue_size=1)
+    worker.continuous, worker.continuous_rate = True, rate
+    worker.start()
+    worker.add_frame(0, frames[0])
+    worker.command(phrase)
+    while not done:  # the first answer (LLM) is not part of the measurement
+        time.sleep(0.01)
+    start, offered, n0 = time.monotonic(), 0, len(done)
+    stop = threading.Event()
+    while time.monotonic() - start < seconds and not stop.is_set():
+        worker.add_frame(offered, frames[offered % len(frames)])
+        offered += 1
+        time.sleep(max(0.0, start + offered / rate - time.monotonic()))
+    elapsed = time.monotonic() - start
+    results = len(done) - n0
+    worker.stop()
+    return offered / elapsed, results / elapsed
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def quality(pipe, seeds: int, n_frames: int) -> dict[str, float]:
+    """Tracked vs per-frame single-command mean IoU on the target, and id switches."""
+    tracked, single, switches, frames = [], [], 0, 0
+    for kind in SEQUENCE_KINDS:
+        for seed in range(seeds):
+            seq = make_sequence(kind, seed=seed, frames=n_frames, height=HEIGHT, width=WIDTH)
+            clock = FakeClock()
+            tracker = Tracker(pipe, TrackSettings(), clock=clock)
+            tracker.start(seq.phrase)
+            last_id = None
+            for f in seq.frames:
+                clock.now = f.index * 0.1
+                truth = f.mask(seq.target)
+                result = tracker.step(f.image, frame_key=(kind, seed, f.index))
+                ious = [mask_iou(m, truth) for m in result.masks]
+                best = int(np.argmax(ious)) if ious else -1
+                if best >= 0 and ious[best] > 0.5:
+                    if last_id is not None and result.ids[best] != last_id:
+                        switches += 1
+                    last_id = result.ids[best]
+                frames += 1
+                if not truth.any():
+                    continue
+                tracked.append(max(ious, default=0.0))
+                answer = pipe.run(f.image, seq.phrase, frame_key=(kind, seed, f.index))
+                single.append(max((mask_iou(m, truth) for m in answer.masks), default=0.0))
+    return {'tracked_iou': float(np.mean(tracked)), 'single_iou': float(np.mean(single)),
+            'switches_per_100': 100.0 * switches / frames, 'frames': frames}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--seeds', type=int, default=3)
+    parser.add_argument('--frames', type=int, default=20)
+    parser.add_argument('--seconds', type=float, default=8.0)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    pipe = open_pipeline(PipelineConfig(model='segcap-tiny'))
+    seq = make_sequence('pan', seed=0, frames=24, height=HEIGHT, width=WIDTH)
+    frames = [f.image for f in seq.frames]
+    pipe.run(frames[0], seq.phrase)  # warm-up: LLM kernels, allocator
+    print(f'segcap-tiny, torch backend, {WIDTH}x{HEIGHT} frames, '
+          f'{torch.get_num_threads()} threads')
+    ms = latencies(pipe, frames, seq.phrase)
+    print(f'latency (median ms): vision {ms["vision"]:.0f}, tracking step '
+          f'{ms["tracking"]:.0f}, panoptic {ms["panoptic"]:.0f}')
+    print(f'tracking / vision latency: {ms["tracking"] / ms["vision"]:.2f} (goal <= 1.3)')
+    print(f'panoptic / vision latency: {ms["panoptic"] / ms["vision"]:.2f} (goal <= 1.2)')
+    for rate in (10.0, 30.0):
+        offered, results = throughput(pipe, frames, seq.phrase, rate, args.seconds)
+        print(f'{rate:.0f} Hz offered ({offered:.1f} frames/s): {results:.1f} tracking '
+              f'results/s = {results / offered:.2f} of the frames')
+    q = quality(pipe, args.seeds, args.frames)
+    print(f'target mask mean IoU over {q["frames"]} sequence frames: tracked '
+          f'{q["tracked_iou"]:.3f}, per-frame command {q["single_iou"]:.3f}, ratio '
+          f'{q["tracked_iou"] / max(q["single_iou"], 1e-9):.2f} (goal >= 0.9)')
+    print(f'id switches per 100 frames: {q["switches_per_100"]:.2f} (goal <= 1)')
+
+
+if __name__ == '__main__':
+    main()
