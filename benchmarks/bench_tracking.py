@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import threading
 import time
 
 import numpy as np
@@ -56,17 +55,21 @@ def latencies(pipe, frames: list[np.ndarray], phrase: str) -> dict[str, float]:
 
 
 def throughput(pipe, frames: list[np.ndarray], phrase: str, rate: float, seconds: float
-               ) -> tuple[float, float]:
-    """(frames offered per s, tracking results per s) through the Worker in real time."""
+               ) -> tuple[float, float, int, int]:
+    """(frames offered per s, tracking results per s, results, re-grounds among them) through
+    the Worker in real
+    time; the frames play back and forth (no jump at the end)."""
     tracker = Tracker(pipe, TrackSettings(reground_s=0))
-    done: list[float] = []
+    done: list[bool] = []
+    order = list(range(len(frames))) + list(range(len(frames) - 2, 0, -1))
 
     def process(req):
         if not req.continuous:
             tracker.start(req.command)
-        return tracker.step(req.frame.msg, frame_key=req.frame.key), None
+        return tracker.step(req.frame.msg, frame_key=(rate, req.frame.key)), None
 
-    worker = Worker(process=process, publish=lambda req, result, extra: done.append(1),
+    worker = Worker(process=process,
+                    publish=lambda req, result, extra: done.append(result.regrounded),
                     publish_status=lambda req, status: None, frame_buffer=2, queue_size=1)
     worker.continuous, worker.continuous_rate = True, rate
     worker.start()
@@ -75,15 +78,14 @@ def throughput(pipe, frames: list[np.ndarray], phrase: str, rate: float, seconds
     while not done:  # the first answer (LLM) is not part of the measurement
         time.sleep(0.01)
     start, offered, n0 = time.monotonic(), 0, len(done)
-    stop = threading.Event()
-    while time.monotonic() - start < seconds and not stop.is_set():
-        worker.add_frame(offered, frames[offered % len(frames)])
+    while time.monotonic() - start < seconds:
+        worker.add_frame(offered, frames[order[offered % len(order)]])
         offered += 1
         time.sleep(max(0.0, start + offered / rate - time.monotonic()))
     elapsed = time.monotonic() - start
     results = len(done) - n0
     worker.stop()
-    return offered / elapsed, results / elapsed
+    return offered / elapsed, results / elapsed, results, sum(done[n0:n0 + results])
 
 
 class FakeClock:
@@ -143,9 +145,11 @@ def main() -> None:
     print(f'tracking / vision latency: {ms["tracking"] / ms["vision"]:.2f} (goal <= 1.3)')
     print(f'panoptic / vision latency: {ms["panoptic"] / ms["vision"]:.2f} (goal <= 1.2)')
     for rate in (10.0, 30.0):
-        offered, results = throughput(pipe, frames, seq.phrase, rate, args.seconds)
-        print(f'{rate:.0f} Hz offered ({offered:.1f} frames/s): {results:.1f} tracking '
-              f'results/s = {results / offered:.2f} of the frames')
+        offered, per_s, n, regrounds = throughput(pipe, frames, seq.phrase, rate,
+                                                  args.seconds)
+        print(f'{rate:.0f} Hz offered ({offered:.1f} frames/s): {per_s:.1f} tracking '
+              f'results/s = {per_s / offered:.2f} of the frames ({regrounds} of {n} '
+              f're-grounded by the LLM)')
     q = quality(pipe, args.seeds, args.frames)
     print(f'target mask mean IoU over {q["frames"]} sequence frames: tracked '
           f'{q["tracked_iou"]:.3f}, per-frame command {q["single_iou"]:.3f}, ratio '

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ros_segcap.core.pipeline import mask_iou
-from ros_segcap.core.tracker import Tracker, TrackSettings, track_command
+from ros_segcap.core.tracker import Tracker, TrackSettings, match_score, track_command
 from ros_segcap.models.segcap.weights import SHIPPED_DIR
 from ros_segcap.world.sequence import HAND_ID, make_sequence
 
@@ -51,6 +51,19 @@ def test_track_command_prefix():
     assert track_command('track ') is None
     assert track_command('the track of the red cup') is None
     assert track_command('keep segmenting the red cup') is None
+
+
+def test_match_score_follows_motion_up_to_the_object_size():
+    old = np.zeros((100, 200), bool)
+    old[40:60, 50:70] = True  # a 20 x 20 square, box diagonal 28 px
+    moved = np.roll(old, 15, axis=1)  # 15 px to the right: IoU 5/35 without motion
+    assert match_score(moved, old) == 1.0
+    far = np.roll(old, 100, axis=1)  # the same shape far away: another object
+    assert match_score(far, old) == 0.0
+    other = np.zeros_like(old)
+    other[48:53, 20:100] = True  # a different shape (a thin bar) at the same place
+    assert 0.0 < match_score(other, old) < 0.3
+    assert match_score(np.zeros_like(old), old) == 0.0
 
 
 def test_sequences_have_exact_identities():

@@ -4,16 +4,19 @@ The first frame is answered by the full pipeline; the hidden state of each [SEG]
 kept. On each later frame those states are decoded against the new frame's features
 (Pipeline.refind: for seg_pointer models the state's pointer scores over the new frame's
 object tokens, else the [SEG] query through the mask decoder) and each mask is matched to
-the object's previous mask by IoU: the match score. The LLM answers again (re-grounding) when
-a match is weak (IoU < min_match, or an empty mask), every `reground_s` seconds, and every
-`retry_lost_s` while an object is lost. After a re-ground, each object takes the new mask
-with its phrase (the most overlapping one if several) or else one that overlaps it by
->= min_match, and keeps its id; an object the answer no longer names is reported lost
-(empty mask, match score 0) until a later re-ground finds it. Knows nothing of ROS.
+the object's previous mask: the match score (their IoU, or the IoU after moving the old mask
+onto the new one's centroid if it moved at most its own size, whichever is higher). The LLM
+answers again (re-grounding) when a match is weak (score < min_match, or an empty mask),
+every `reground_s` seconds, and every `retry_lost_s` while an object is lost. After a
+re-ground, each object takes the new mask with its phrase (the most overlapping one if
+several) or else one that overlaps it by >= min_match, and keeps its id; an object the
+answer no longer names is reported lost (empty mask, match score 0) until a later re-ground
+finds it. Knows nothing of ROS.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import math
 import time
 from typing import Callable, Hashable, Optional
 
@@ -34,6 +37,31 @@ def track_command(text: str) -> Optional[str]:
         if low.startswith(prefix) and low[len(prefix):].strip():
             return text.lstrip()[len(prefix):].strip()
     return None
+
+
+def match_score(new: np.ndarray, old: np.ndarray) -> float:
+    """How well a re-found mask continues the old one: their IoU, or the IoU once the old
+    mask is moved onto the new one's centroid (the same shape after camera or object motion)
+    if that move is at most the old mask's box diagonal, whichever is higher; 0 for an empty
+    mask."""
+    if not new.any() or not old.any():
+        return 0.0
+    (ny, nx), (oy, ox) = (np.argwhere(m).mean(0) for m in (new, old))
+    x1, y1, x2, y2 = mask_box(old)
+    if math.hypot(ny - oy, nx - ox) > math.hypot(x2 - x1 + 1, y2 - y1 + 1):
+        return mask_iou(new, old)  # moved further than its own size: another object
+    return max(mask_iou(new, old), mask_iou(new, shifted(old, round(ny - oy), round(nx - ox))))
+
+
+def shifted(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """The mask moved by (dy, dx) pixels; what leaves the image is dropped."""
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        mask[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
 
 
 @dataclass(frozen=True)
@@ -104,8 +132,7 @@ class Tracker:
                                      timing) if live else []
         threshold = self.pipeline.settings.mask_threshold
         masks = {t.id: p > threshold for t, p in zip(live, probs)}
-        scores = {t.id: mask_iou(masks[t.id], t.mask) if masks[t.id].any() else 0.0
-                  for t in live}
+        scores = {t.id: match_score(masks[t.id], t.mask) for t in live}
         if any(s < max(self.settings.min_match, 1e-6) for s in scores.values()):
             return self._ground(image, frame_key, timing, on_text)
         for t in live:

@@ -13,7 +13,8 @@ All names are relative to the node's namespace and remappable:
               segcap/prompt      ros_segcap_msgs/VisualPrompt: held, or run at once with text
   publishes   segcap/result      ros_segcap_msgs/SegCapResult (segcap/result_json, a JSON
                                  std_msgs/String, when ros_segcap_msgs is not built)
-              segcap/mask        mono8 labels, 0 = background, i + 1 = mask i
+              segcap/mask        mono8 labels, 0 = background, i + 1 = mask i (panoptic
+                                 and tracking results: each object's id)
               segcap/overlay     rgb8 overlay (publish_overlay)
               segcap/caption     std_msgs/String, the answer
               /diagnostics       rates, per-stage latency, queue depth, dropped commands

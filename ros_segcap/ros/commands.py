@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from ros_segcap.cli import add_option_flags
+from ros_segcap.ros.demo_track import add_track_arguments
 
 DEFAULT_COMMAND = 'segment the red cup'
 DEMO_SEED = 2_000_009  # a test-split tabletop scene (never trained on) with one red cup
@@ -71,6 +72,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                              'on 127.0.0.1 and stay up until Ctrl-C')
     parser.add_argument('--port', type=int, default=8765,
                         help='websocket port for --serve (default: 8765; 0 = any free port)')
+    add_track_arguments(parser)
 
 
 def add_record_arguments(parser: argparse.ArgumentParser) -> None:

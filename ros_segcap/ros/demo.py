@@ -28,6 +28,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
+from ros_segcap.ros import demo_track
 from ros_segcap.ros.commands import add_demo_arguments
 from ros_segcap.ros.processes import (Child, DemoError, check_children, ros_environment,
                                       start_child, stop_children)
@@ -232,10 +233,15 @@ def _demo(client: DemoClient, children: list[Child], args: argparse.Namespace) -
     print(f'waiting for camera frames and segcap_node (model {args.model!r}, '
           f'backend {args.backend!r}) ...', flush=True)
     wait_ready(client, children, args)
+    log = demo_track.TrackLog(client, lambda: client.command) if args.track else None
     print(f'node ready; sending {args.command!r}', flush=True)
     client.send(args.command)
     wait_result(client, children, args)
     report(client, args)
+    if log is not None:  # follow the target for a while, then say how it went
+        spin_until(client, children, lambda: len(log.items) >= demo_track.TRACK_RESULTS,
+                   args.timeout)
+        demo_track.report(log)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -243,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
     use_large_frame_transport()  # here and in the children, unless the user chose one
     args.out = Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.track:
+        demo_track.prepare(args)
     env = ros_environment()
     os.environ.update({k: env[k] for k in env if k.startswith(('ROS_', 'FAST'))})
     children: list[Child] = []
