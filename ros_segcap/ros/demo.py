@@ -59,6 +59,8 @@ def node_command(args: argparse.Namespace) -> list[str]:
     for name, value in (('model', args.model), ('backend', args.backend),
                         ('publish_overlay', 'true'), ('autostart', 'true')):
         cmd += ['-p', f'{name}:={value}']
+    if getattr(args, 'track', None):  # follow every frame the node can take
+        cmd += ['-p', f'continuous_rate:={demo_track.TRACK_RATE!r}']
     return cmd
 
 

@@ -2,7 +2,8 @@
 
 The sequence's frames are written to <out>/sequence/ (forward, then back, so the loop has no
 jump) and the demo's camera plays them; the command is 'track <the target's phrase>', so
-segcap_node answers once with the LLM and then follows the target on every frame it takes.
+segcap_node answers once with the LLM and then follows the target on every frame it takes
+(continuous_rate TRACK_RATE).
 After the first answer the demo collects TRACK_RESULTS results and prints one line each:
 frame stamp, ids, match scores and whether the LLM answered again.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 TRACK_RESULTS = 10
 TRACK_FRAMES = 24
+TRACK_RATE = 30.0  # the node's continuous_rate: as many frames as it can take
 
 
 @dataclass(frozen=True)
