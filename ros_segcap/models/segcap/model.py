@@ -16,10 +16,11 @@ from ros_segcap.core.preprocess import PromptQueries, point_queries
 from ros_segcap.core.protocol import Engine
 
 from .backbone import pixel_shuffle_tokens
-from .config import MARK_TOKEN, REGION_TOKEN, STUFF_NAMES, SegCapConfig
+from .config import MARK_TOKEN, REGION_TOKEN, SegCapConfig
 from .decoder import PROMPT_KIND_IDS, OMGDecoder
 from .encoder import PixelDecoder, build_backbone, normalize_image
 from .llm import Generation, LanguageModel, build_language_model, load_tokenizer
+from .panoptic import frame_objects
 from .prior import foreground_queries, mask_pool, perception_prior, query_scores
 from .projectors import PLACE_WORDS, Projectors
 from .proposals import OUTSIDE, cell_points, component_at, new_masks, peak_cells
@@ -337,13 +338,7 @@ class SegCapModel(nn.Module):
 
     def panoptic(self, frame: FrameFeatures) -> FrameObjects:
         """The frame's kept queries (its object tokens) whose best class is not void."""
-        keep = self.kept_queries(frame)
-        probs = frame.class_logits[0, keep].float().softmax(-1)
-        real = probs.argmax(-1) < probs.shape[-1] - 1
-        keep, (scores, classes) = keep[real], probs[real, :-1].max(-1)
-        names = tuple(self.config.class_names)
-        stuff = torch.tensor([names[c] in STUFF_NAMES for c in classes.tolist()], dtype=torch.bool)
-        return FrameObjects(classes, names, scores, stuff, frame.mask_logits[0, keep])
+        return frame_objects(self.kept_queries(frame), frame, self.config.class_names)
 
     def warm_up(self) -> None:
         """Build the LLM's lean decoder now (a node calls this at configure)."""
