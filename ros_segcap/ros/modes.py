@@ -5,26 +5,31 @@
   core Tracker (the LLM answers once, later frames re-find the objects; a new command
   replaces the tracked set);
 - otherwise, and for commands with a visual prompt: Pipeline.run.
+The core is imported when first used, so importing the node stays free of torch.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-import numpy as np
-
-from ros_segcap.core.tracker import Tracker, TrackSettings, track_command
-from ros_segcap.core.types import SegCapResult, VisualPrompt
 from ros_segcap.worker import Request
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ros_segcap.core.tracker import TrackSettings
+    from ros_segcap.core.types import SegCapResult, VisualPrompt
 
 
 def track_settings(config: Any) -> TrackSettings:
     """The tracker's settings from the node config."""
+    from ros_segcap.core.tracker import TrackSettings
     return TrackSettings(min_match=config.track_min_match,
                          reground_s=config.track_reground_s)
 
 
 def is_tracked(command: str) -> bool:
     """Tell whether a command is a 'track ...' command (re-run without continuous mode)."""
+    from ros_segcap.core.tracker import track_command
     return track_command(command) is not None
 
 
@@ -32,6 +37,7 @@ class Modes:
     """Dispatch requests to Pipeline.run, the Tracker or Pipeline.panoptic."""
 
     def __init__(self, pipeline: Any, config: Any) -> None:
+        from ros_segcap.core.tracker import Tracker
         self.pipeline = pipeline
         self.tracker = Tracker(pipeline, track_settings(config))
         self.continuous = bool(config.continuous)
@@ -44,6 +50,7 @@ class Modes:
     def run(self, req: Request, rgb: np.ndarray, prompt: Optional[VisualPrompt],
             on_text: Callable[[str], bool], on_mask: Any) -> SegCapResult:
         """Answer one request on its frame (the frame key names its encoder outputs)."""
+        from ros_segcap.core.tracker import track_command
         key = req.frame.key
         if req.kind == 'panoptic':
             return self.pipeline.panoptic(rgb, frame_key=key)
