@@ -31,28 +31,40 @@ pytestmark = [pytest.mark.ros, pytest.mark.skipif(
 STARTUP_S = 180.0
 FIRST = 5000
 SEQ = make_sequence('pan', seed=0, frames=12)
-ORDER = list(range(len(SEQ))) + list(range(len(SEQ) - 2, 0, -1))  # there and back, looped
+LEAVE = make_sequence('leave', seed=0, frames=16)
+
+
+def there_and_back(n: int) -> list[int]:
+    return list(range(n)) + list(range(n - 2, 0, -1))
 
 
 class SequenceCamera:
-    """Publish SEQ's frames at `rate` Hz, back and forth; frame i has stamp FIRST + i."""
+    """Publish a sequence's frames at `rate` Hz, back and forth; the n-th frame published
+    has stamp FIRST + n. `play` switches to another sequence."""
 
     def __init__(self, publisher, rate: float = 10.0) -> None:
         self._publisher, self._period = publisher, 1.0 / rate
         self.published = 0
+        self.sent: dict[int, object] = {}  # stamp -> the sequence frame published with it
+        self.play(SEQ)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    @staticmethod
-    def frame(stamp: int):
+    def play(self, seq) -> None:
+        self._seq, self._order, self._start = seq, there_and_back(len(seq)), self.published
+
+    def frame(self, stamp: int):
         """The sequence frame that was published with `stamp`."""
-        return SEQ.frames[ORDER[(stamp - FIRST) % len(ORDER)]]
+        return self.sent[stamp]
 
     def _run(self) -> None:
         next_time = time.monotonic()
         while not self._stop.is_set():
             stamp = FIRST + self.published
-            msg = convert.numpy_to_image(self.frame(stamp).image, 'rgb8')
+            order = self._order
+            frame = self._seq.frames[order[(self.published - self._start) % len(order)]]
+            self.sent[stamp] = frame
+            msg = convert.numpy_to_image(frame.image, 'rgb8')
             msg.header.stamp.sec, msg.header.frame_id = stamp, 'world'
             self._publisher.publish(msg)
             self.published += 1
@@ -88,11 +100,16 @@ def ros(tmp_path_factory):
                     STARTUP_S, 'segcap_node to start', node)
         with SequenceCamera(ros.image) as camera:
             ru.wait_for(lambda: camera.published > 5, 10.0, 'the sequence camera to run')
+            CAMERA.append(camera)
             yield ros
+            CAMERA.clear()
     finally:
         side.close()
         code = node.stop()
     assert code == 0, node.explain(f'segcap_node exited with {code} on SIGINT')
+
+
+CAMERA: list[SequenceCamera] = []  # the module's running camera
 
 
 def of(ros, command: str) -> list:
@@ -111,7 +128,7 @@ def test_track_command_keeps_the_id_over_the_sequence(ros):
     stamps = [r.header.stamp.sec for r in results]
     assert len(set(stamps)) == len(stamps), f'a frame was processed twice: {stamps}'
     for r in results:  # each mask against the truth of the frame its header names
-        frame = SequenceCamera.frame(r.header.stamp.sec)
+        frame = CAMERA[0].frame(r.header.stamp.sec)
         mask = convert.image_to_mask(r.masks[0], *frame.image.shape[:2])
         iou = mask_iou(mask, frame.mask(SEQ.target))
         assert iou > 0.7, f'frame {r.header.stamp.sec}: IoU {iou:.2f} with the truth'
@@ -132,6 +149,38 @@ def test_a_new_command_replaces_the_tracked_set(ros):
     first = of(ros, command)[0]
     assert first.regrounded and SEQ.phrase not in list(first.phrases)
     assert 1 not in list(first.ids), 'the old ids must not carry over'
+
+
+def test_a_target_that_leaves_the_view_is_reported_lost(ros):
+    """While the tracked object is out of view its result has an empty mask and a zero
+    match score (nothing invented), and it keeps its id when it comes back."""
+    camera = CAMERA[0]
+    camera.play(LEAVE)  # its first 4 frames show the target (0.4 s at 10 Hz)
+    start = FIRST + camera.published
+    time.sleep(0.15)
+    command = f'track {LEAVE.phrase}'
+    ros.command.publish(String(data=command))
+
+    def mine() -> list:  # this command's results on LEAVE's frames
+        return [r for r in of(ros, command) if r.header.stamp.sec >= start]
+
+    def absent(r) -> bool:
+        return not camera.frame(r.header.stamp.sec).mask(LEAVE.target).any()
+
+    def lost(r) -> bool:  # reported as tracked (with an id) on a frame without the target
+        return absent(r) and len(r.ids) == 1
+    ru.wait_for(lambda: sum(map(lost, mine())) >= 2 and
+                sum(not absent(r) for r in mine()) >= 2, 60.0,
+                'results with the target in view and after it left', ros.node)
+    results = mine()
+    assert all(r.status == 'ok' for r in results), [r.status for r in results]
+    ids = {tuple(r.ids) for r in results} - {()}
+    assert len(ids) == 1 and len(next(iter(ids))) == 1, f'the id must not change: {ids}'
+    for r in filter(absent, results):  # nothing invented while it is out of view
+        assert all(not convert.image_to_mask(m, 240, 320).any() for m in r.masks), \
+            f'frame {r.header.stamp.sec}: a mask for a target out of view'
+        assert all(score == 0.0 for score in r.match_scores)
+    camera.play(SEQ)
 
 
 def test_panoptic_mode_publishes_one_result_per_frame(ros):
