@@ -129,9 +129,9 @@ def main() -> int:
     torch.manual_seed(0)
     embeds = torch.randn(1, 120, pipe.model.config.llm_hidden) * 0.02
     paths = args.paths.split(',')
-    # This VM's bandwidth drifts by tens of percent within minutes, so every round measures
-    # the bandwidth, each path and llama.cpp back to back; ratios are per round, then the
-    # median over rounds is reported.
+    # Memory bandwidth on a shared host drifts by tens of percent within minutes, so every
+    # round measures the bandwidth, each path and llama.cpp back to back; ratios are per
+    # round, then the median over rounds is reported.
     ms = {p: [] for p in paths}
     floor_ratio = {p: [] for p in paths}
     llama_ratio = {p: [] for p in paths}

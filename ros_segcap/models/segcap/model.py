@@ -378,7 +378,7 @@ def build_model(config: SegCapConfig, *, pretrained: bool = True,
 def build_meta_model(config: SegCapConfig) -> SegCapModel:
     """The architecture of `config` on the meta device: shapes only, no weights.
 
-    For configs too large for this machine (omg-llava-7b): parameters take no memory and
+    For sizes registered as meta-only (use='meta'): parameters take no memory and
     forward passes on meta tensors propagate shapes. Only the tokenizer is read from disk.
     """
     tokenizer = load_tokenizer(config)
