@@ -172,7 +172,7 @@ def run_ours(args: argparse.Namespace, image: Any) -> dict:
     import torch
 
     from ros_segcap.core.preprocess import InputGeometry, letterbox
-    from ros_segcap.models.omg_llava.engine import TorchEngine
+    from ros_segcap.core.torch_engine import TorchEngine
     from ros_segcap.models.omg_llava.family import load_directory
     from ros_segcap.models.omg_llava.prior import perception_prior
 

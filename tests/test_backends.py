@@ -165,7 +165,7 @@ def test_pipeline_same_answers_and_masks(tiny_model, engines_dir, force_answer):
 
 def test_auto_says_which_backend_and_why(tiny_model, engines_dir, tmp_path, caplog):
     from ros_segcap.backends.select import open_engine
-    from ros_segcap.models.segcap.engine import TorchEngine
+    from ros_segcap.core.torch_engine import TorchEngine
 
     def open_engines(model, backend, directory):
         return open_engine(model, backend, directory=directory,
@@ -308,7 +308,7 @@ def test_any_open_error_is_one_line_and_auto_moves_on(tiny_model, engines_dir, m
     backend and a reason to fall back for auto."""
     from ros_segcap.backends import onnx_backend, select
     from ros_segcap.backends.base import EngineError
-    from ros_segcap.models.segcap.engine import TorchEngine
+    from ros_segcap.core.torch_engine import TorchEngine
 
     def unreadable(*args, **kwargs):
         raise OSError('Input/output error\nsecond line')

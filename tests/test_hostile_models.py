@@ -194,7 +194,7 @@ def engines(tiny_model) -> Path:
 def test_hostile_engines(tiny_model, engines: Path, tmp_path: Path, damage,
                          message: str) -> None:
     from ros_segcap.backends.select import open_engine
-    from ros_segcap.models.segcap.engine import TorchEngine
+    from ros_segcap.core.torch_engine import TorchEngine
 
     d = copy_engines(engines, tmp_path / 'engines')
     damage(d)

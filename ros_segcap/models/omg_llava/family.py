@@ -18,10 +18,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ros_segcap.core.torch_engine import TorchEngine
 from ros_segcap.models import Family
 
 from .config import OFFICIAL, OMGLlavaConfig, TINY
-from .engine import TorchEngine
 from .model import build_llm, build_meta, OMGLlavaModel
 from .template import chat_prompt
 from .tokenizer import load_tokenizer

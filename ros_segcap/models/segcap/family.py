@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 
+from ros_segcap.core.torch_engine import TorchEngine
 from ros_segcap.core.tokens import IMAGE_TOKEN
 from ros_segcap.models import Family
 
 from .config import check_loadable, DEFAULT_DECODE_PATH, get_config, model_names, SegCapConfig
-from .engine import TorchEngine
 from .llm import load_tokenizer
 from .model import build_meta_model, build_model, SegCapModel
 from .weights import load_model, weights_warning
