@@ -9,6 +9,7 @@ from pathlib import Path
 import sys
 from typing import Optional, Sequence
 
+from ros_segcap.core.files import one_line
 from ros_segcap.core.options import check, describe, in_scope, option, pipeline_values
 
 # Subcommand modules; each has register(subparsers). Missing ones are skipped quietly so the
@@ -276,7 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f'segcap {args.command}: error: {one_line(exc)}', file=sys.stderr)
+        print(f'segcap {args.command}: error: {one_line(exc, limit=1000)}', file=sys.stderr)
         return 2
     except MemoryError:
         print(f'segcap {args.command}: error: out of memory (a smaller image or model, or '
@@ -284,12 +285,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-def one_line(exc: BaseException) -> str:
-    """The first non-empty line of an error message (with the count of lines left out)."""
-    lines = [ln.strip() for ln in str(exc).strip('"').splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 if __name__ == '__main__':

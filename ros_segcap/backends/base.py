@@ -15,12 +15,6 @@ class EngineError(ValueError):
     """Engines are missing, stale or do not fit; the message says how to rebuild them."""
 
 
-def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message, at most 200 characters."""
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return text if len(text) <= 200 else text[:197] + '...'
-
-
 class Backend(Protocol):
     """Runs one graph of the spec (vision or seg)."""
 

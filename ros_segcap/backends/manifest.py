@@ -18,16 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import hashlib
 import json
-import os
 from pathlib import Path
-import secrets
 from typing import Any, Optional
 
 import torch
 
+from ros_segcap.core.files import atomic_write, read_json_object
 from ros_segcap.core.spec import SPEC_VERSION
 
-from .base import one_line
 
 MANIFEST_FILE = 'manifest.json'
 FORMAT = 1
@@ -85,12 +83,7 @@ def read_manifest(engines_dir: Path) -> dict[str, Any]:
 def _parse(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {'format': FORMAT, 'models': {}}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f'not readable JSON ({one_line(exc)})') from None
-    if not isinstance(data, dict):
-        raise ValueError(f'must hold a JSON object, not a {type(data).__name__}')
+    data = read_json_object(path)
     if data.get('format') != FORMAT:
         raise ValueError(f'manifest format {data.get("format")!r}, this version reads {FORMAT}')
     if not isinstance(data.get('models'), dict):
@@ -140,16 +133,7 @@ def write_entry(engines_dir: Path, name: str, entry: dict[str, Any]) -> Path:
     data = read_manifest(engines_dir)
     data['models'][name] = entry
     path = engines_dir / MANIFEST_FILE
-    tmp = engines_dir / f'.manifest.{secrets.token_hex(4)}'
-    # os.open with 0o666 leaves the umask's mode (0644 under umask 022), so a node running
-    # as another user can read the manifest; mkstemp would give 0600.
-    try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), 'w') as f:
-            f.write(json.dumps(data, indent=2) + '\n')
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda f: Path(f).write_text(json.dumps(data, indent=2) + '\n'))
     return path
 
 

@@ -11,7 +11,9 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .base import EngineError, one_line
+from ros_segcap.core.files import one_line
+
+from .base import EngineError
 from ros_segcap.core.spec import GraphSpec
 
 PREFERRED_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider',

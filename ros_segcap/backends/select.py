@@ -18,7 +18,9 @@ import torch
 
 from ros_segcap.core.protocol import Engine
 
-from .base import BACKEND_NAMES, EngineError, Engines, one_line
+from ros_segcap.core.files import one_line
+
+from .base import BACKEND_NAMES, EngineError, Engines
 from .engine import ArrayEngine
 from .manifest import check_engines, export_command, weights_hash
 from ros_segcap.core.spec import graph_specs

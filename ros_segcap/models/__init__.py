@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import importlib
-import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
+
+from ros_segcap.core.files import read_json_object
 
 # family name -> module whose FAMILY attribute is its Family (imported on first use)
 FAMILIES = {'segcap': 'ros_segcap.models.segcap.family',
@@ -53,11 +54,9 @@ def family_of(name_or_dir: str) -> Family:
     config = path / 'config.json'
     if config.is_file():
         try:
-            info = json.loads(config.read_text())
-        except (OSError, ValueError) as exc:
-            raise ValueError(f'{config} is not readable JSON: {exc}') from None
-        if not isinstance(info, dict):
-            raise ValueError(f'{config} must hold a JSON object')
+            info = read_json_object(config)
+        except ValueError as exc:
+            raise ValueError(f'{config} {exc}') from None
         return family(info.get('family', DEFAULT_FAMILY))
     for name in FAMILIES:
         if name_or_dir in family(name).names():

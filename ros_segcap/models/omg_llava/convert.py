@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
+from ros_segcap.core.files import atomic_write
+
 from .config import OFFICIAL, OMGLlavaConfig
 from .family import FORMAT, INDEX_FILE
 from .llm_convert import _layer_plan, _sizes, merge_lora, peft_key, split_wqkv
@@ -263,7 +265,8 @@ class ShardWriter:
         if not self.part:
             return
         name = f'model-{len(self.files) + 1:05d}.safetensors'
-        save_file(self.part, str(self.out / name), metadata={'format': 'pt'})
+        part = self.part
+        atomic_write(self.out / name, lambda f: save_file(part, f, metadata={'format': 'pt'}))
         self.files.append(name)
         self.weight_map.update({k: name for k in self.part})
         self.part, self.size = {}, 0

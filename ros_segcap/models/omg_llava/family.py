@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ros_segcap.core.files import read_json_object
 from ros_segcap.core.torch_engine import TorchEngine
 from ros_segcap.models import Family
 
@@ -40,10 +41,10 @@ def read_info(directory: Path) -> dict[str, Any]:
     """config.json of a converted directory; ValueError when it is not an omg_llava one."""
     path = directory / 'config.json'
     try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f'{path} is not readable JSON: {exc}') from None
-    if not isinstance(info, dict) or info.get('family') != 'omg_llava' or \
+        info = read_json_object(path)
+    except ValueError as exc:
+        raise ValueError(f'{path} {exc}') from None
+    if info.get('family') != 'omg_llava' or \
             info.get('format') != FORMAT or not isinstance(info.get('config'), dict):
         raise ValueError(f'{path} is not an omg_llava model directory of format {FORMAT}; '
                          'make one with `segcap convert omg-llava`')

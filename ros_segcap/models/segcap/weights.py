@@ -19,11 +19,11 @@ import json
 import os
 from pathlib import Path
 import pickle
-import secrets
-import stat
 from typing import Any, Optional
 
 import torch
+
+from ros_segcap.core.files import atomic_write, one_line, read_json_object
 
 from .config import check_loadable, get_config, model_use, SegCapConfig
 from .model import SegCapModel
@@ -85,39 +85,10 @@ def save_model(model: SegCapModel, path: str | Path, *, dtype: Optional[torch.dt
     info = {'format': FORMAT_VERSION, 'config': model.config.to_dict(),
             'trained': bool(model.trained), 'full': is_full(model.config) if full is None
             else full, 'lora': getattr(model, 'lora_info', None), **(meta or {})}
-    _atomic_write(path / WEIGHTS_FILE, lambda f: save_file(tensors, f))
-    _atomic_write(path / CONFIG_FILE,
-                  lambda f: Path(f).write_text(json.dumps(info, indent=2) + '\n'))
+    atomic_write(path / WEIGHTS_FILE, lambda f: save_file(tensors, f))
+    atomic_write(path / CONFIG_FILE,
+                 lambda f: Path(f).write_text(json.dumps(info, indent=2) + '\n'))
     return path
-
-
-def _atomic_write(target: Path, write) -> None:
-    """write(tmp_path) then rename over target. The file gets the umask's mode (0644 under
-    umask 022), not 0600 (mkstemp, safetensors), so a node running as another user can read
-    it."""
-    tmp = _new_file(target)
-    mode = stat.S_IMODE(tmp.stat().st_mode)  # what os.open(0o666) got from the umask
-    try:
-        write(str(tmp))
-        os.chmod(tmp, mode)
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _new_file(target: Path) -> Path:
-    """A new empty file next to target, created with mode 0666 minus the umask."""
-    for _ in range(100):
-        tmp = target.parent / f'.{target.name}.{secrets.token_hex(4)}'
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f'cannot create a temporary file next to {target}')
 
 
 def resolve_model_dir(name_or_dir: str) -> Optional[Path]:
@@ -164,10 +135,11 @@ def weights_warning(name_or_dir: str) -> Optional[str]:
 
 def _line(exc: BaseException) -> str:
     """One line of an exception's message (the first, or the unpickler's own reason)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-    text = next((ln for ln in lines if ln.startswith('WeightsUnpickler error:')), lines[0])
-    text = text.split('. Please use')[0]  # torch's advice to allowlist the class: not ours
-    return text if len(text) <= 200 else text[:197] + '...'
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = next((ln for ln in lines if ln.startswith('WeightsUnpickler error:')), None)
+    if text is None:
+        return one_line(exc)
+    return one_line(ValueError(text.split('. Please use')[0]))  # not torch's allowlist advice
 
 
 def read_info(path: Path) -> dict[str, Any]:
@@ -176,11 +148,9 @@ def read_info(path: Path) -> dict[str, Any]:
     if not file.is_file():
         raise FileNotFoundError(f'{path} has no {CONFIG_FILE}: not a model directory')
     try:
-        info = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f'{file} is not readable JSON ({_line(exc)})') from None
-    if not isinstance(info, dict):
-        raise ValueError(f'{file} must hold a JSON object, not a {type(info).__name__}')
+        info = read_json_object(file)
+    except ValueError as exc:
+        raise ValueError(f'{file} {exc}') from None
     if info.get('format', FORMAT_VERSION) != FORMAT_VERSION:
         raise ValueError(f'{file} has format {info["format"]!r}; this version reads '
                          f'{FORMAT_VERSION}')
