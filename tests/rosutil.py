@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -43,6 +44,24 @@ try:
     HAVE_RCLPY, WHY_NO_RCLPY = True, ''
 except ImportError as exc:  # pragma: no cover - depends on the environment
     HAVE_RCLPY, WHY_NO_RCLPY = False, f'rclpy is not importable: {exc}'
+
+
+def built_interfaces() -> Any:
+    """The generated ros_segcap_msgs classes; skips the calling test when they are not built."""
+    import pytest
+
+    from ros_segcap.ros.messages import load_interfaces
+    it, why = load_interfaces()
+    if it is None:
+        pytest.skip(f'ros_segcap_msgs is not built ({why}): run scripts/build_msgs.py')
+    return it
+
+
+def start_node(workdir: Path, prefix: str, params: dict[str, Any], **kwargs: Any
+               ) -> tuple['NodeProcess', 'TestSide']:
+    """segcap_node in a fresh domain and namespace '/<prefix>_<random>', and the test side."""
+    domain, ns = unique_domain(), f'/{prefix}_{uuid.uuid4().hex[:8]}'
+    return NodeProcess(workdir, domain, ns, params, **kwargs), TestSide(domain, ns)
 
 
 def unique_domain() -> int:

@@ -22,7 +22,7 @@ from rclpy.serialization import deserialize_message  # noqa: E402
 from rosbags.rosbag2 import Reader  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from ros_segcap.ros.demo import ros_environment  # noqa: E402
+import rosutil as ru  # noqa: E402
 
 pytestmark = pytest.mark.ros
 TIMEOUT = 60.0
@@ -31,14 +31,7 @@ TIMEOUT = 60.0
 @pytest.fixture
 def ros_env(tmp_path, monkeypatch):
     """A private ROS domain for this test, for the test process and its children."""
-    base = {k: v for k, v in os.environ.items() if k != 'ROS_DOMAIN_ID'}
-    env = ros_environment(base)
-    env['ROS_LOG_DIR'] = str(tmp_path / 'ros_log')
-    for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOG_DIR',
-                'FASTDDS_DEFAULT_PROFILES_FILE'):
-        if key in env:
-            monkeypatch.setenv(key, env[key])
-    return env
+    return ru.private_ros_env(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from std_msgs.msg import String  # noqa: E402
 from test_image_header import png_bomb  # noqa: E402
 
 from ros_segcap.ros import convert  # noqa: E402
-from ros_segcap.ros.messages import load_interfaces  # noqa: E402
 
 pytestmark = pytest.mark.ros
 STARTUP_S = 180.0
@@ -115,9 +114,7 @@ class Nodes:
 @pytest.fixture(scope='module')
 def nodes(tmp_path_factory):
     """Start the raw-image and the compressed-image node; stop them (exit 0) at the end."""
-    it, why = load_interfaces()
-    if it is None:
-        pytest.skip(f'ros_segcap_msgs is not built ({why}): run scripts/build_msgs.py')
+    it = ru.built_interfaces()
     started = Nodes(tmp_path_factory.mktemp('hostile'), it)
     try:
         started.wait_started()

@@ -28,7 +28,6 @@ from sensor_msgs.msg import CompressedImage  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from ros_segcap.ros import convert  # noqa: E402
-from ros_segcap.ros.messages import load_interfaces  # noqa: E402
 
 pytestmark = pytest.mark.ros
 STARTUP_S = 180.0  # model load on a busy 2-core machine
@@ -70,13 +69,9 @@ class Lifecycle:
 @pytest.fixture(scope='module')
 def lifecycle(tmp_path_factory):
     """Start segcap_node unconfigured (autostart:=false) and the test side."""
-    it, why = load_interfaces()
-    if it is None:
-        pytest.skip(f'ros_segcap_msgs is not built ({why}): run scripts/build_msgs.py')
-    domain, ns = ru.unique_domain(), f'/segcap_life_{uuid.uuid4().hex[:8]}'
-    node = ru.NodeProcess(tmp_path_factory.mktemp('node'), domain, ns,
-                          {'model': 'tiny-random', 'max_new_tokens': 8, 'autostart': False})
-    side = ru.TestSide(domain, ns)
+    it = ru.built_interfaces()
+    node, side = ru.start_node(tmp_path_factory.mktemp('node'), 'segcap_life',
+                               {'model': 'tiny-random', 'max_new_tokens': 8, 'autostart': False})
     pub = side.node.create_publisher
     ros = ru.Ros(node, side, it, side.collect(it.ResultMsg, 'segcap/result'),
                  pub(ru.Image, 'image', ru.best_effort()), pub(String, 'command', ru.reliable()),
@@ -163,12 +158,9 @@ def test_a_stop_signal_at_any_moment_exits_0_without_a_traceback(tmp_path, signa
 
 
 def test_a_stop_with_work_in_flight_answers_every_pending_call(tmp_path):
-    it, why = load_interfaces()
-    if it is None:
-        pytest.skip(f'ros_segcap_msgs is not built ({why})')
-    domain, ns = ru.unique_domain(), f'/segcap_stop_{uuid.uuid4().hex[:8]}'
-    node = ru.NodeProcess(tmp_path, domain, ns, {'model': 'tiny-random', 'max_new_tokens': 1024})
-    side = ru.TestSide(domain, ns)
+    it = ru.built_interfaces()
+    node, side = ru.start_node(tmp_path, 'segcap_stop',
+                               {'model': 'tiny-random', 'max_new_tokens': 1024})
     try:
         image = side.node.create_publisher(ru.Image, 'image', ru.best_effort())
         service = side.node.create_client(it.SegmentSrv, 'segcap/segment')
@@ -221,11 +213,10 @@ def test_standard_messages_only_with_compressed_images(tmp_path):
     hide = tmp_path / 'hide' / 'ros_segcap_msgs'
     hide.mkdir(parents=True)
     (hide / '__init__.py').write_text("raise ImportError('hidden by the test')\n")
-    domain, ns = ru.unique_domain(), f'/segcap_json_{uuid.uuid4().hex[:8]}'
-    node = ru.NodeProcess(tmp_path, domain, ns, {'model': 'tiny-random', 'compressed': True,
-                                                 'max_new_tokens': 8},
-                          python_path=hide.parent)
-    side = ru.TestSide(domain, ns)
+    node, side = ru.start_node(tmp_path, 'segcap_json',
+                               {'model': 'tiny-random', 'compressed': True, 'max_new_tokens': 8},
+                               python_path=hide.parent)
+    ns = node.namespace
     try:
         results = side.collect(String, 'segcap/result_json')
         command = side.node.create_publisher(String, 'command', ru.reliable())

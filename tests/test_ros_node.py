@@ -27,7 +27,6 @@ from rclpy.action import ActionClient  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from ros_segcap.ros import convert  # noqa: E402
-from ros_segcap.ros.messages import load_interfaces  # noqa: E402
 
 pytestmark = pytest.mark.ros
 STARTUP_S = 180.0  # model load on a busy 2-core machine
@@ -37,13 +36,10 @@ RESULT_S = ru.RESULT_S
 @pytest.fixture(scope='module')
 def ros(tmp_path_factory):
     """Start the shared node (tiny-random) and the test side; stop them at the end."""
-    it, why = load_interfaces()
-    if it is None:
-        pytest.skip(f'ros_segcap_msgs is not built ({why}): run scripts/build_msgs.py')
-    domain, ns = ru.unique_domain(), f'/segcap_test_{uuid.uuid4().hex[:8]}'
-    node = ru.NodeProcess(tmp_path_factory.mktemp('node'), domain, ns,
-                          {'model': 'tiny-random', 'queue_size': 4, 'max_new_tokens': 16})
-    side = ru.TestSide(domain, ns)
+    it = ru.built_interfaces()
+    node, side = ru.start_node(tmp_path_factory.mktemp('node'), 'segcap_test',
+                               {'model': 'tiny-random', 'queue_size': 4, 'max_new_tokens': 16})
+    ns = node.namespace
     pub = side.node.create_publisher
     ros = ru.Ros(node, side, it, side.collect(it.ResultMsg, 'segcap/result'),
                  pub(ru.Image, 'image', ru.best_effort()), pub(String, 'command', ru.reliable()),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -22,7 +21,6 @@ from std_msgs.msg import String  # noqa: E402
 from ros_segcap.core.pipeline import mask_iou  # noqa: E402
 from ros_segcap.models.segcap.weights import SHIPPED_DIR  # noqa: E402
 from ros_segcap.ros import convert  # noqa: E402
-from ros_segcap.ros.messages import load_interfaces  # noqa: E402
 from ros_segcap.world.sequence import make_sequence  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.skipif(
@@ -82,14 +80,11 @@ class SequenceCamera:
 
 @pytest.fixture(scope='module')
 def ros(tmp_path_factory):
-    it, why = load_interfaces()
-    if it is None:
-        pytest.skip(f'ros_segcap_msgs is not built ({why}): run scripts/build_msgs.py')
-    domain, ns = ru.unique_domain(), f'/segcap_track_{uuid.uuid4().hex[:8]}'
-    node = ru.NodeProcess(tmp_path_factory.mktemp('node'), domain, ns,
-                          {'model': 'segcap-tiny', 'continuous_rate': 10.0,
-                           'track_reground_s': 0.0, 'publish_overlay': False})
-    side = ru.TestSide(domain, ns)
+    it = ru.built_interfaces()
+    node, side = ru.start_node(tmp_path_factory.mktemp('node'), 'segcap_track',
+                               {'model': 'segcap-tiny', 'continuous_rate': 10.0,
+                                'track_reground_s': 0.0, 'publish_overlay': False})
+    ns = node.namespace
     pub = side.node.create_publisher
     ros = ru.Ros(node, side, it, side.collect(it.ResultMsg, 'segcap/result'),
                  pub(ru.Image, 'image', ru.reliable(10)), pub(String, 'command', ru.reliable()),
