@@ -25,7 +25,9 @@ from ros_segcap.models.segcap.encoder import build_backbone, normalize_image
 from ros_segcap.core.preprocess import Letterbox, letterbox, prompt_queries
 from ros_segcap.world import annotate, render, sample_scene, split_seed
 from ros_segcap.world.annotate import make_prompt
+from ros_segcap.world.palette import DEFAULT_VOCAB, Vocabulary
 from ros_segcap.world.render import FIRST_OBJECT_ID
+from ros_segcap.world.varied import render_varied, sample_varied_split
 from training.data.tabletop import to_visual_prompt
 
 # (task, how many annotations per scene): the product's main uses first.
@@ -33,6 +35,7 @@ DEFAULT_MIX = (('referring', 2), ('absent', 1), ('gcg', 1), ('region', 2), ('cap
                ('vqa', 1))
 SIZES = ((480, 640), (512, 512), (384, 512), (512, 384))  # (H, W) cycled over scenes
 MIN_MASK_CELLS = 2  # stage-0 prompt targets smaller than this on the mask grid are skipped
+WORLDS = ('default', 'varied')  # varied: the domain-randomised world, train style families only
 
 
 @dataclass
@@ -112,11 +115,17 @@ def _annotations(scene, box: Letterbox, hm: int, rng: np.random.Generator,
 
 @torch.no_grad()
 def cache_scene(config: SegCapConfig, backbone: torch.nn.Module, split: str, index: int,
-                mix: Sequence[tuple[str, int]] = DEFAULT_MIX, local: int = 0) -> CachedScene:
-    """Render scene `index` of `split`, run the backbone and build every target."""
+                mix: Sequence[tuple[str, int]] = DEFAULT_MIX, local: int = 0,
+                world: str = 'default') -> CachedScene:
+    """Render scene `index` of `split` of a world, run the backbone and build every target."""
     seed = split_seed(split, index)
     h, w = SIZES[index % len(SIZES)]
-    scene = render(sample_scene(seed), h, w)
+    if world == 'varied':
+        scene = render_varied(sample_varied_split(split, index, 'train', aspect=w / h), h, w)
+    elif world == 'default':
+        scene = render(sample_scene(seed), h, w)
+    else:
+        raise ValueError(f'unknown world {world!r}; use one of {WORLDS}')
     tensor, box = letterbox(scene.image, config.image_size)
     feats = backbone.forward_features(normalize_image(config, tensor))
     hm = config.mask_size
@@ -136,10 +145,12 @@ def cache_scene(config: SegCapConfig, backbone: torch.nn.Module, split: str, ind
 
 def build_shard(config: SegCapConfig, split: str, start: int, count: int,
                 mix: Sequence[tuple[str, int]] = DEFAULT_MIX,
-                backbone: Optional[torch.nn.Module] = None) -> list[CachedScene]:
+                backbone: Optional[torch.nn.Module] = None,
+                world: str = 'default') -> list[CachedScene]:
     """Scenes start .. start+count-1 of a split."""
     backbone = backbone or build_backbone(config).eval()
-    return [cache_scene(config, backbone, split, start + i, mix, i) for i in range(count)]
+    return [cache_scene(config, backbone, split, start + i, mix, i, world)
+            for i in range(count)]
 
 
 def parse_mix(text: str) -> tuple[tuple[str, int], ...]:
@@ -190,7 +201,8 @@ def simple_referring(scene: CachedScene, per_scene: int = 1) -> list[CachedSampl
     return out
 
 
-def simple_absent(scene: CachedScene, per_scene: int = 1) -> list[CachedSample]:
+def simple_absent(scene: CachedScene, per_scene: int = 1,
+                  vocab: Vocabulary = DEFAULT_VOCAB) -> list[CachedSample]:
     """'Please segment the pink ball in this image.' samples for colour + kind pairs that are
     not in the scene: near misses first (its colour or its kind is there).
 
@@ -198,17 +210,17 @@ def simple_absent(scene: CachedScene, per_scene: int = 1) -> list[CachedSample]:
     balance simple_referring, so that echoing the expression is never the right answer.
     """
     from ros_segcap.core.answer import parse_answer
-    from ros_segcap.world.palette import COLOUR_NAMES, KINDS
+    colour_names, kind_names = vocab.colours, vocab.kinds
     gcg = next((a for a in scene.samples if a.task == 'gcg'), None)
     if gcg is None or per_scene <= 0:
         return []
     present = set()
     for phrase in parse_answer(gcg.answer).phrases:
         words = phrase.split()
-        if len(words) >= 2 and words[0] in COLOUR_NAMES and words[-1] in KINDS:
+        if len(words) >= 2 and words[0] in colour_names and words[-1] in kind_names:
             present.add((words[0], words[-1]))
     colours, kinds = {c for c, _ in present}, {k for _, k in present}
-    pairs = [(c, k) for c in COLOUR_NAMES for k in KINDS if (c, k) not in present]
+    pairs = [(c, k) for c in colour_names for k in kind_names if (c, k) not in present]
     near = [p for p in pairs if p[0] in colours or p[1] in kinds]
     pool = near or pairs
     rng = np.random.default_rng(scene.seed + 7919)
@@ -235,8 +247,8 @@ def join_targets(phrases: Sequence[str]) -> str:
     return body + '.'
 
 
-def plural_referring(scene: CachedScene, per_scene: int = 1, min_targets: int = 3
-                     ) -> list[CachedSample]:
+def plural_referring(scene: CachedScene, per_scene: int = 1, min_targets: int = 3,
+                     vocab: Vocabulary = DEFAULT_VOCAB) -> list[CachedSample]:
     """'Please segment all the objects / cups / red objects in this image.' samples with
     min_targets or more targets, listed left to right.
 
@@ -246,7 +258,6 @@ def plural_referring(scene: CachedScene, per_scene: int = 1, min_targets: int = 
     members.
     """
     from ros_segcap.core.answer import parse_answer
-    from ros_segcap.world.palette import COLOUR_NAMES, KINDS
     from ros_segcap.world.refer import noun
     gcg = next((a for a in scene.samples if a.task == 'gcg'), None)
     if gcg is None or per_scene <= 0:
@@ -257,9 +268,9 @@ def plural_referring(scene: CachedScene, per_scene: int = 1, min_targets: int = 
     objs.sort(key=lambda o: float((o[1].float().sum(0) * cols).sum() / o[1].sum()))
     groups = [('objects', objs)]
     groups += [(noun(None, k, plural=True), [o for o in objs if o[0].split()[-1] == k])
-               for k in KINDS]
+               for k in vocab.kinds]
     groups += [(noun(c, None, plural=True), [o for o in objs if o[0].split()[0] == c])
-               for c in COLOUR_NAMES]
+               for c in vocab.colours]
     out = []
     for name, members in groups:
         if len(out) >= per_scene:
@@ -299,6 +310,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--shard-size', type=int, default=50)
     ap.add_argument('--out', required=True)
     ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--world', default='default', choices=WORLDS,
+                    help='varied: the domain-randomised world (its train style families)')
     ap.add_argument('--mix', default='', help='annotations per scene, e.g. referring=3,region=3 '
                     f'(default {",".join(f"{t}={n}" for t, n in DEFAULT_MIX)})')
     args = ap.parse_args(argv)
@@ -318,7 +331,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             continue
         t0 = time.time()
         n = min(args.shard_size, args.start + args.scenes - s)
-        shard = build_shard(config, args.split, s, n, mix, backbone=backbone)
+        shard = build_shard(config, args.split, s, n, mix, backbone=backbone, world=args.world)
         tmp = target.with_suffix('.tmp')
         torch.save(shard, tmp)
         tmp.replace(target)

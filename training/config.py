@@ -42,6 +42,8 @@ class TrainConfig:
     log_every: int = 5
     ckpt_every: int = 25  # steps between checkpoints
     stop_after: int = 0  # stop this process after N steps (chunked runs; 0 = run to the end)
+    stop_at: float = 0.0  # stop this process after the step that ends past this Unix time
+    # (with a checkpoint; training.recipe --minutes sets it; 0 = no time limit)
     # losses
     mse_weight: float = 10.0  # stage 1: text2vision(object path(q)) vs q
     bce_weight: float = 2.0  # stage 2: per [SEG] mask and decoder layer

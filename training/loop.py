@@ -169,8 +169,15 @@ def _steps(module, stage, items, cfg: TrainConfig, opt, sched, start: int,
         log.add(row, write=(step + 1) % cfg.log_every == 0 or step + 1 == end)
         bar.update(1)
         bar.set_postfix(loss=f'{totals["loss"]:.3f}')
-        if rank == 0 and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == end):
+        out_of_time = bool(cfg.stop_at) and time.time() >= cfg.stop_at
+        if cfg.stop_at and world > 1:  # every rank stops after the same step
+            flag = torch.tensor([int(out_of_time)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        if rank == 0 and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == end or out_of_time):
             save_checkpoint(Path(cfg.run_dir) / CHECKPOINT, stage, opt, sched, step + 1, cfg)
+        if out_of_time:
+            break
     bar.close()
 
 

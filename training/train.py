@@ -22,7 +22,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from ros_segcap.models.segcap.config import STUFF_NAMES, SegCapConfig
 from ros_segcap.models.segcap.weights import save_model
+from ros_segcap.world.palette import DEFAULT_VOCAB, Vocabulary
 from training.cache import (CachedScene, load_cache, plural_referring, simple_absent,
                             simple_referring)
 from training.config import TrainConfig, make_config, parse_overrides
@@ -30,9 +32,16 @@ from training.loop import dist_info, train_loop
 from training.stages import build_stage
 
 
-def make_items(scenes: list[CachedScene], cfg: TrainConfig) -> list[Any]:
+def model_vocab(config: SegCapConfig) -> Vocabulary:
+    """The kinds and colour words a model knows (its thing classes and colour names)."""
+    return Vocabulary(tuple(config.class_names[len(STUFF_NAMES):]), tuple(config.colour_names))
+
+
+def make_items(scenes: list[CachedScene], cfg: TrainConfig,
+               vocab: Vocabulary = DEFAULT_VOCAB) -> list[Any]:
     """Stage 0: one item per scene; stages 1-2: one per annotated sample (task filter), or
-    per pack of up to cfg.pack samples of one scene."""
+    per pack of up to cfg.pack samples of one scene. The added simple and plural requests
+    use `vocab`'s words (the model's)."""
     if cfg.stage == 0:
         return [(s, None) for s in scenes]
     tasks = cfg.task_list
@@ -40,9 +49,10 @@ def make_items(scenes: list[CachedScene], cfg: TrainConfig) -> list[Any]:
     if cfg.simple_refs:
         items += [(s, a) for s in scenes for a in simple_referring(s, cfg.simple_refs)]
     if cfg.simple_absent:
-        items += [(s, a) for s in scenes for a in simple_absent(s, cfg.simple_absent)]
+        items += [(s, a) for s in scenes for a in simple_absent(s, cfg.simple_absent, vocab)]
     if cfg.plural_refs:
-        items += [(s, a) for s in scenes for a in plural_referring(s, cfg.plural_refs)]
+        items += [(s, a) for s in scenes
+                  for a in plural_referring(s, cfg.plural_refs, vocab=vocab)]
     if not items:
         raise ValueError(f'no cached samples for tasks {tasks}; check --tasks and --cache')
     if cfg.pack > 1:  # one item = up to `pack` samples of a scene, one LLM forward
@@ -61,7 +71,7 @@ def run(cfg: TrainConfig, resume: bool = False,
     torch.manual_seed(cfg.seed)
     stage = build_stage(cfg)
     scenes = scenes if scenes is not None else load_cache(cfg.cache, cfg.scenes or None)
-    items = make_items(scenes, cfg)
+    items = make_items(scenes, cfg, model_vocab(stage.model.config))
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:

@@ -35,6 +35,14 @@ STUFF_NAMES = ('background', 'table')  # classes that are regions, not countable
 TABLETOP_COLOURS = ('red', 'green', 'blue', 'yellow', 'orange', 'purple', 'pink', 'white',
                     'black')
 
+# Panoptic vocabulary and colour words of the varied world (ros_segcap.world.varied.VOCAB,
+# same order), which the shipped segcap-tiny is trained on.
+VARIED_CLASSES = ('background', 'table', 'cup', 'mug', 'bowl', 'plate', 'bottle', 'can', 'jar',
+                  'box', 'ball', 'block', 'cone', 'banana', 'apple', 'orange', 'pear', 'book',
+                  'phone', 'marker', 'sponge', 'teapot', 'vase')
+VARIED_COLOURS = ('red', 'orange', 'yellow', 'green', 'blue', 'purple', 'pink', 'white',
+                  'black', 'grey', 'brown')
+
 
 @dataclass(frozen=True)
 class SegCapConfig:
@@ -225,7 +233,8 @@ TINY_RANDOM_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=
                        tie_word_embeddings=True, rms_norm_eps=1e-5)
 
 _REGISTRY: dict[str, SegCapConfig] = {
-    'segcap-tiny': SegCapConfig(name='segcap-tiny', fine_pool=True, token_norm=True,
+    'segcap-tiny': SegCapConfig(name='segcap-tiny', class_names=VARIED_CLASSES,
+                                colour_names=VARIED_COLOURS, fine_pool=True, token_norm=True,
                                 word_anchor=True, place_anchor=True, seg_pointer=True,
                                 proposals=8),
     'tiny-random': SegCapConfig(
