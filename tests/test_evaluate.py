@@ -141,13 +141,18 @@ def test_referring_errors_command_counts_every_target(tiny_dir, capsys):
 
 def test_plain_requests_pick_a_unique_object_and_a_near_miss():
     from training.plain_requests import pick_requests
+    from ros_segcap.world import COLOUR_NAMES
 
     pairs = [('red', 'cup'), ('red', 'cup'), ('blue', 'cup'), ('green', 'ball')]
     for seed in range(20):
-        k, absent = pick_requests(pairs, np.random.default_rng(seed))
+        k, absent = pick_requests(pairs, np.random.default_rng(seed), COLOUR_NAMES)
         assert k in (2, 3)  # the two red cups are ambiguous
-        assert absent[1] == pairs[k][1] and absent not in pairs
-    assert pick_requests([('red', 'cup')] * 2, np.random.default_rng(0)) == (None, None)
+        assert absent[1] == pairs[k][1] and absent not in pairs and absent[0] in COLOUR_NAMES
+    assert pick_requests([('red', 'cup')] * 2, np.random.default_rng(0),
+                         COLOUR_NAMES) == (None, None)
+    # the near miss comes from the colour words given (a world's own)
+    k, absent = pick_requests([('red', 'cup')], np.random.default_rng(0), ('red', 'grey'))
+    assert (k, absent) == (0, ('grey', 'cup'))
 
 
 def test_plain_requests_command(tiny_dir, capsys):

@@ -24,13 +24,15 @@ from ros_segcap.runtime import PipelineConfig, open_pipeline
 from ros_segcap.core.preprocess import (Letterbox, innermost_point, prompt_queries,
                                         unletterbox)
 from ros_segcap.core.types import VisualPrompt
-from ros_segcap.world import render, sample_scene, split_seed
+from training.data.tabletop import world_scene
 from training.eval.cli import model_command
 from training.eval.metrics import iou_matrix
 
 IMAGE_SIZE = (480, 640)
 MIN_PIXELS = 50
 SMALL_PIXELS = 1500  # e.g. a cup ~30 x 40 px across the room
+# object sizes in visible pixels at 640x480 for the recall by size: (name, upper bound)
+SIZE_BINS = (('tiny', 500), ('small', SMALL_PIXELS), ('medium', 10000), ('large', 640 * 480))
 
 
 def best_ious(pred: np.ndarray, truth: Sequence[np.ndarray], kept: Sequence[int]
@@ -67,31 +69,44 @@ def _recall(ious: np.ndarray) -> Optional[float]:
     return float((ious >= 0.5).mean()) if len(ious) else None
 
 
+def recall_by_size(ious: np.ndarray, pixels: np.ndarray) -> dict[str, dict]:
+    """{size bin: {objects, recall50}} of best IoUs over objects of given pixel areas."""
+    out, low = {}, 0
+    for name, high in SIZE_BINS:
+        pick = (pixels >= low) & (pixels < high)
+        out[name] = dict(pixels=f'{low}-{high}', objects=int(pick.sum()),
+                         recall50=_recall(ious[pick]))
+        low = high
+    return out
+
+
 def decoder_coverage(model: str, split: str = 'test', n: int = 30, seed_offset: int = 0,
-                     refine_edges: bool = True) -> dict:
+                     refine_edges: bool = True, world: str = 'default',
+                     styles: str = 'train') -> dict:
     """Best-any and best-kept IoU statistics over the objects of n rendered scenes, with
     the masks as the runtime gives them (edges refined unless refine_edges is False)."""
     pipe = open_pipeline(PipelineConfig(model=model, refine_edges=refine_edges))
-    pairs, points, kept_counts, small = [], [], [], []
+    pairs, points, kept_counts, areas = [], [], [], []
     for i in tqdm(range(n), desc='scenes'):
-        spec = sample_scene(split_seed(split, seed_offset + i))
-        scene = render(spec, *IMAGE_SIZE)
+        scene = world_scene(split, seed_offset + i, *IMAGE_SIZE, world, styles)
         frame, box = pipe.encode(scene.image)
         pred = pipe.probabilities(unletterbox(frame.mask_logits[0], box), scene.image, box) > 0.5
         kept = pipe.model.kept_queries(frame).tolist()
         kept_counts.append(len(kept))
-        truth = [t for t in (scene.mask(k) for k in range(len(spec.objects)))
+        truth = [t for t in (scene.mask(k) for k in range(len(scene.objects)))
                  if t.sum() >= MIN_PIXELS]
         pairs += best_ious(pred, truth, kept)
         points += point_ious(pipe, frame, box, truth, scene.image)
-        small += [bool(t.sum() < SMALL_PIXELS) for t in truth]
+        areas += [int(t.sum()) for t in truth]
     best_any = np.array([p[0] for p in pairs])
     best_kept = np.array([p[1] for p in pairs])
-    small = np.array(small, bool)
+    areas = np.array(areas)
+    small = areas < SMALL_PIXELS
     small_kept = best_kept[small]
     alone, point = (np.array([p[k] for p in points]) for k in (0, 1))
-    return dict(model=model, split=split, seed_offset=seed_offset, refine_edges=refine_edges,
-                scenes=n, objects=len(pairs),
+    return dict(model=model, world=world, styles=styles, split=split, seed_offset=seed_offset,
+                refine_edges=refine_edges, scenes=n, objects=len(pairs),
+                best_kept_recall50_by_size=recall_by_size(best_kept, areas),
                 best_any_iou=float(best_any.mean()), best_any_recall50=_recall(best_any),
                 best_kept_iou=float(best_kept.mean()), best_kept_recall50=_recall(best_kept),
                 small_objects=int(len(small_kept)),

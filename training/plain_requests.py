@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ros_segcap.runtime import PipelineConfig, open_pipeline
-from ros_segcap.world import COLOUR_NAMES, render, sample_scene, split_seed
+from training.data.tabletop import world_scene
 from training.eval.cli import model_command
 from training.eval.metrics import iou_matrix
 from training.evaluate import IMAGE_SIZE
@@ -26,8 +26,8 @@ from training.evaluate import IMAGE_SIZE
 TEMPLATE = 'Please segment the {} {} in this image.'
 
 
-def pick_requests(pairs: Sequence[tuple[str, str]], rng: np.random.Generator
-                  ) -> tuple[Optional[int], Optional[tuple[str, str]]]:
+def pick_requests(pairs: Sequence[tuple[str, str]], rng: np.random.Generator,
+                  colours: Sequence[str]) -> tuple[Optional[int], Optional[tuple[str, str]]]:
     """(index of an object whose (colour, kind) is unique in the scene, or None;
     an absent (colour, kind) of that object's kind, or None)."""
     unique = [k for k, p in enumerate(pairs) if pairs.count(p) == 1]
@@ -35,32 +35,38 @@ def pick_requests(pairs: Sequence[tuple[str, str]], rng: np.random.Generator
         return None, None
     k = unique[int(rng.integers(len(unique)))]
     kind = pairs[k][1]
-    absent = [(c, kind) for c in COLOUR_NAMES if (c, kind) not in pairs]
+    absent = [(c, kind) for c in colours if (c, kind) not in pairs]
     return k, absent[int(rng.integers(len(absent)))] if absent else None
 
 
 def plain_requests(model: str, n: int = 40, split: str = 'test', seed_offset: int = 0,
-                   refine_edges: bool = True) -> dict:
-    """Present / absent plain-request scores over n scenes of a split."""
+                   refine_edges: bool = True, world: str = 'default',
+                   styles: str = 'train') -> dict:
+    """Present / absent plain-request scores over n scenes of a split of a world."""
     pipe = open_pipeline(PipelineConfig(model=model, refine_edges=refine_edges))
     ious, no_mask, false_mask = [], [], []
+    inter = union = 0
     for i in tqdm(range(n), desc='scenes'):
-        spec = sample_scene(split_seed(split, seed_offset + i))
-        pairs = [(o.colour, o.kind) for o in spec.objects]
-        k, absent = pick_requests(pairs, np.random.default_rng(seed_offset + i))
+        scene = world_scene(split, seed_offset + i, *IMAGE_SIZE, world, styles)
+        pairs = [(o.colour, o.kind) for o in scene.objects]
+        k, absent = pick_requests(pairs, np.random.default_rng(seed_offset + i),
+                                  scene.spec.vocab.colours)
         if k is None:
             continue
-        scene = render(spec, *IMAGE_SIZE)
         result = pipe.run(scene.image, TEMPLATE.format(*pairs[k]), frame_key=i)
         pred = np.logical_or.reduce(result.masks) if result.masks else None
-        ious.append(float(iou_matrix([pred], [scene.mask(k)])[0, 0]) if pred is not None
-                    else 0.0)
+        truth = scene.mask(k)
+        ious.append(float(iou_matrix([pred], [truth])[0, 0]) if pred is not None else 0.0)
+        if pred is not None:
+            inter += int(np.count_nonzero(pred & truth))
+        union += int(np.count_nonzero(truth if pred is None else pred | truth))
         no_mask.append(pred is None)
         if absent is not None:
             false_mask.append(bool(pipe.run(scene.image, TEMPLATE.format(*absent),
                                             frame_key=i).masks))
     iou = np.array(ious)
-    return dict(model=model, split=split, seed_offset=seed_offset, scenes=n, present=len(ious),
+    return dict(model=model, world=world, styles=styles, split=split, seed_offset=seed_offset,
+                scenes=n, present=len(ious), present_ciou=inter / union if union else None,
                 present_iou50=float((iou >= 0.5).mean()) if len(iou) else None,
                 present_no_mask=float(np.mean(no_mask)) if no_mask else None,
                 present_mean_iou=float(iou.mean()) if len(iou) else None,

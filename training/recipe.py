@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-from training.config import make_config
+from training.config import make_config, parse_overrides
 
 CACHE_KEYS = ('world', 'scenes', 'start', 'shard_size', 'threads', 'mix', 'model')
 STAGES = (0, 1, 2)
@@ -47,10 +47,9 @@ def read_recipe(path: str | Path) -> dict[str, dict[str, Any]]:
         raise ValueError(f'recipe {path}/cache.json: unknown options {unknown}; '
                          f'known: {", ".join(CACHE_KEYS)}')
     for s in STAGES:
-        values = dict(steps[f'stage{s}'])
-        values.pop('stage', None)
         try:
-            make_config(s, dict(values, init='x'))
+            make_config(s, dict(parse_overrides(_flags(steps[f'stage{s}'], 'train')),
+                                init='x'))
         except (TypeError, ValueError) as exc:
             raise ValueError(f'recipe {path}/stage{s}.json: {exc}') from None
     return steps

@@ -47,7 +47,8 @@ def classify(answer_masks: Sequence[np.ndarray], kept_masks: Sequence[np.ndarray
 
 
 def referring_errors(model: str, n: int = 40, split: str = 'test', seed_offset: int = 0,
-                     refine_edges: bool = True) -> dict:
+                     refine_edges: bool = True, world: str = 'default',
+                     styles: str = 'train') -> dict:
     """Counts of KINDS over the true targets of n referring samples (+ their examples), and
     the same split by expression form."""
     pipe = open_pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS,
@@ -57,7 +58,8 @@ def referring_errors(model: str, n: int = 40, split: str = 'test', seed_offset: 
     form_ciou: dict[str, ReferringMeter] = {}
     examples = []
     for i in tqdm(range(n), desc='samples'):
-        sample, ann = tabletop_example(split, 4 * i, IMAGE_SIZE, 'referring', seed_offset)
+        sample, ann = tabletop_example(split, 4 * i, IMAGE_SIZE, 'referring', seed_offset,
+                                       world, styles)
         result = pipe.run(sample.image, sample.question, frame_key=i)
         frame, box = pipe.encode(sample.image, frame_key=i)  # the frame run() encoded
         kept = pipe.model.kept_queries(frame)

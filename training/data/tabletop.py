@@ -55,7 +55,9 @@ def tabletop_sample(split: str, index: int, image_size: ImageSize = 512, task: s
     return tabletop_example(split, index, image_size, task, seed_offset, world, styles)[0]
 
 
-def _scene(split: str, index: int, h: int, w: int, world: str, styles: str) -> Scene:
+def world_scene(split: str, index: int, h: int, w: int, world: str = 'default',
+                styles: str = 'train') -> Scene:
+    """Scene `index` of a split of a world, rendered at (h, w)."""
     if world == 'default':
         return render(sample_scene(split_seed(split, index)), h, w)
     if world == 'varied':
@@ -70,7 +72,7 @@ def tabletop_example(split: str, index: int, image_size: ImageSize = 512,
     _check_tasks([task])
     seed = split_seed(split, seed_offset + index)
     h, w = _hw(image_size)
-    scene = _scene(split, seed_offset + index, h, w, world, styles)
+    scene = world_scene(split, seed_offset + index, h, w, world, styles)
     rng = np.random.default_rng([seed, TASKS.index(task), 31337])
     ann = annotate(scene, task, rng, fixed=split != 'train')
     pan_masks, pan_classes = scene.panoptic_segments()

@@ -11,8 +11,8 @@ import torch
 
 def model_command(doc: str, run: Callable[..., dict], n_default: int,
                   n_help: str, argv: Optional[Sequence[str]] = None) -> None:
-    """--model --split --n --seed-offset --threads --no-refine-edges -> print run(model,
-    n=, split=, seed_offset=, refine_edges=) as JSON."""
+    """--model --split --n --seed-offset --threads --no-refine-edges --world --styles ->
+    print run(model, n=, split=, seed_offset=, refine_edges=, world=, styles=) as JSON."""
     ap = argparse.ArgumentParser(description=doc.split('\n')[0])
     ap.add_argument('--model', default='segcap-tiny', help='model directory or name')
     ap.add_argument('--split', default='test', choices=('train', 'val', 'test'))
@@ -22,7 +22,16 @@ def model_command(doc: str, run: Callable[..., dict], n_default: int,
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--no-refine-edges', dest='refine_edges', action='store_false',
                     help='keep the masks as the mask grid gives them (no edge refinement)')
+    ap.add_argument('--world', default='default', choices=('default', 'varied'),
+                    help='varied: the domain-randomised world')
+    ap.add_argument('--styles', default='train', choices=('train', 'held_out'),
+                    help='style families of the varied world (held_out: test split only)')
     args = ap.parse_args(argv)
+    if args.world == 'default' and args.styles != 'train':
+        ap.error('--styles applies to --world varied only')
+    if args.styles == 'held_out' and args.split != 'test':
+        ap.error('held-out styles are evaluated on the test split only; add --split test')
     torch.set_num_threads(args.threads)
     print(json.dumps(run(args.model, n=args.n, split=args.split, seed_offset=args.seed_offset,
-                         refine_edges=args.refine_edges), indent=2))
+                         refine_edges=args.refine_edges, world=args.world,
+                         styles=args.styles), indent=2))

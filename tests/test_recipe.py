@@ -1,0 +1,122 @@
+"""training.recipe: one command runs the cache and every stage, skips finished steps and
+continues stopped ones; the time limit stops a stage after a step with a checkpoint."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ros_segcap.models import load_model
+from ros_segcap.models.segcap.config import VARIED_CLASSES, VARIED_COLOURS, get_config
+from ros_segcap.world.varied import VOCAB
+from training.cache import build_shard, simple_absent
+from training.config import make_config
+from training.loop import CHECKPOINT
+from training.recipe import commands, read_recipe, run as run_recipe
+from training.train import model_vocab, run as run_stage
+
+SHIPPED_RECIPE = Path(__file__).resolve().parents[1] / 'training' / 'recipes' / 'segcap-tiny'
+
+
+def _write(recipe: Path, steps: dict) -> Path:
+    recipe.mkdir(parents=True, exist_ok=True)
+    for name, values in steps.items():
+        (recipe / f'{name}.json').write_text(json.dumps(values))
+    return recipe
+
+
+def _tiny_recipe(root: Path) -> Path:
+    stage = dict(steps=2, accum=1, threads=1, ckpt_every=1)
+    return _write(root / 'recipe', {
+        'cache': dict(model='tiny-random', scenes=3, shard_size=2, threads=1),
+        'stage0': dict(stage, model='tiny-random'), 'stage1': stage,
+        'stage2': dict(stage, pack=4, simple_refs=1, simple_absent=1)})
+
+
+def test_the_shipped_recipe_reads_and_chains_its_stages(tmp_path):
+    steps = read_recipe(SHIPPED_RECIPE)
+    assert steps['cache']['world'] == 'varied'
+    todo = commands(steps, tmp_path)
+    assert [name for name, _, _ in todo] == ['cache', 'stage0', 'stage1', 'stage2', 'ship']
+    stage2 = todo[3][1]
+    assert f'--init={tmp_path / "stage1" / "model"}' in stage2
+    assert f'--cache={tmp_path / "cache"}' in stage2 and '--resume' not in stage2
+    (tmp_path / 'stage2').mkdir()
+    (tmp_path / 'stage2' / CHECKPOINT).write_bytes(b'')
+    assert '--resume' in commands(steps, tmp_path, stop_at=5.0)[3][1]
+    assert '--stop_at=5' in commands(steps, tmp_path, stop_at=5.0)[3][1]
+
+
+@pytest.mark.parametrize('broken, message', [
+    ({'stage1': None}, 'stage1.json is missing'),
+    ({'cache': {'scenes': 3, 'colour': 'red'}}, r"unknown options \['colour'\]"),
+    ({'stage2': {'steps': 3, 'lr_typo': 1}}, 'stage2.json: unknown option --lr_typo'),
+    ({'stage0': [1, 2]}, 'must hold a JSON object'),
+])
+def test_a_broken_recipe_is_refused_before_anything_runs(tmp_path, broken, message):
+    steps = {'cache': {'scenes': 3}, 'stage0': {}, 'stage1': {}, 'stage2': {}}
+    steps.update(broken)
+    recipe = _write(tmp_path / 'r', {k: v for k, v in steps.items() if v is not None})
+    with pytest.raises(ValueError, match=message):
+        run_recipe(recipe, tmp_path / 'out')
+    assert not (tmp_path / 'out' / 'cache').exists()
+
+
+def test_the_recipe_runs_every_step_and_skips_finished_ones(tmp_path, capsys):
+    recipe, out = _tiny_recipe(tmp_path), tmp_path / 'run'
+    assert run_recipe(recipe, out)
+    model = load_model(str(out / 'model'))
+    assert model.trained and model.lora_info is not None
+    times = json.loads((out / 'recipe.json').read_text())
+    assert set(times) == {'cache', 'stage0', 'stage1', 'stage2', 'ship'}
+    for row in times.values():
+        assert row['done'] and row['chunks'] == 1 and row['seconds'] > 0
+        assert row['peak_rss_mb'] > 50  # a real process's peak RAM, not zero
+    shard_files = sorted(p.name for p in (out / 'cache').glob('shard-*.pt'))
+    assert shard_files == ['shard-0000000.pt', 'shard-0000002.pt']
+    # a second run finds the model and changes nothing; without it, only ship runs again
+    capsys.readouterr()
+    assert run_recipe(recipe, out)
+    assert capsys.readouterr().out.count('is done') == 5
+    (out / 'model' / 'config.json').unlink()
+    assert run_recipe(recipe, out)
+    times = json.loads((out / 'recipe.json').read_text())
+    assert times['ship']['chunks'] == 2 and times['stage2']['chunks'] == 1
+
+
+def test_stop_at_ends_a_stage_after_one_step_with_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    torch.save(build_shard(get_config('tiny-random'), 'train', 0, 2), cache / 'shard-0.pt')
+    values = dict(model='tiny-random', cache=str(cache), out=str(tmp_path / 's0'), steps=5,
+                  accum=1, threads=1, ckpt_every=100, stop_at=1.0)  # long past
+    run_stage(make_config(0, values))
+    state = torch.load(tmp_path / 's0' / CHECKPOINT, weights_only=True)
+    assert state['step'] == 1 and not (tmp_path / 's0' / 'model').exists()
+    values['stop_at'] = 0.0
+    run_stage(make_config(0, values), resume=True)
+    assert (tmp_path / 's0' / 'model' / 'config.json').is_file()
+
+
+def test_segcap_tiny_knows_the_varied_world_words():
+    """The registered architecture's classes and colours are the varied world's, in order."""
+    assert VARIED_CLASSES == VOCAB.class_names and VARIED_COLOURS == VOCAB.colours
+    config = get_config('segcap-tiny')
+    assert config.class_names == VARIED_CLASSES and config.colour_names == VARIED_COLOURS
+    assert model_vocab(config) == VOCAB
+
+
+def test_a_varied_cache_uses_the_world_classes_and_the_model_words():
+    torch.manual_seed(0)
+    scenes = build_shard(get_config('tiny-random'), 'train', 0, 4, world='varied')
+    classes = torch.cat([s.pan_classes for s in scenes]).tolist()
+    assert set(classes) <= set(range(len(VARIED_CLASSES)))
+    assert max(classes) >= 11  # kinds the default world does not have (jar, plate, ...)
+    absent = [a for s in scenes for a in simple_absent(s, 2, VOCAB)]
+    assert len(absent) == 8
+    for a in absent:  # 'There is no <colour> <kind> in this image.' in the model's words
+        colour, kind = a.answer.split()[3:5]
+        assert colour in VOCAB.colours and kind in VOCAB.kinds and not a.masks.shape[0]
