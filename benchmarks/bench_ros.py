@@ -69,9 +69,9 @@ def self_command(role: str, *extra: str) -> list[str]:
 def bench_frame() -> np.ndarray:
     """The demo's 640x480 tabletop frame (a test-split scene with a red cup), or a photo."""
     try:
-        from ros_segcap.ros.commands import DEMO_SEED
+        from ros_segcap.ros.commands import DEMO_SEEDS
         from ros_segcap.world import TabletopCamera
-        return next(TabletopCamera(480, 640, seed=DEMO_SEED).frames())
+        return next(TabletopCamera(480, 640, seed=DEMO_SEEDS['varied'], world='varied').frames())
     except ImportError:
         import cv2
         bgr = cv2.imread(str(ROOT / 'ros_segcap' / 'assets' / 'coffee.jpg'), cv2.IMREAD_COLOR)

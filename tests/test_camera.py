@@ -74,6 +74,33 @@ def test_tabletop_source_size_and_bad_sources(tmp_path):
         camera_args('--size', '640by480')
 
 
+def test_tabletop_source_draws_the_chosen_world():
+    from ros_segcap.world import TabletopCamera, render, sample_scene
+    from ros_segcap.world.varied import render_varied, sample_varied_scene
+
+    varied = next(camera.open_source(camera_args('--size', '320x240', '--seed', '7')))
+    default = next(camera.open_source(camera_args('--size', '320x240', '--seed', '7',
+                                                  '--world', 'default')))
+    # the frame is a few-pixel crop of its scene's render plus noise: compare to both renders
+    for frame, own, other in (
+            (varied, render_varied(sample_varied_scene(7), 240, 320), render(sample_scene(7),
+                                                                             240, 320)),
+            (default, render(sample_scene(7), 240, 320), render_varied(sample_varied_scene(7),
+                                                                       240, 320))):
+        err_own = np.abs(frame.astype(int) - own.image).mean()
+        assert err_own < np.abs(frame.astype(int) - other.image).mean() and err_own < 40
+    # the demo's varied scene has exactly one red cup, and its objects stay put
+    cam = TabletopCamera(240, 320, seed=commands.DEMO_SEEDS['varied'], world='varied')
+    first = [(o.colour, o.kind) for o in cam.read().objects]
+    assert first.count(('red', 'cup')) == 1
+    for _ in range(40):
+        frame = cam.read()
+    assert [(o.colour, o.kind) for o in frame.objects] == first
+    assert frame.image.shape == (240, 320, 3) and frame.panoptic.shape == (240, 320)
+    with pytest.raises(ValueError, match='unknown world'):
+        TabletopCamera(240, 320, world='mars')
+
+
 def test_camera_process_publishes_best_effort_frames(ros_env, node):
     """The camera child publishes rgb8 frames that a sensor-data subscriber receives."""
     topic = f'/demotest_{os.getpid()}/image'

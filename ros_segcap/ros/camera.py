@@ -125,7 +125,10 @@ def tabletop_frames(args: argparse.Namespace) -> Iterator[np.ndarray]:
         return itertools.cycle(photo_frames())
     width, height = args.size
     period = round(args.scene_seconds * args.rate) if args.scene_seconds > 0 else 2 ** 62
-    camera = TabletopCamera(height, width, seed=args.seed, scene_period=max(period, 1))
+    from ros_segcap.ros.commands import DEMO_SEEDS
+    seed = DEMO_SEEDS[args.world] if args.seed is None else args.seed
+    camera = TabletopCamera(height, width, seed=seed, scene_period=max(period, 1),
+                            world=args.world)
     return camera.frames()
 
 

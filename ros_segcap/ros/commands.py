@@ -12,7 +12,10 @@ from ros_segcap.cli import add_option_flags
 from ros_segcap.ros.demo_track import add_track_arguments
 
 DEFAULT_COMMAND = 'segment the red cup'
-DEMO_SEED = 2_000_009  # a test-split tabletop scene (never trained on) with one red cup
+# test-split scenes (never trained on) with one red cup, per world of the simulated camera
+DEMO_SEEDS = {'default': 2_000_009, 'varied': 2_000_043}
+DEMO_WORLD = 'varied'
+DEMO_SEED = DEMO_SEEDS[DEMO_WORLD]
 
 
 def image_size(text: str) -> tuple[int, int]:
@@ -37,8 +40,12 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                        help='publish the image topic of a rosbag2 (MCAP) file, looping')
     parser.add_argument('--rate', type=float, default=15.0, metavar='HZ',
                         help='publishing rate in frames per second (default: 15)')
-    parser.add_argument('--seed', type=int, default=DEMO_SEED,
-                        help='tabletop scene seed (default: a test-split scene with a red cup)')
+    parser.add_argument('--world', default=DEMO_WORLD, choices=tuple(DEMO_SEEDS),
+                        help='simulated tabletop world: varied (domain-randomised, the default) '
+                             'or default (the original renderer)')
+    parser.add_argument('--seed', type=int, default=None,
+                        help='tabletop scene seed (default: a test-split scene of the world '
+                             'with one red cup)')
     parser.add_argument('--size', type=image_size, default=(640, 480), metavar='WxH',
                         help='tabletop frame size (default: 640x480)')
     parser.add_argument('--scene-seconds', type=float, default=0.0, metavar='S',

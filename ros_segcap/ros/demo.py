@@ -41,8 +41,10 @@ STOP = threading.Event()  # set by SIGINT/SIGTERM; spin_until turns it into Keyb
 def source_arguments(args: argparse.Namespace) -> list[str]:
     """Turn the camera options of `args` into arguments for the camera process."""
     width, height = args.size
-    argv = ['--rate', f'{args.rate:g}', '--seed', str(args.seed), '--size', f'{width}x{height}',
+    argv = ['--rate', f'{args.rate:g}', '--world', args.world, '--size', f'{width}x{height}',
             '--scene-seconds', f'{args.scene_seconds:g}']
+    if args.seed is not None:
+        argv += ['--seed', str(args.seed)]
     for option in ('images', 'video', 'bag'):
         value = getattr(args, option)
         if value is not None:

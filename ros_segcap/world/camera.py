@@ -4,6 +4,8 @@ Cheap per frame: each scene state is rendered once on a canvas a few pixels larg
 frame; every frame is a crop at a slowly wandering offset (camera jitter) plus fresh sensor
 noise. Every `nudge_period` frames one object slides a little (one re-render), and every
 `scene_period` frames a new scene (seed + 1, seed + 2, ...) replaces the old one.
+world='varied' draws the scenes from the domain-randomised world (its train style families);
+its objects stay where they are (no nudges).
 Each camera owns its state: two cameras never share a scene or a random stream.
 """
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Iterator
 
 import numpy as np
 
-from ros_segcap.world.layout import SceneSpec, layout_ok, make_object, sample_scene
+from ros_segcap.world.layout import layout_ok, make_object, sample_scene
 from ros_segcap.world.render import Scene, add_noise, render
+
+WORLDS = ('default', 'varied')
+VARIED_NOISE = 2.0  # per-frame sensor noise of varied scenes (their own effects are drawn once)
 
 
 class TabletopCamera:
@@ -27,8 +32,10 @@ class TabletopCamera:
 
     def __init__(self, height: int = 480, width: int = 640, *, seed: int = 0,
                  scene_period: int = 450, nudge_period: int = 30, margin: int = 6,
-                 noise: bool = True) -> None:
+                 noise: bool = True, world: str = 'default') -> None:
         """Start at scene `seed`; periods are in frames (450 = 30 s at 15 Hz)."""
+        if world not in WORLDS:
+            raise ValueError(f'unknown world {world!r}; use one of {WORLDS}')
         if height < 16 or width < 16:
             raise ValueError(f'camera size must be at least 16x16, got {width}x{height}')
         if scene_period < 1 or nudge_period < 1:
@@ -38,19 +45,33 @@ class TabletopCamera:
         self.scene_period, self.nudge_period = scene_period, nudge_period
         self.margin = max(int(margin), 0)
         self.noise = noise
+        self.world = world
         self.frame_index = 0
         self._rng = np.random.default_rng([seed, 271828])
-        self._spec = sample_scene(seed)
+        self._spec = self._sample(seed)
         self._canvas = self._render(self._spec)
 
-    def _render(self, spec: SceneSpec) -> Scene:
-        m = self.margin
-        return render(spec, self.height + 2 * m, self.width + 2 * m, noise=False)
+    def _sample(self, seed: int):
+        if self.world == 'varied':
+            from ros_segcap.world.varied import sample_varied_scene
+            return sample_varied_scene(seed, 'train', aspect=self.width / self.height)
+        return sample_scene(seed)
+
+    def _render(self, spec) -> Scene:
+        h, w = self.height + 2 * self.margin, self.width + 2 * self.margin
+        if self.world == 'varied':
+            from ros_segcap.world.varied import render_varied
+            return render_varied(spec, h, w)
+        return render(spec, h, w, noise=False)
+
+    @property
+    def _noise_sigma(self) -> float:
+        return VARIED_NOISE if self.world == 'varied' else self._spec.noise
 
     def _nudge(self) -> None:
         """Slide one random object sideways a little, if the layout stays valid."""
         objs = list(self._spec.objects)
-        if not objs:
+        if not objs or self.world != 'default':
             return
         i = int(self._rng.integers(len(objs)))
         o = objs[i]
@@ -64,7 +85,7 @@ class TabletopCamera:
     def _advance(self) -> None:
         k = self.frame_index
         if k and k % self.scene_period == 0:
-            self._spec = sample_scene(self.seed + k // self.scene_period)
+            self._spec = self._sample(self.seed + k // self.scene_period)
             self._canvas = self._render(self._spec)
         elif k and k % self.nudge_period == 0:
             self._nudge()
@@ -80,7 +101,7 @@ class TabletopCamera:
         image = self._canvas.image[y0:y0 + self.height, x0:x0 + self.width].copy()
         panoptic = self._canvas.panoptic[y0:y0 + self.height, x0:x0 + self.width].copy()
         if self.noise:
-            add_noise(image, self._spec.noise, self._rng)
+            add_noise(image, self._noise_sigma, self._rng)
         self.frame_index += 1
         return Scene(spec=self._spec, image=image, panoptic=panoptic)
 
