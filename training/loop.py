@@ -168,7 +168,7 @@ def _steps(module, stage, items, cfg: TrainConfig, opt, sched, start: int,
                    samples_per_s=n_samples * world / dt, **totals)
         log.add(row, write=(step + 1) % cfg.log_every == 0 or step + 1 == end)
         bar.update(1)
-        bar.set_postfix(loss=f'{totals["loss"]:.3f}')
+        bar.set_postfix(loss=f'{totals["loss"]:.3f}', refresh=False)
         out_of_time = bool(cfg.stop_at) and time.time() >= cfg.stop_at
         if cfg.stop_at and world > 1:  # every rank stops after the same step
             flag = torch.tensor([int(out_of_time)])
