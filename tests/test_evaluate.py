@@ -162,3 +162,63 @@ def test_plain_requests_command(tiny_dir, capsys):
     out = json.loads(capsys.readouterr().out)
     assert 1 <= out['present'] <= 3 and out['absent'] <= out['present']
     assert 0.0 <= out['present_iou50'] <= 1.0 and 0.0 <= out['present_no_mask'] <= 1.0
+
+
+def test_recall_by_size_bins_every_object_once():
+    from training.decoder_eval import SIZE_BINS, recall_by_size
+
+    ious = np.array([0.9, 0.2, 0.7, 0.6, 0.1])
+    pixels = np.array([100, 400, 1200, 5000, 200000])
+    out = recall_by_size(ious, pixels)
+    assert list(out) == [name for name, _ in SIZE_BINS]
+    assert out['tiny'] == dict(pixels='0-500', objects=2, recall50=0.5)
+    assert out['small']['recall50'] == 1.0 and out['medium']['recall50'] == 1.0
+    assert out['large']['recall50'] == 0.0
+    assert sum(v['objects'] for v in out.values()) == len(ious)
+
+
+def test_diagnostics_take_the_varied_world_and_its_held_out_styles(tiny_dir, capsys):
+    from training.decoder_eval import main as coverage_main
+    from training.plain_requests import main as plain_main
+
+    coverage_main(['--model', str(tiny_dir), '--n', '2', '--threads', '1', '--world', 'varied',
+                   '--styles', 'held_out'])
+    out = json.loads(capsys.readouterr().out)
+    assert (out['world'], out['styles']) == ('varied', 'held_out')
+    by_size = out['best_kept_recall50_by_size']
+    assert sum(v['objects'] for v in by_size.values()) == out['objects'] >= 1
+    plain_main(['--model', str(tiny_dir), '--n', '4', '--threads', '1', '--world', 'varied'])
+    out = json.loads(capsys.readouterr().out)
+    assert out['world'] == 'varied' and out['present'] >= 1
+    assert out['present_ciou'] is None or 0.0 <= out['present_ciou'] <= 1.0
+    with pytest.raises(SystemExit):
+        plain_main(['--model', str(tiny_dir), '--styles', 'held_out'])  # default world
+
+
+def test_photo_outlines_and_report(tiny_dir, tmp_path, capsys):
+    from training.photos import PHOTOS, load_photos, main as photos_main, polygon_mask
+
+    square = polygon_mask([[2, 2], [6, 2], [6, 6], [2, 6]], 10, 12)
+    assert square.shape == (10, 12) and square.sum() == 25 and square[4, 4] and not square[0, 0]
+    entries = json.loads(PHOTOS.read_text())['photos']
+    assert len(entries) >= 5 and sum(len(e['objects']) for e in entries) >= 6
+    listing = tmp_path / 'photos.json'
+    coffee = next(e for e in entries if e['image'] == 'skimage:coffee')
+    listing.write_text(json.dumps({'photos': [coffee, dict(coffee, image='opencv:nope.jpg')]}))
+    found, missing = load_photos(listing)
+    assert [p['image'] for p in found] == ['skimage:coffee'] and missing == ['opencv:nope.jpg']
+    cup = polygon_mask(coffee['objects'][0]['polygon'], *found[0]['pixels'].shape[:2])
+    assert 0.1 < cup.mean() < 0.5  # the cup covers part of the photo, not all of it
+    sheet = tmp_path / 'sheet.png'
+    photos_main(['--model', str(tiny_dir), '--photos', str(listing), '--sheet', str(sheet),
+                 '--threads', '1'])
+    captured = capsys.readouterr()
+    assert 'opencv:nope.jpg is not installed' in captured.err
+    out = json.loads(captured.out)
+    assert (out['n_objects'], out['n_absent']) == (1, 1) and len(out['rows']) == 2
+    assert 0.0 <= out['found'] <= 1.0 and out['no_target_acc'] in (0.0, 1.0)
+    assert sheet.is_file() and sheet.stat().st_size > 1000
+    listing.write_text(json.dumps({'photos': [dict(coffee, image='opencv:nope.jpg')]}))
+    with pytest.raises(SystemExit) as stop:
+        photos_main(['--model', str(tiny_dir), '--photos', str(listing)])
+    assert stop.value.code == 2
