@@ -17,7 +17,7 @@ from training.loop import CHECKPOINT
 from training.recipe import commands, read_recipe, run as run_recipe
 from training.train import model_vocab, run as run_stage
 
-SHIPPED_RECIPE = Path(__file__).resolve().parents[1] / 'training' / 'recipes' / 'segcap-tiny'
+RECIPE = Path(__file__).resolve().parents[1] / 'training' / 'recipes' / 'segcap-tiny-varied'
 
 
 def _write(recipe: Path, steps: dict) -> Path:
@@ -35,8 +35,8 @@ def _tiny_recipe(root: Path) -> Path:
         'stage2': dict(stage, pack=4, simple_refs=1, simple_absent=1)})
 
 
-def test_the_shipped_recipe_reads_and_chains_its_stages(tmp_path):
-    steps = read_recipe(SHIPPED_RECIPE)
+def test_the_varied_recipe_reads_and_chains_its_stages(tmp_path):
+    steps = read_recipe(RECIPE)
     assert steps['cache']['world'] == 'varied'
     todo = commands(steps, tmp_path)
     assert [name for name, _, _ in todo] == ['cache', 'stage0', 'stage1', 'stage2', 'ship']
@@ -101,10 +101,11 @@ def test_stop_at_ends_a_stage_after_one_step_with_a_checkpoint(tmp_path):
     assert (tmp_path / 's0' / 'model' / 'config.json').is_file()
 
 
-def test_segcap_tiny_knows_the_varied_world_words():
-    """The registered architecture's classes and colours are the varied world's, in order."""
+def test_segcap_tiny_varied_knows_the_varied_world_words():
+    """The recipe's architecture has the varied world's classes and colours, in order."""
     assert VARIED_CLASSES == VOCAB.class_names and VARIED_COLOURS == VOCAB.colours
-    config = get_config('segcap-tiny')
+    assert read_recipe(RECIPE)['stage0']['model'] == 'segcap-tiny-varied'
+    config = get_config('segcap-tiny-varied')
     assert config.class_names == VARIED_CLASSES and config.colour_names == VARIED_COLOURS
     assert model_vocab(config) == VOCAB
 
