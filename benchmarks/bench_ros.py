@@ -71,7 +71,7 @@ def bench_frame() -> np.ndarray:
     try:
         from ros_segcap.ros.commands import DEMO_SEEDS
         from ros_segcap.world import TabletopCamera
-        return next(TabletopCamera(480, 640, seed=DEMO_SEEDS['varied'], world='varied').frames())
+        return next(TabletopCamera(480, 640, seed=DEMO_SEEDS['default']).frames())
     except ImportError:
         import cv2
         bgr = cv2.imread(str(ROOT / 'ros_segcap' / 'assets' / 'coffee.jpg'), cv2.IMREAD_COLOR)
