@@ -23,19 +23,17 @@ import torch
 from ros_segcap.models.segcap.config import SegCapConfig, get_config
 from ros_segcap.models.segcap.encoder import build_backbone, normalize_image
 from ros_segcap.core.preprocess import Letterbox, letterbox, prompt_queries
-from ros_segcap.world import annotate, render, sample_scene, split_seed
+from ros_segcap.world import annotate, split_seed
 from ros_segcap.world.annotate import make_prompt
 from ros_segcap.world.palette import DEFAULT_VOCAB, Vocabulary
 from ros_segcap.world.render import FIRST_OBJECT_ID
-from ros_segcap.world.varied import render_varied, sample_varied_split
-from training.data.tabletop import to_visual_prompt
+from training.data.tabletop import WORLDS, to_visual_prompt, world_scene
 
 # (task, how many annotations per scene): the product's main uses first.
 DEFAULT_MIX = (('referring', 2), ('absent', 1), ('gcg', 1), ('region', 2), ('caption', 1),
                ('vqa', 1))
 SIZES = ((480, 640), (512, 512), (384, 512), (512, 384))  # (H, W) cycled over scenes
 MIN_MASK_CELLS = 2  # stage-0 prompt targets smaller than this on the mask grid are skipped
-WORLDS = ('default', 'varied')  # varied: the domain-randomised world, train style families only
 
 
 @dataclass
@@ -120,12 +118,7 @@ def cache_scene(config: SegCapConfig, backbone: torch.nn.Module, split: str, ind
     """Render scene `index` of `split` of a world, run the backbone and build every target."""
     seed = split_seed(split, index)
     h, w = SIZES[index % len(SIZES)]
-    if world == 'varied':
-        scene = render_varied(sample_varied_split(split, index, 'train', aspect=w / h), h, w)
-    elif world == 'default':
-        scene = render(sample_scene(seed), h, w)
-    else:
-        raise ValueError(f'unknown world {world!r}; use one of {WORLDS}')
+    scene = world_scene(split, index, h, w, world)  # varied: its train style families
     tensor, box = letterbox(scene.image, config.image_size)
     feats = backbone.forward_features(normalize_image(config, tensor))
     hm = config.mask_size
