@@ -32,8 +32,9 @@ from ros_segcap.world import sample_scene
 from ros_segcap.world.annotate import Annotation
 from ros_segcap.world.varied import sample_varied_split
 from training.data.sample import Sample
-from training.data.tabletop import WORLDS, tabletop_example
+from training.data.tabletop import tabletop_example
 from training.eval.by_attribute import AttributeMeter
+from training.eval.cli import add_world_arguments, check_world_arguments
 from training.eval.metrics import GcgMeter, ReferringMeter
 from training.eval.text_metrics import (attribute_accuracy, cider_d, corpus_bleu,
                                         region_answer_accuracy)
@@ -182,20 +183,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--decode-path', default=DEFAULT_DECODE_PATH, choices=DECODE_PATHS)
     ap.add_argument('--no-refine-edges', dest='refine_edges', action='store_false',
                     help='keep the masks as the mask grid gives them (no edge refinement)')
-    ap.add_argument('--world', default='default', choices=WORLDS,
-                    help='varied: the domain-randomised world (scores per kind and colour too)')
-    ap.add_argument('--styles', default='train', choices=('train', 'held_out'),
-                    help='style families of the varied world (held_out: only with --split test)')
+    add_world_arguments(ap)  # varied: scores per kind and colour too
     ap.add_argument('--parity', action='store_true',
                     help='also run the reference decode path on the same samples and report '
                          'the answer mismatch rate and the score differences')
     args = ap.parse_args(argv)
+    check_world_arguments(ap, args)
     torch.set_num_threads(args.threads)
     log = Path(args.answers) if args.answers else None
-    if args.world == 'default' and args.styles != 'train':
-        ap.error('--styles applies to --world varied only')
-    if args.styles == 'held_out' and args.split != 'test':
-        ap.error('held-out styles are evaluated on the test split only; add --split test')
     world = dict(world=args.world, styles=args.styles)
     scores = evaluate(args.model, args.split, args.n, args.seed_offset, log=log,
                       decode_path=args.decode_path, refine_edges=args.refine_edges, **world)

@@ -8,6 +8,24 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from training.data.tabletop import WORLDS
+
+
+def add_world_arguments(ap: argparse.ArgumentParser) -> None:
+    """--world and --styles (the varied world's style families)."""
+    ap.add_argument('--world', default='default', choices=WORLDS,
+                    help='varied: the domain-randomised world')
+    ap.add_argument('--styles', default='train', choices=('train', 'held_out'),
+                    help='style families of the varied world (held_out: test split only)')
+
+
+def check_world_arguments(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse --styles without --world varied, and held-out styles off the test split."""
+    if args.world == 'default' and args.styles != 'train':
+        ap.error('--styles applies to --world varied only')
+    if args.styles == 'held_out' and args.split != 'test':
+        ap.error('held-out styles are evaluated on the test split only; add --split test')
+
 
 def model_command(doc: str, run: Callable[..., dict], n_default: int,
                   n_help: str, argv: Optional[Sequence[str]] = None) -> None:
@@ -22,15 +40,9 @@ def model_command(doc: str, run: Callable[..., dict], n_default: int,
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--no-refine-edges', dest='refine_edges', action='store_false',
                     help='keep the masks as the mask grid gives them (no edge refinement)')
-    ap.add_argument('--world', default='default', choices=('default', 'varied'),
-                    help='varied: the domain-randomised world')
-    ap.add_argument('--styles', default='train', choices=('train', 'held_out'),
-                    help='style families of the varied world (held_out: test split only)')
+    add_world_arguments(ap)
     args = ap.parse_args(argv)
-    if args.world == 'default' and args.styles != 'train':
-        ap.error('--styles applies to --world varied only')
-    if args.styles == 'held_out' and args.split != 'test':
-        ap.error('held-out styles are evaluated on the test split only; add --split test')
+    check_world_arguments(ap, args)
     torch.set_num_threads(args.threads)
     print(json.dumps(run(args.model, n=args.n, split=args.split, seed_offset=args.seed_offset,
                          refine_edges=args.refine_edges, world=args.world,
