@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ros_segcap.runtime import PipelineConfig, open_pipeline
 from training.data.tabletop import world_scene
 from training.eval.cli import model_command
-from training.eval.metrics import iou_matrix
+from training.eval.metrics import ReferringMeter
 from training.evaluate import IMAGE_SIZE
 
 TEMPLATE = 'Please segment the {} {} in this image.'
@@ -44,8 +44,7 @@ def plain_requests(model: str, n: int = 40, split: str = 'test', seed_offset: in
                    styles: str = 'train') -> dict:
     """Present / absent plain-request scores over n scenes of a split of a world."""
     pipe = open_pipeline(PipelineConfig(model=model, refine_edges=refine_edges))
-    ious, no_mask, false_mask = [], [], []
-    inter = union = 0
+    meter, ious, no_mask, false_mask = ReferringMeter(), [], [], []
     for i in tqdm(range(n), desc='scenes'):
         scene = world_scene(split, seed_offset + i, *IMAGE_SIZE, world, styles)
         pairs = [(o.colour, o.kind) for o in scene.objects]
@@ -55,18 +54,15 @@ def plain_requests(model: str, n: int = 40, split: str = 'test', seed_offset: in
             continue
         result = pipe.run(scene.image, TEMPLATE.format(*pairs[k]), frame_key=i)
         pred = np.logical_or.reduce(result.masks) if result.masks else None
-        truth = scene.mask(k)
-        ious.append(float(iou_matrix([pred], [truth])[0, 0]) if pred is not None else 0.0)
-        if pred is not None:
-            inter += int(np.count_nonzero(pred & truth))
-        union += int(np.count_nonzero(truth if pred is None else pred | truth))
+        ious.append(meter.update(pred, [scene.mask(k)]))
         no_mask.append(pred is None)
         if absent is not None:
             false_mask.append(bool(pipe.run(scene.image, TEMPLATE.format(*absent),
                                             frame_key=i).masks))
     iou = np.array(ious)
     return dict(model=model, world=world, styles=styles, split=split, seed_offset=seed_offset,
-                scenes=n, present=len(ious), present_ciou=inter / union if union else None,
+                scenes=n, present=len(ious),
+                present_ciou=meter.compute().ciou if meter.union else None,
                 present_iou50=float((iou >= 0.5).mean()) if len(iou) else None,
                 present_no_mask=float(np.mean(no_mask)) if no_mask else None,
                 present_mean_iou=float(iou.mean()) if len(iou) else None,
