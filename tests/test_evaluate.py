@@ -222,3 +222,8 @@ def test_photo_outlines_and_report(tiny_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         photos_main(['--model', str(tiny_dir), '--photos', str(listing)])
     assert stop.value.code == 2
+    for text in ('[1]', '{"photos": 3}', 'not json'):  # a broken listing: one line, exit 2
+        listing.write_text(text)
+        with pytest.raises(SystemExit) as stop:
+            photos_main(['--model', str(tiny_dir), '--photos', str(listing)])
+        assert stop.value.code == 2 and 'photos.json' in capsys.readouterr().err

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from ros_segcap.core.files import read_json_object
 from ros_segcap.runtime import PipelineConfig, open_pipeline
 from ros_segcap.world.backdrops import backdrop_photo
 from training.eval.metrics import ReferringMeter
@@ -30,9 +31,18 @@ TEMPLATE = 'Please segment the {} in this image.'
 
 
 def load_photos(path: str | Path = PHOTOS) -> tuple[list[dict[str, Any]], list[str]]:
-    """(photos that are installed, with 'pixels' (H, W, 3) RGB; names of missing photos)."""
+    """(photos that are installed, with 'pixels' (H, W, 3) RGB; names of missing photos).
+
+    ValueError in one line for a file that is not a JSON object with a 'photos' list."""
+    try:
+        entries = read_json_object(path)['photos']
+        if not isinstance(entries, list):
+            raise ValueError("'photos' must be a list")
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc if not isinstance(exc, KeyError) else 'no photos list'}"
+                         ) from None
     found, missing = [], []
-    for entry in json.loads(Path(path).read_text())['photos']:
+    for entry in entries:
         pixels = backdrop_photo(entry['image'])
         if pixels is None:
             missing.append(entry['image'])
@@ -114,7 +124,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--no-refine-edges', dest='refine_edges', action='store_false')
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    photos, missing = load_photos(args.photos)
+    try:
+        photos, missing = load_photos(args.photos)
+    except ValueError as exc:
+        ap.exit(2, f'{ap.prog}: error: {exc}\n')
     for name in missing:
         print(f'photos: {name} is not installed; skipped (opencv: apt install opencv-doc)',
               file=sys.stderr)
