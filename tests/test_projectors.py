@@ -57,6 +57,31 @@ def test_word_anchor_adds_the_expected_word_embeddings():
     assert plain.anchored(tokens, logits) is tokens
 
 
+def test_colour_from_pool_reads_colour_off_the_pooled_features():
+    config = get_config('tiny-random').replace(token_norm=True, word_anchor=True,
+                                               colour_from_pool=True)
+    model = build_model(config, pretrained=False)
+    k, c8 = config.num_classes, config.backbone_channels[0]
+    assert model.projectors.colour_head.in_features == c8
+    words = model.llm.embed(model.anchor_ids)
+    tokens, logits = torch.randn(2, config.llm_hidden), torch.zeros(2, k + 1)
+    pooled = torch.zeros(2, c8)
+    pooled[0, 0], pooled[1, 1] = 1.0, 1.0
+    with torch.no_grad():
+        model.projectors.colour_head.weight[2, 0] = 60.0  # feature 0 means colour 2
+        model.projectors.colour_head.weight[5, 1] = 60.0  # feature 1 means colour 5
+        out = model.anchored(tokens, logits, pooled=pooled)
+        class_part = logits[:, :k].softmax(-1) @ words[:k]
+        torch.testing.assert_close(out - tokens - class_part, words[[k + 2, k + 5]],
+                                   rtol=1e-4, atol=1e-4)
+        changed = model.anchored(tokens * 3, logits, pooled=pooled) - tokens * 3
+        torch.testing.assert_close(changed, out - tokens)  # the token itself plays no part
+    with pytest.raises(ValueError, match='pooled'):
+        model.anchored(tokens, logits)
+    with pytest.raises(ValueError, match='colour_from_pool=True: needs fine_pool'):
+        config.replace(fine_pool=False)
+
+
 def test_place_anchor_adds_place_words_by_mask_position():
     config = get_config('tiny-random').replace(token_norm=True, place_anchor=True)
     model = build_model(config, pretrained=False)

@@ -197,6 +197,32 @@ def test_reconfigure_carries_weights_into_a_grown_config(tmp_path: Path) -> None
                           '--out', str(tmp_path / 'bad')])
 
 
+def test_reconfigure_drops_a_part_whose_shape_changes(tmp_path: Path) -> None:
+    """--drop: colour_from_pool gives the colour head another input; the rest carries over."""
+    from ros_segcap.models.segcap.model import SegCapModel
+    from training.reconfigure import main as reconfigure_main
+
+    torch.manual_seed(4)
+    config = load_model('tiny-random').config.replace(word_anchor=True)
+    old = SegCapModel(config, pretrained=False)
+    with torch.no_grad():
+        old.projectors.colour_head.weight.normal_()
+    save_model(old, tmp_path / 'old')
+    args = ['--init', str(tmp_path / 'old'), '--set', 'colour_from_pool=true']
+    with pytest.raises(SystemExit, match='colour_head.weight: stored shape'):
+        reconfigure_main(args + ['--out', str(tmp_path / 'bad')])
+    reconfigure_main(args + ['--drop', 'projectors.colour_head', '--out', str(tmp_path / 'new')])
+    new = load_model(str(tmp_path / 'new'))
+    assert new.config.colour_from_pool
+    head = new.projectors.colour_head.weight
+    assert head.shape == (len(config.colour_names), config.backbone_channels[0])
+    assert not head.any()  # its new (zero) init
+    kept = new.state_dict()
+    for k, v in old.state_dict().items():
+        if not k.startswith('projectors.colour_head'):
+            assert torch.equal(kept[k], v), k
+
+
 def test_the_registered_segcap_tiny_is_what_ships():
     """The registry builds the architecture of the shipped weights, option for option."""
     import json

@@ -5,6 +5,8 @@
 
 Used when the architecture grows (e.g. fine_pool adds a zero-initialised projection): every
 stored tensor is copied, and a stored tensor the new config has no place for is an error.
+A part whose shape changes (e.g. colour_from_pool gives the colour head another input) is
+left out with --drop PREFIX and keeps its new init.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def _value(text: str):
     return text
 
 
-def reconfigure(init: str | Path, changes: dict, out: str | Path) -> SegCapModel:
+def reconfigure(init: str | Path, changes: dict, out: str | Path,
+                drop: Sequence[str] = ()) -> SegCapModel:
     init = Path(init)
     info = json.loads((init / CONFIG_FILE).read_text())
     config = SegCapConfig.from_dict(dict(info['config'], **changes))
@@ -38,7 +41,8 @@ def reconfigure(init: str | Path, changes: dict, out: str | Path) -> SegCapModel
     if info.get('lora'):
         from ros_segcap.models.segcap.lora import apply_lora
         apply_lora(model, **info['lora'])
-    load_state(model, read_tensors(init), missing_ok=True)  # new parts keep their init
+    tensors = {k: v for k, v in read_tensors(init).items() if not k.startswith(tuple(drop))}
+    load_state(model, tensors, missing_ok=True)  # new and dropped parts keep their init
     model.trained = bool(info.get('trained', False))
     save_model(model, out)
     return model
@@ -49,6 +53,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--init', required=True, help='model directory to start from')
     ap.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                     help='config change (repeatable), e.g. fine_pool=true')
+    ap.add_argument('--drop', action='append', default=[], metavar='PREFIX',
+                    help='stored tensors under this name are not carried (repeatable), '
+                    'e.g. projectors.colour_head.')
     ap.add_argument('--out', required=True)
     args = ap.parse_args(argv)
     changes = {}
@@ -58,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         key, value = item.split('=', 1)
         changes[key] = _value(value)
     try:
-        reconfigure(args.init, changes, args.out)
+        reconfigure(args.init, changes, args.out, args.drop)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f'reconfigure: {exc}') from None
     print(f'{args.out}: {args.init} with {changes}')

@@ -193,8 +193,9 @@ class LanguageStage(nn.Module):
 
     def colour_loss(self, frame: FrameFeatures, sample: CachedSample, logs: dict
                     ) -> torch.Tensor:
-        """CE of the colour head (word_anchor) on the object tokens of the queries that cover
-        the sample's colour-named grounded phrases (0 when there are none)."""
+        """CE of the colour head (word_anchor; on the object tokens, or their pooled fine
+        features with colour_from_pool) for the queries that cover the sample's colour-named
+        grounded phrases (0 when there are none)."""
         probe = self.model.projectors.colour_head
         if probe is None or not self.cfg.colour_weight or sample.task != 'gcg':
             return frame.query_feat.new_zeros(())
@@ -212,7 +213,7 @@ class LanguageStage(nn.Module):
         m = self.model
         pooled = m.pooled(frame, frame.mask_logits[:, q])
         tokens = m.projectors.object_tokens(frame.query_feat[0, q], frame.query_pos[0, q], pooled)
-        logits = probe(tokens)
+        logits = m.projectors.colour_logits(tokens, pooled)
         target = torch.tensor([r[1] for r in rows])
         logs['colour'] = nn.functional.cross_entropy(logits, target)
         logs['colour_acc'] = float((logits.argmax(1) == target).float().mean())

@@ -78,6 +78,9 @@ class SegCapConfig:
     # a word-shaped anchor the frozen LLM already reads. False = paper.
     word_anchor: bool = False
     colour_names: tuple[str, ...] = TABLETOP_COLOURS
+    # the colour head reads the stride-8 features pooled under the object's mask (needs
+    # fine_pool) instead of the object token: colour is near-linear there. False = on the token.
+    colour_from_pool: bool = False
     # object / region tokens also get the LLM's word embeddings of 'left', 'right', 'front'
     # and 'back', weighted by a learned map (zero at init) of their mask's centre and size:
     # where a thing is, in words the LLM reads. False = paper.
@@ -148,7 +151,7 @@ INT_RANGES = {'image_size': (32, MAX_IMAGE_SIZE), 'shuffle': (1, 4), 'dim': (8, 
               'max_object_tokens': (1, 1024), 'proposals': (0, 256), 'lora_rank': (1, 512),
               'lora_alpha': (1, 4096)}
 BOOL_FIELDS = ('backbone_pretrained', 'fine_pool', 'token_norm', 'word_anchor', 'place_anchor',
-               'seg_pointer')
+               'seg_pointer', 'colour_from_pool')
 # LlamaConfig sizes a random LLM may have (llm_config); the 7B paper model is the upper end
 LLM_RANGES = {'hidden_size': (8, 8192), 'intermediate_size': (1, 32768),
               'num_hidden_layers': (1, 80), 'num_attention_heads': (1, 128),
@@ -219,6 +222,8 @@ def check_config(config: 'SegCapConfig') -> None:
     for key in BOOL_FIELDS:
         if not isinstance(getattr(config, key), bool):
             raise _bad(key, getattr(config, key), 'must be true or false')
+    if config.colour_from_pool and not (config.fine_pool and config.word_anchor):
+        raise _bad('colour_from_pool', True, 'needs fine_pool and word_anchor')
     _names('class_names', config.class_names, 1024)
     _names('colour_names', config.colour_names, 64)
     for key in ('llm', 'system_prompt'):
@@ -239,7 +244,7 @@ _REGISTRY: dict[str, SegCapConfig] = {
     'segcap-tiny-varied': SegCapConfig(name='segcap-tiny-varied', class_names=VARIED_CLASSES,
                                        colour_names=VARIED_COLOURS, fine_pool=True,
                                        token_norm=True, word_anchor=True, place_anchor=True,
-                                       seg_pointer=True, proposals=8),
+                                       seg_pointer=True, proposals=8, colour_from_pool=True),
     'tiny-random': SegCapConfig(
         name='tiny-random', image_size=128, backbone_pretrained=False, dim=32,
         num_queries=8, decoder_layers=2, num_heads=4, ffn_dim=64, llm='random', llm_hidden=64,

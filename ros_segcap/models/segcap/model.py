@@ -82,19 +82,20 @@ class SegCapModel(nn.Module):
         return fine
 
     def anchored(self, tokens: torch.Tensor, class_logits: torch.Tensor,
-                 mask_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 mask_logits: Optional[torch.Tensor] = None,
+                 pooled: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Word anchors: tokens (N, H) + expected class and colour word embeddings
         (word_anchor) + place word embeddings (place_anchor).
 
         class_logits (N, K+1) from the decoder (void dropped and renormalised); the colour
-        distribution comes from projectors.colour_head on the tokens themselves; the place
-        weights from projectors.place_head on the places of mask_logits (N, Hm, Wm).
+        distribution from projectors.colour_head on the tokens (on their pooled fine
+        features (N, C8) with colour_from_pool); the place weights from projectors.place_head on the places of mask_logits (N, Hm, Wm).
         """
         if self.config.word_anchor:
             words = self.llm.embed(self.anchor_ids).detach()  # (K + n_colours, H), frozen
             k = self.config.num_classes
             p_class = class_logits[..., :k].softmax(-1)
-            p_colour = self.projectors.colour_head(tokens).softmax(-1)
+            p_colour = self.projectors.colour_logits(tokens, pooled).softmax(-1).to(tokens.dtype)
             tokens = tokens + p_class @ words[:k] + p_colour @ words[k:]
         if self.config.place_anchor:
             if mask_logits is None:
@@ -225,12 +226,11 @@ class SegCapModel(nn.Module):
     def object_rows(self, frame: FrameFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """(kept query indices (N_obj,), their object tokens (N_obj, H))."""
         keep = self.kept_queries(frame)
-        pooled = self.pooled(frame, frame.mask_logits)
+        pooled = self.pooled(frame, frame.mask_logits[:, keep])
         objects = self.projectors.object_tokens(frame.query_feat[0, keep],
-                                                frame.query_pos[0, keep],
-                                                None if pooled is None else pooled[keep])
+                                                frame.query_pos[0, keep], pooled)
         return keep, self.anchored(objects, frame.class_logits[0, keep],
-                                   frame.mask_logits[0, keep])
+                                   frame.mask_logits[0, keep], pooled)
 
     def seg_pointer(self, frame: FrameFeatures, hidden: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,7 +265,7 @@ class SegCapModel(nn.Module):
         tokens = self.projectors.object_tokens(prompt_out.query_feat[0],
                                                prompt_out.query_pos[0], pooled)
         return self.anchored(tokens, prompt_out.class_logits[-1][0],
-                             prompt_out.mask_logits[-1][0])
+                             prompt_out.mask_logits[-1][0], pooled)
 
     def build_embeds(self, ids: torch.Tensor, visual: torch.Tensor,
                      region_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:

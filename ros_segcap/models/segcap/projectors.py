@@ -49,9 +49,11 @@ class Projectors(nn.Module):
         nn.init.normal_(self.separator, std=0.02)
         self.text2vision = mlp2(h, d2, d2)
         self.token_gain = nn.Parameter(torch.ones(h)) if config.token_norm else None
-        self.colour_head = None  # word_anchor: token -> colour word logits (zero at init)
+        self.colour_from_pool = config.colour_from_pool
+        self.colour_head = None  # word_anchor: token (or pooled fine features) -> colour logits
         if config.word_anchor:
-            self.colour_head = _zero_linear(h, len(config.colour_names))
+            c_in = config.backbone_channels[0] if config.colour_from_pool else h
+            self.colour_head = _zero_linear(c_in, len(config.colour_names))
         self.place_head = None  # place_anchor: (centre x, centre y, sqrt area) -> word weights
         if config.place_anchor:
             self.place_head = _zero_linear(3, len(PLACE_WORDS))
@@ -67,6 +69,16 @@ class Projectors(nn.Module):
             return tokens
         return tokens * torch.rsqrt(tokens.pow(2).mean(-1, keepdim=True) + 1e-6) * \
             self.token_gain
+
+    def colour_logits(self, tokens: torch.Tensor, pooled: Optional[torch.Tensor] = None
+                      ) -> torch.Tensor:
+        """Colour-word logits (N, n_colours) of object tokens (N, H), or with colour_from_pool
+        of their mask-pooled fine features (N, C8)."""
+        if not self.colour_from_pool:
+            return self.colour_head(tokens)
+        if pooled is None:
+            raise ValueError('this model reads colour off pooled fine features: pass pooled')
+        return self.colour_head(pooled.to(self.colour_head.weight.dtype))
 
     def pixel_tokens(self, tokens: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         """tokens (B, T, 4C), prior (B, T, 2D) -> (B, T, H)."""
