@@ -141,3 +141,19 @@ def test_plural_referring_lists_three_or_more_targets_left_to_right(tiny):
         xs = [float(m.float().nonzero()[:, 1].float().mean()) for m in first.masks]
         assert xs == sorted(xs)
     assert made_any, 'the test cache should have a scene with three or more objects'
+
+
+def test_language_stage_keeps_only_the_recent_frames(tiny, monkeypatch):
+    """The frozen decoder's frames are memoised per scene, the FRAME_MEMO most recent."""
+    import training.stages as stages
+    root, init = tiny
+    monkeypatch.setattr(stages, 'FRAME_MEMO', 1)
+    stage = build_stage(make_config(2, dict(init=str(init), cache=str(root / 'cache'))))
+    first, second = load_cache(root / 'cache')[:2]
+    a = stage.frame(first)
+    assert stage.frame(first) is a  # memoised
+    b = stage.frame(second)
+    assert list(stage._frames) == [second.seed] and stage.frame(second) is b
+    again = stage.frame(first)  # computed anew, the same values
+    assert again is not a
+    torch.testing.assert_close(again.mask_logits, a.mask_logits)
