@@ -95,33 +95,3 @@ def test_repeated_list_items_are_dropped():
     c = drop_repeats(SegCapResult(answer='y', raw_text=caption, phrases=['blue cone'] * 2,
                                   masks=[a, a.copy()], scores=[1, 1], boxes=[(0, 0, 1, 1)] * 2))
     assert len(c.masks) == 2 and c.answer == 'y'
-
-
-def test_list_items_with_empty_masks_are_dropped():
-    """An empty mask means the model found nothing the phrase names: the list loses the
-    item, and an answer left with none says so."""
-    import numpy as np
-
-    from ros_segcap.core.answer import referring_answer
-    from ros_segcap.core.pipeline import drop_unfound
-    from ros_segcap.core.types import SegCapResult
-
-    found, empty = np.eye(4, dtype=bool), np.zeros((4, 4), bool)
-
-    def result(phrases, masks, raw=None):
-        return drop_unfound(SegCapResult(
-            answer='x', raw_text=raw or referring_answer(phrases), phrases=list(phrases),
-            masks=list(masks), scores=[.5] * len(masks), boxes=[(0, 0, 1, 1)] * len(masks)))
-
-    r = result(['the red cup', 'the blue bowl'], [empty, found])
-    assert r.phrases == ['the blue bowl'] and r.masks[0] is found
-    assert r.answer == 'the blue bowl.'
-    r = result(['the purple bottle'], [empty])
-    assert r.masks == [] and r.phrases == []
-    assert r.answer == 'There is no purple bottle in this image.'
-    assert r.raw_text == '<p> the purple bottle </p> [SEG].'  # what the model said
-    assert result(['a', 'b'], [empty, empty]).answer == referring_answer([])
-    kept = result(['the red cup'], [found])
-    assert kept.answer == 'x' and len(kept.masks) == 1
-    caption = result(['red cup'], [empty], raw='A <p> red cup </p> [SEG] on a table.')
-    assert caption.answer == 'x' and len(caption.masks) == 1  # captions are left alone

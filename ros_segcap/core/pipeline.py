@@ -221,7 +221,7 @@ class Pipeline:
             result.phrases.append(phrases[i])
             result.scores.append(float(probs[m].mean()) if m.any() else 0.0)
             result.boxes.append(mask_box(m))
-        return drop_unfound(drop_repeats(result))
+        return drop_repeats(result)
 
 
 def check_request(prompt: str, visual_prompt: Optional[VisualPrompt], height: int,
@@ -301,25 +301,3 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     if len(xs) == 0:
         return (0, 0, -1, -1)
     return (int(xs[0]), int(ys[0]), int(xs[-1]), int(ys[-1]))
-
-
-def drop_unfound(result: SegCapResult) -> SegCapResult:
-    """Drop list items whose mask is empty: the model found nothing the phrase names (a
-    phrase_present model says so with an empty mask). Only for plain list answers; with
-    none left the answer is "There is no <phrase> in this image."."""
-    phrases = result.phrases
-    if not phrases or result.raw_text.strip() != referring_answer(phrases):
-        return result
-    keep = [i for i, m in enumerate(result.masks) if m.any()]
-    if len(keep) == len(phrases):
-        return result
-    if keep:
-        result.answer = parse_answer(referring_answer([phrases[k] for k in keep])).text
-    elif len(phrases) == 1:
-        name = phrases[0][4:] if phrases[0].startswith('the ') else phrases[0]
-        result.answer = f'There is no {name} in this image.'
-    else:
-        result.answer = referring_answer([])
-    for name in ('phrases', 'masks', 'scores', 'boxes'):
-        setattr(result, name, [getattr(result, name)[k] for k in keep])
-    return result

@@ -93,9 +93,6 @@ class SegCapConfig:
     # for the kind and colour words of the [SEG]'s phrase (phrase_prior.py; needs seg_pointer
     # and word_anchor; training trains the learned scores alone). False = learned only.
     phrase_prior: bool = False
-    # with phrase_prior: a [SEG] whose phrase names a kind / colour that no object has with
-    # P(kind) * P(colour) >= phrase_present gets no mask. 0 = always a mask.
-    phrase_present: float = 0.0
     # a centre heatmap on the mask features proposes up to N points; each becomes a
     # point-prompt query and, if the part of its mask around the point is a new object,
     # joins the frame's queries (proposals.py). 0 = paper.
@@ -233,10 +230,6 @@ def check_config(config: 'SegCapConfig') -> None:
         raise _bad('colour_from_pool', True, 'needs fine_pool and word_anchor')
     if config.phrase_prior and not (config.seg_pointer and config.word_anchor):
         raise _bad('phrase_prior', True, 'needs seg_pointer and word_anchor')
-    if isinstance(config.phrase_present, bool) or \
-            not isinstance(config.phrase_present, (int, float)) or \
-            not 0 <= config.phrase_present < 1:
-        raise _bad('phrase_present', config.phrase_present, 'must be a number in [0, 1)')
     _names('class_names', config.class_names, 1024)
     _names('colour_names', config.colour_names, 64)
     for key in ('llm', 'system_prompt'):

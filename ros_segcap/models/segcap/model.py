@@ -236,31 +236,30 @@ class SegCapModel(nn.Module):
         return keep, self.anchored(objects, frame.class_logits[0, keep],
                                    frame.mask_logits[0, keep], pooled)
 
-    def seg_pointer(self, frame: FrameFeatures, hidden: torch.Tensor
+    def seg_pointer(self, frame: FrameFeatures, hidden: torch.Tensor,
+                    phrases: Optional[Sequence[str]] = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """seg_pointer: [SEG] states (G, H) -> (learned scores (G, N_obj), kept query ids)."""
+        """seg_pointer: [SEG] states (G, H) -> (scores (G, N_obj), kept query indices).
+        With phrase_prior and the G phrases, the scores include their phrase prior."""
         keep, tokens = self.object_rows(frame)
         places = mask_places(frame.mask_logits[0, keep])
-        return self.projectors.pointer_logits(hidden.to(tokens.dtype), tokens, places), keep
+        scores = self.projectors.pointer_logits(hidden.to(tokens.dtype), tokens, places)
+        if self.config.phrase_prior and phrases is not None:
+            scores = scores + model_prior(self, frame, keep, phrases).to(scores.dtype)
+        return scores, keep
 
     def seg_masks(self, frame: FrameFeatures, hidden: torch.Tensor,
                   phrases: Optional[Sequence[str]] = None) -> torch.Tensor:
-        """[SEG] states (G, H) [, phrases] -> mask logits (G, Hm, Wm): the pointed object's
-        mask (scores + phrase_prior), else a decoded query; -100 everywhere where there is no
-        object (or, phrase_present, none is what the phrase names)."""
+        """[SEG] states (G, H) [and their phrases] -> mask logits (G, Hm, Wm): the pointed
+        object's mask with seg_pointer (all -inf-like when the frame has no object), else a
+        decoded query."""
         if not self.config.seg_pointer:
             return self.decode_seg(frame, hidden).mask_logits[-1][0]
-        scores, keep = self.seg_pointer(frame, hidden)
-        none = frame.mask_logits.new_full((len(hidden),) + frame.mask_logits.shape[-2:], -100.)
+        scores, keep = self.seg_pointer(frame, hidden, phrases)
         if keep.numel() == 0:
-            return none
-        absent = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
-        if self.config.phrase_prior and phrases is not None:
-            prior = model_prior(self, frame, keep, phrases).to(scores.dtype)
-            scores = scores + prior
-            absent = prior.max(1).values.exp() < self.config.phrase_present
-        masks = frame.mask_logits[0, keep[scores.argmax(1)]]
-        return torch.where(absent[:, None, None], none, masks)
+            return frame.mask_logits.new_full((hidden.shape[0],) + frame.mask_logits.shape[-2:],
+                                              -100.0)
+        return frame.mask_logits[0, keep[scores.argmax(1)]]
 
     def prompt_tokens(self, prompt_out: DecoderOutput,
                       frame: Optional[FrameFeatures] = None) -> torch.Tensor:
