@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -126,16 +125,13 @@ def test_prompt_embeds_shapes(tiny_model, tiny_frame) -> None:
     assert labels.dtype == torch.int64
 
 
-def _spy_decode_seg(model, monkeypatch: pytest.MonkeyPatch,
-                    phrases: Optional[list] = None) -> list[torch.Tensor]:
+def _spy_decode_seg(model, monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
     original = model.seg_mask_logits
 
-    def spy(frame, hidden, engine, seg_phrases=None):
+    def spy(frame, hidden, engine):
         seen.append(hidden.clone())
-        if phrases is not None:
-            phrases.extend(seg_phrases)
-        return original(frame, hidden, engine, seg_phrases)
+        return original(frame, hidden, engine)
 
     monkeypatch.setattr(model, 'seg_mask_logits', spy)
     return seen
@@ -147,12 +143,10 @@ def test_seg_path(tiny_model, tiny_pipeline, force_answer, monkeypatch, path: st
     image = make_image(90, 150, seed=5)
     monkeypatch.setattr(tiny_model.llm, 'decode_path', path)
     ids = force_answer(tiny_model, FORCED)
-    phrases: list[str] = []
-    seen = _spy_decode_seg(tiny_model, monkeypatch, phrases)
+    seen = _spy_decode_seg(tiny_model, monkeypatch)
     result = tiny_pipeline.run(image, 'segment the cup and the bowl')
     assert result.raw_text == tiny_model.llm.decode(ids)
     assert result.phrases == ['red cup', 'bowl']
-    assert phrases == ['red cup', 'bowl']  # each [SEG] is decoded with its own phrase
     assert result.answer == 'A red cup and bowl.'
     assert len(result.masks) == len(result.scores) == len(result.boxes) == 2
     for m in result.masks:

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from ros_segcap.models.segcap.config import get_config
-from ros_segcap.models.segcap.model import build_model
-from ros_segcap.models.segcap.prior import mask_places
+from ros_segcap.models.segcap.model import build_model, mask_places
 from ros_segcap.models.segcap.weights import load_model, save_model
 from training.cache import build_shard, load_cache
 from training.config import make_config

@@ -64,13 +64,3 @@ def referring_answer(phrases: list[str]) -> str:
     if len(parts) == 1:
         return parts[0] + '.'
     return ', '.join(parts[:-1]) + ' and ' + parts[-1] + '.'
-
-
-_LAST_PHRASE = re.compile(r'<p>((?:(?!<p>).)*?)</p>\s*$', re.S)
-
-
-def last_phrase(text: str) -> str:
-    """The phrase of the [SEG] that follows `text` (the answer so far): the text of its last
-    `<p> ... </p>` when that is where the answer ends, else ''."""
-    m = _LAST_PHRASE.search(text)
-    return m.group(1).strip() if m else ''

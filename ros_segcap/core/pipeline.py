@@ -19,7 +19,7 @@ from typing import Callable, Hashable, Optional
 import numpy as np
 import torch
 
-from .answer import last_phrase, parse_answer, referring_answer
+from .answer import parse_answer, referring_answer
 from .frames import FrameFeatures
 from .options import check, live, option
 from .panoptic import panoptic_result
@@ -129,23 +129,17 @@ class Pipeline:
                 embeds, prefix_len = self.model.question_embeds(frame, question, regions)
             key = None if frame_key is None else (frame_key, id(frame))
             early: list[np.ndarray] = []
-            text: list[str] = []  # the answer so far: each [SEG]'s phrase ends it
-
-            def on_piece(piece: str) -> bool:
-                text.append(piece)
-                return on_text is None or on_text(piece) is not False
 
             def on_seg(hidden: torch.Tensor) -> None:
                 with self._timed(timing, 'mask_decode'):
-                    phrase = last_phrase(''.join(text))
-                    logits = self._mask_logits(frame, box, hidden[None], [phrase])
+                    logits = self._mask_logits(frame, box, hidden[None])
                     probs = self.probabilities(logits, image, box)[0]
                 early.append(probs)
                 if on_state is not None:
                     on_state(hidden.detach(), probs)
                 if on_mask is not None:
                     on_mask(len(early) - 1, probs > self.settings.mask_threshold)
-            gen = self._generate(embeds, timing, on_piece, prefix_len, key, on_seg)
+            gen = self._generate(embeds, timing, on_text, prefix_len, key, on_seg)
             return self._finish(gen, early, timing)
 
     def panoptic(self, image: np.ndarray, frame_key: Optional[Hashable] = None
@@ -200,12 +194,10 @@ class Pipeline:
         r = radius_px(box.cell_px(self.model.config.mask_size))
         return np.stack([refine(image, p, r) for p in probs]) if len(probs) else probs
 
-    def _mask_logits(self, frame: FrameFeatures, box: Letterbox, hidden: torch.Tensor,
-                     phrases: Optional[list[str]] = None) -> torch.Tensor:
-        """[SEG] hidden states (n, H) [and their phrases] -> mask logits (n, H_img, W_img) on
-        the original image."""
-        return unletterbox(self.model.seg_mask_logits(frame, hidden, self.engine, phrases),
-                           box)
+    def _mask_logits(self, frame: FrameFeatures, box: Letterbox, hidden: torch.Tensor
+                     ) -> torch.Tensor:
+        """[SEG] hidden states (n, H) -> mask logits (n, H_img, W_img) on the original image."""
+        return unletterbox(self.model.seg_mask_logits(frame, hidden, self.engine), box)
 
     def _finish(self, gen, early: list[np.ndarray], timing: Timing) -> SegCapResult:
         parsed = parse_answer(gen.text)

@@ -6,7 +6,7 @@ adapter (ros_segcap.backends). The Pipeline holds one of each and knows nothing 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ContextManager, Optional, Protocol, Sequence
+from typing import Any, Callable, ContextManager, Optional, Protocol
 
 import torch
 
@@ -83,10 +83,9 @@ class SegModel(Protocol):
         """Answer from the embeddings; on_seg(h) gets each [SEG] hidden state (H,)."""
         ...
 
-    def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor, engine: Engine,
-                        phrases: Optional[Sequence[str]] = None) -> torch.Tensor:
-        """[SEG] hidden states (n, H) -> mask logits (n, Hm, Wm) on the model input; the
-        [SEG]s' phrases (the text of their <p> ... </p>), when known, may guide the choice."""
+    def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,
+                        engine: Engine) -> torch.Tensor:
+        """[SEG] hidden states (n, H) -> mask logits (n, Hm, Wm) on the model input."""
         ...
 
     def panoptic(self, frame: FrameFeatures) -> FrameObjects:

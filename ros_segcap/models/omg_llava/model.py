@@ -15,7 +15,7 @@ import contextlib
 import copy
 from dataclasses import dataclass, field
 import time
-from typing import Any, Callable, ContextManager, Optional, Sequence
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 from torch import nn
@@ -217,10 +217,9 @@ class OMGLlavaModel(nn.Module):
         parts = [self.embed_ids(before, None), visual, self.embed_ids(after, regions)]
         return torch.cat(parts, 0)[None], len(before) + visual.shape[0]
 
-    def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor, engine: Engine,
-                        phrases: Optional[Sequence[str]] = None) -> torch.Tensor:
-        """[SEG] states (n, H) -> mask logits (n, Hm, Wm) from the engine's seg decoder (the
-        phrases play no part)."""
+    def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,
+                        engine: Engine) -> torch.Tensor:
+        """[SEG] states (n, H) -> mask logits (n, Hm, Wm) from the engine's seg decoder."""
         queries = self.projector_text2vision(hidden.float())
         d = self.config.dim
         out = engine.decode(frame, queries[None, :, :d], queries[None, :, d:])

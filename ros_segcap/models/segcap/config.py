@@ -89,10 +89,6 @@ class SegCapConfig:
     # token plus its mask's centre and size) and its mask is that query's mask, instead of
     # becoming a new decoder query. False = paper.
     seg_pointer: bool = False
-    # at run time the pointer's scores also get log P(kind) + log P(colour) of each object
-    # for the kind and colour words of the [SEG]'s phrase (phrase_prior.py; needs seg_pointer
-    # and word_anchor; training trains the learned scores alone). False = learned only.
-    phrase_prior: bool = False
     # a centre heatmap on the mask features proposes up to N points; each becomes a
     # point-prompt query and, if the part of its mask around the point is a new object,
     # joins the frame's queries (proposals.py). 0 = paper.
@@ -155,7 +151,7 @@ INT_RANGES = {'image_size': (32, MAX_IMAGE_SIZE), 'shuffle': (1, 4), 'dim': (8, 
               'max_object_tokens': (1, 1024), 'proposals': (0, 256), 'lora_rank': (1, 512),
               'lora_alpha': (1, 4096)}
 BOOL_FIELDS = ('backbone_pretrained', 'fine_pool', 'token_norm', 'word_anchor', 'place_anchor',
-               'seg_pointer', 'colour_from_pool', 'phrase_prior')
+               'seg_pointer', 'colour_from_pool')
 # LlamaConfig sizes a random LLM may have (llm_config); the 7B paper model is the upper end
 LLM_RANGES = {'hidden_size': (8, 8192), 'intermediate_size': (1, 32768),
               'num_hidden_layers': (1, 80), 'num_attention_heads': (1, 128),
@@ -228,8 +224,6 @@ def check_config(config: 'SegCapConfig') -> None:
             raise _bad(key, getattr(config, key), 'must be true or false')
     if config.colour_from_pool and not (config.fine_pool and config.word_anchor):
         raise _bad('colour_from_pool', True, 'needs fine_pool and word_anchor')
-    if config.phrase_prior and not (config.seg_pointer and config.word_anchor):
-        raise _bad('phrase_prior', True, 'needs seg_pointer and word_anchor')
     _names('class_names', config.class_names, 1024)
     _names('colour_names', config.colour_names, 64)
     for key in ('llm', 'system_prompt'):

@@ -21,9 +21,7 @@ from .decoder import PROMPT_KIND_IDS, OMGDecoder
 from .encoder import PixelDecoder, build_backbone, normalize_image
 from .llm import Generation, LanguageModel, build_language_model, load_tokenizer
 from .panoptic import frame_objects
-from .phrase_prior import model_prior
-from .prior import (foreground_queries, mask_places, mask_pool, perception_prior,
-                    query_scores)
+from .prior import foreground_queries, mask_pool, perception_prior, query_scores
 from .projectors import PLACE_WORDS, Projectors
 from .proposals import OUTSIDE, cell_points, component_at, new_masks, peak_cells
 
@@ -91,15 +89,13 @@ class SegCapModel(nn.Module):
 
         class_logits (N, K+1) from the decoder (void dropped and renormalised); the colour
         distribution from projectors.colour_head on the tokens (on their pooled fine
-        features (N, C8) with colour_from_pool); the place weights from projectors.place_head
-        on the places of mask_logits (N, Hm, Wm).
+        features (N, C8) with colour_from_pool); the place weights from projectors.place_head on the places of mask_logits (N, Hm, Wm).
         """
         if self.config.word_anchor:
             words = self.llm.embed(self.anchor_ids).detach()  # (K + n_colours, H), frozen
             k = self.config.num_classes
             p_class = class_logits[..., :k].softmax(-1)
-            colour = self.projectors.colour_logits(tokens, pooled)
-            p_colour = colour.softmax(-1).to(tokens.dtype)
+            p_colour = self.projectors.colour_logits(tokens, pooled).softmax(-1).to(tokens.dtype)
             tokens = tokens + p_class @ words[:k] + p_colour @ words[k:]
         if self.config.place_anchor:
             if mask_logits is None:
@@ -236,26 +232,19 @@ class SegCapModel(nn.Module):
         return keep, self.anchored(objects, frame.class_logits[0, keep],
                                    frame.mask_logits[0, keep], pooled)
 
-    def seg_pointer(self, frame: FrameFeatures, hidden: torch.Tensor,
-                    phrases: Optional[Sequence[str]] = None
+    def seg_pointer(self, frame: FrameFeatures, hidden: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """seg_pointer: [SEG] states (G, H) -> (scores (G, N_obj), kept query indices).
-        With phrase_prior and the G phrases, the scores include their phrase prior."""
+        """seg_pointer: [SEG] states (G, H) -> (scores (G, N_obj), kept query indices)."""
         keep, tokens = self.object_rows(frame)
         places = mask_places(frame.mask_logits[0, keep])
-        scores = self.projectors.pointer_logits(hidden.to(tokens.dtype), tokens, places)
-        if self.config.phrase_prior and phrases is not None:
-            scores = scores + model_prior(self, frame, keep, phrases).to(scores.dtype)
-        return scores, keep
+        return self.projectors.pointer_logits(hidden.to(tokens.dtype), tokens, places), keep
 
-    def seg_masks(self, frame: FrameFeatures, hidden: torch.Tensor,
-                  phrases: Optional[Sequence[str]] = None) -> torch.Tensor:
-        """[SEG] states (G, H) [and their phrases] -> mask logits (G, Hm, Wm): the pointed
-        object's mask with seg_pointer (all -inf-like when the frame has no object), else a
-        decoded query."""
+    def seg_masks(self, frame: FrameFeatures, hidden: torch.Tensor) -> torch.Tensor:
+        """[SEG] states (G, H) -> mask logits (G, Hm, Wm): the pointed object's mask with
+        seg_pointer (all -inf-like when the frame has no object), else a decoded query."""
         if not self.config.seg_pointer:
             return self.decode_seg(frame, hidden).mask_logits[-1][0]
-        scores, keep = self.seg_pointer(frame, hidden, phrases)
+        scores, keep = self.seg_pointer(frame, hidden)
         if keep.numel() == 0:
             return frame.mask_logits.new_full((hidden.shape[0],) + frame.mask_logits.shape[-2:],
                                               -100.0)
@@ -338,13 +327,12 @@ class SegCapModel(nn.Module):
         """LanguageModel.generate (the keyword arguments of SegModel.generate)."""
         return self.llm.generate(embeds, **kwargs)
 
-    def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor, engine: Engine,
-                        phrases: Optional[Sequence[str]] = None) -> torch.Tensor:
-        """[SEG] states (n, H) [and their phrases] -> mask logits (n, Hm, Wm): the pointed
-        object's mask with seg_pointer (no decoder run), else the [SEG] queries decoded by
-        the engine."""
+    def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,
+                        engine: Engine) -> torch.Tensor:
+        """[SEG] states (n, H) -> mask logits (n, Hm, Wm): the pointed object's mask with
+        seg_pointer (no decoder run), else the [SEG] queries decoded by the engine."""
         if self.config.seg_pointer:
-            return self.seg_masks(frame, hidden, phrases)
+            return self.seg_masks(frame, hidden)
         feat, pos = self.projectors.to_queries(hidden[None])
         return engine.decode(frame, feat, pos).mask_logits[-1][0]
 
@@ -397,3 +385,15 @@ def build_meta_model(config: SegCapConfig) -> SegCapModel:
     lm = build_language_model(config, len(tokenizer), pretrained=False, device='meta')
     with torch.device('meta'):
         return SegCapModel(config, tokenizer=tokenizer, lm=lm, pretrained=False).eval()
+
+
+def mask_places(mask_logits: torch.Tensor) -> torch.Tensor:
+    """(N, Hm, Wm) soft masks -> (N, 3): centre x, centre y (0..1) and sqrt of area share."""
+    w = mask_logits.float().sigmoid()
+    hm, wm = w.shape[-2:]
+    mass = w.flatten(1).sum(1).clamp(min=1e-3)
+    ys = torch.linspace(0, 1, hm, device=w.device)
+    xs = torch.linspace(0, 1, wm, device=w.device)
+    cx = (w.sum(1) * xs).sum(1) / mass
+    cy = (w.sum(2) * ys).sum(1) / mass
+    return torch.stack([cx, cy, (mass / (hm * wm)).sqrt()], -1).to(mask_logits.dtype)

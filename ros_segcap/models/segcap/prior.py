@@ -56,15 +56,3 @@ def foreground_queries(class_logits: torch.Tensor, mask_logits: torch.Tensor) ->
     n = p.shape[1]
     counts = F.one_hot(owner.flatten(1), n).sum(1)  # (B, N)
     return counts > 0
-
-
-def mask_places(mask_logits: torch.Tensor) -> torch.Tensor:
-    """(N, Hm, Wm) soft masks -> (N, 3): centre x, centre y (0..1) and sqrt of area share."""
-    w = mask_logits.float().sigmoid()
-    hm, wm = w.shape[-2:]
-    mass = w.flatten(1).sum(1).clamp(min=1e-3)
-    ys = torch.linspace(0, 1, hm, device=w.device)
-    xs = torch.linspace(0, 1, wm, device=w.device)
-    cx = (w.sum(1) * xs).sum(1) / mass
-    cy = (w.sum(2) * ys).sum(1) / mass
-    return torch.stack([cx, cy, (mass / (hm * wm)).sqrt()], -1).to(mask_logits.dtype)
