@@ -87,9 +87,9 @@ class SegCapModel(nn.Module):
         """Word anchors: tokens (N, H) + expected class and colour word embeddings
         (word_anchor) + place word embeddings (place_anchor).
 
-        class_logits (N, K+1) from the decoder (void dropped and renormalised); the colour
-        distribution from projectors.colour_head on the tokens (on their pooled fine
-        features (N, C8) with colour_from_pool); the place weights from projectors.place_head on the places of mask_logits (N, Hm, Wm).
+        class_logits (N, K+1) from the decoder (void dropped and renormalised); colour from
+        projectors.colour_head on the tokens (colour_from_pool: on their pooled fine features
+        (N, C8)); place weights from projectors.place_head on the places of mask_logits.
         """
         if self.config.word_anchor:
             words = self.llm.embed(self.anchor_ids).detach()  # (K + n_colours, H), frozen
