@@ -38,7 +38,8 @@ def ros(tmp_path_factory):
     """Start the shared node (tiny-random) and the test side; stop them at the end."""
     it = ru.built_interfaces()
     node, side = ru.start_node(tmp_path_factory.mktemp('node'), 'segcap_test',
-                               {'model': 'tiny-random', 'queue_size': 4, 'max_new_tokens': 16})
+                               {'model': 'tiny-random', 'queue_size': 4, 'max_new_tokens': 16,
+                                'diagnostics_period': 0.2})
     ns = node.namespace
     pub = side.node.create_publisher
     ros = ru.Ros(node, side, it, side.collect(it.ResultMsg, 'segcap/result'),
@@ -77,7 +78,18 @@ def test_best_effort_camera_and_the_newest_frame_at_arrival(ros):
     assert 'vision' in result.stage_names or 'llm_decode' in result.stage_names
 
 
+def commands_counted(ros: Any, diagnostics: Any, after: float) -> int:
+    """Return the node's count of received commands in its newest /diagnostics after `after`."""
+    hardware = f'{ros.node.namespace}/segcap_node'
+    counts = [int(kv.value) for d in diagnostics.snapshot() for s in d.status
+              if s.hardware_id == hardware and
+              d.header.stamp.sec + d.header.stamp.nanosec * 1e-9 > after
+              for kv in s.values if kv.key == 'commands']
+    return counts[-1] if counts else -1
+
+
 def test_a_queued_command_keeps_the_frame_of_its_arrival(ros):
+    diagnostics = ros.side.collect(DiagnosticArray, '/diagnostics', 100)
     ros.show(ru.make_image(120, 160, stamp_sec=5000, frame_id='cam_b', value=-1))
     texts = [ros.unique(t) for t in ('describe the scene', 'segment the cup', 'segment the bowl',
                                      'what is this?')]
@@ -85,9 +97,14 @@ def test_a_queued_command_keeps_the_frame_of_its_arrival(ros):
     # frame arrives, however fast the machine
     assert ros.set_parameter('max_new_tokens', 400).successful
     try:
+        now = time.time()
+        before = ru.wait_for(lambda: commands_counted(ros, diagnostics, now) + 1, 10.0,
+                             'our /diagnostics', ros.node) - 1
         for text in texts:
             ros.command.publish(String(data=text))
-        time.sleep(0.1)  # the commands have arrived; the last one waits behind the others
+        # the node has taken all four (its own count says so); the last waits behind the others
+        ru.wait_for(lambda: commands_counted(ros, diagnostics, 0.0) >= before + 4, 10.0,
+                    'the node to count the four commands', ros.node)
         ros.show(ru.make_image(120, 160, stamp_sec=5001, frame_id='cam_b', value=-1), times=5)
         done_early = [t for t in texts if ros.results.find(lambda r, t=t: r.command == t)]
         results = [ros.result_for(text) for text in texts]
