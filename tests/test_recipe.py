@@ -17,7 +17,7 @@ from training.loop import CHECKPOINT
 from training.recipe import commands, read_recipe, run as run_recipe
 from training.train import model_vocab, run as run_stage
 
-RECIPE = Path(__file__).resolve().parents[1] / 'training' / 'recipes' / 'segcap-tiny-varied'
+RECIPE = Path(__file__).resolve().parents[1] / 'training' / 'recipes' / 'segcap-tiny'
 
 
 def _write(recipe: Path, steps: dict) -> Path:
@@ -101,11 +101,11 @@ def test_stop_at_ends_a_stage_after_one_step_with_a_checkpoint(tmp_path):
     assert (tmp_path / 's0' / 'model' / 'config.json').is_file()
 
 
-def test_segcap_tiny_varied_knows_the_varied_world_words():
+def test_segcap_tiny_knows_the_varied_world_words():
     """The recipe's architecture has the varied world's classes and colours, in order."""
     assert VARIED_CLASSES == VOCAB.class_names and VARIED_COLOURS == VOCAB.colours
-    assert read_recipe(RECIPE)['stage0']['model'] == 'segcap-tiny-varied'
-    config = get_config('segcap-tiny-varied')
+    assert read_recipe(RECIPE)['stage0']['model'] == 'segcap-tiny'
+    config = get_config('segcap-tiny')
     assert config.class_names == VARIED_CLASSES and config.colour_names == VARIED_COLOURS
     assert model_vocab(config) == VOCAB
 

@@ -1,6 +1,6 @@
 """Run a training recipe: the feature cache, then each stage, then the shipped fp16 weights.
 
-    python -m training.recipe training/recipes/segcap-tiny-varied --out runs/varied --minutes 60
+    python -m training.recipe training/recipes/segcap-tiny --out runs/segcap-tiny --minutes 60
 
 A recipe is a directory of JSON files, one per step: cache.json (the options of
 training.cache) and stage0.json, stage1.json, stage2.json (TrainConfig options of each stage).

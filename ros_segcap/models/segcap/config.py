@@ -36,7 +36,7 @@ TABLETOP_COLOURS = ('red', 'green', 'blue', 'yellow', 'orange', 'purple', 'pink'
                     'black')
 
 # Panoptic vocabulary and colour words of the varied world (ros_segcap.world.varied.VOCAB,
-# same order): segcap-tiny-varied, the architecture of training/recipes/segcap-tiny.
+# same order): the vocabulary of segcap-tiny (training/recipes/segcap-tiny).
 VARIED_CLASSES = ('background', 'table', 'cup', 'mug', 'bowl', 'plate', 'bottle', 'can', 'jar',
                   'box', 'ball', 'block', 'cone', 'banana', 'apple', 'orange', 'pear', 'book',
                   'phone', 'marker', 'sponge', 'teapot', 'vase')
@@ -238,13 +238,10 @@ TINY_RANDOM_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=
                        tie_word_embeddings=True, rms_norm_eps=1e-5)
 
 _REGISTRY: dict[str, SegCapConfig] = {
-    'segcap-tiny': SegCapConfig(name='segcap-tiny', fine_pool=True, token_norm=True,
-                                word_anchor=True, place_anchor=True, seg_pointer=True,
-                                proposals=8),
-    'segcap-tiny-varied': SegCapConfig(name='segcap-tiny-varied', class_names=VARIED_CLASSES,
-                                       colour_names=VARIED_COLOURS, fine_pool=True,
-                                       token_norm=True, word_anchor=True, place_anchor=True,
-                                       seg_pointer=True, proposals=8, colour_from_pool=True),
+    'segcap-tiny': SegCapConfig(name='segcap-tiny', class_names=VARIED_CLASSES,
+                                colour_names=VARIED_COLOURS, fine_pool=True, token_norm=True,
+                                word_anchor=True, colour_from_pool=True, place_anchor=True,
+                                seg_pointer=True, proposals=8),
     'tiny-random': SegCapConfig(
         name='tiny-random', image_size=128, backbone_pretrained=False, dim=32,
         num_queries=8, decoder_layers=2, num_heads=4, ffn_dim=64, llm='random', llm_hidden=64,
@@ -253,7 +250,7 @@ _REGISTRY: dict[str, SegCapConfig] = {
 # What a registered name is for: 'run' (the CLI and the node load it), 'test' (random weights,
 # loadable for the test suite only), 'meta' (a shape check, built only on the meta device).
 USES = ('run', 'test', 'meta')
-_USE = {'segcap-tiny': 'run', 'segcap-tiny-varied': 'run', 'tiny-random': 'test'}
+_USE = {'segcap-tiny': 'run', 'tiny-random': 'test'}
 
 
 def model_names() -> list[str]:
