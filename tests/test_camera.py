@@ -80,7 +80,8 @@ def test_tabletop_source_draws_the_chosen_world():
 
     varied = next(camera.open_source(camera_args('--size', '320x240', '--seed', '7',
                                                  '--world', 'varied')))
-    default = next(camera.open_source(camera_args('--size', '320x240', '--seed', '7')))
+    default = next(camera.open_source(camera_args('--size', '320x240', '--seed', '7',
+                                                  '--world', 'default')))
     # the frame is a few-pixel crop of its scene's render plus noise: compare to both renders
     for frame, own, other in (
             (varied, render_varied(sample_varied_scene(7), 240, 320), render(sample_scene(7),

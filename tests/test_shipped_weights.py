@@ -2,9 +2,11 @@
 
 Scenes of the varied world's test split, in its train style families and in the held-out
 ones (tile / marble tables, toon / outlined shading, low / high camera poses, last shape
-variants: never trained on). For each style set they are the first three test scenes from
-index 5000 on that hold exactly one red cup of >= 1000 visible pixels at 640x480 (chosen by
-that rule, not by the results).
+variants: never trained on). For each style set they are the first test scenes from index
+5000 on that hold exactly one red cup of >= 1000 visible pixels at 640x480 (chosen by that
+rule, not by the results): three in train styles, each of which must work, and ten in
+held-out styles, of which a share must work (the level the model card reports: about half
+of the held-out text requests, nearly all point prompts).
 """
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ from ros_segcap.models.segcap.weights import SHIPPED_DIR
 from ros_segcap.world.varied import render_varied, sample_varied_split
 
 SHIPPED = SHIPPED_DIR / 'segcap-tiny'
-RED_CUP_SCENES = {'train': (5143, 5168, 5197), 'held_out': (5102, 5137, 5197)}
-CASES = [(styles, i) for styles, indices in RED_CUP_SCENES.items() for i in indices]
+RED_CUP_SCENES = {'train': (5143, 5168, 5197),
+                  'held_out': (5102, 5137, 5197, 5218, 5275, 5297, 5431, 5476, 5501, 5509)}
+HELD_OUT_TEXT_FOUND = 4  # of 10: the red cup's mask at IoU >= 0.5 from the text request
+HELD_OUT_POINT_FOUND = 8  # of 10: the same from a point on the cup
 
 pytestmark = pytest.mark.skipif(not (SHIPPED / 'model.safetensors').is_file(),
                                 reason='no shipped segcap-tiny weights in ros_segcap/weights')
@@ -43,8 +47,26 @@ def _cup(spec, scene) -> np.ndarray:
     return scene.mask(cups[0])
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
+def _iou(masks: list[np.ndarray], truth: np.ndarray) -> float:
+    if not masks:
+        return 0.0
+    union = np.logical_or.reduce(masks)
+    return float((union & truth).sum() / max(1, (union | truth).sum()))
+
+
+def _text(pipeline, styles: str, index: int):
+    spec, scene = _scene(styles, index)
+    result = pipeline.run(scene.image, 'Please segment the red cup in this image.')
+    return _iou(result.masks, _cup(spec, scene)), result.raw_text
+
+
+def _point(pipeline, styles: str, index: int):
+    """'Please segment <mark>.' with a point on the cup's innermost pixel."""
+    spec, scene = _scene(styles, index)
+    cup = _cup(spec, scene)
+    point = VisualPrompt('point', point=innermost_point(cup))
+    result = pipeline.run(scene.image, 'Please segment <mark>.', visual_prompt=point)
+    return _iou(result.masks, cup), result.raw_text
 
 
 def test_the_scenes_follow_their_rule():
@@ -59,13 +81,24 @@ def test_the_scenes_follow_their_rule():
         assert tuple(picked) == indices, styles
 
 
-@pytest.mark.parametrize('styles, index', CASES)
-def test_red_cup_is_segmented(pipeline, styles, index):
-    spec, scene = _scene(styles, index)
-    cup = _cup(spec, scene)
-    result = pipeline.run(scene.image, 'Please segment the red cup in this image.')
-    assert len(result.masks) >= 1, f'no mask; answer: {result.raw_text!r}'
-    assert _iou(np.logical_or.reduce(result.masks), cup) >= 0.5, result.raw_text
+@pytest.mark.parametrize('index', RED_CUP_SCENES['train'])
+def test_red_cup_is_segmented_in_train_styles(pipeline, index):
+    iou, answer = _text(pipeline, 'train', index)
+    assert iou >= 0.5, f'IoU {iou:.2f}; answer: {answer!r}'
+
+
+@pytest.mark.parametrize('index', RED_CUP_SCENES['train'])
+def test_point_on_the_red_cup_segments_it_in_train_styles(pipeline, index):
+    iou, answer = _point(pipeline, 'train', index)
+    assert iou >= 0.5, f'IoU {iou:.2f}; answer: {answer!r}'
+
+
+def test_red_cups_in_held_out_styles(pipeline):
+    rows = [(index, *_text(pipeline, 'held_out', index), *_point(pipeline, 'held_out', index))
+            for index in RED_CUP_SCENES['held_out']]
+    report = '\n'.join(f'{i}: text IoU {t:.2f} {a!r}; point IoU {p:.2f}' for i, t, a, p, _ in rows)
+    assert sum(t >= 0.5 for _, t, _, _, _ in rows) >= HELD_OUT_TEXT_FOUND, report
+    assert sum(p >= 0.5 for _, _, _, p, _ in rows) >= HELD_OUT_POINT_FOUND, report
 
 
 @pytest.mark.parametrize('styles', list(RED_CUP_SCENES))
@@ -75,14 +108,3 @@ def test_absent_object_gives_empty_result(pipeline, styles):
     result = pipeline.run(scene.image, 'Please segment the purple bottle in this image.')
     assert result.masks == [], result.raw_text
     assert '[SEG]' not in result.raw_text
-
-
-@pytest.mark.parametrize('styles, index', CASES)
-def test_point_on_the_red_cup_segments_it(pipeline, styles, index):
-    """'Please segment <mark>.' with a point on the cup's innermost pixel."""
-    spec, scene = _scene(styles, index)
-    cup = _cup(spec, scene)
-    point = VisualPrompt('point', point=innermost_point(cup))
-    result = pipeline.run(scene.image, 'Please segment <mark>.', visual_prompt=point)
-    assert len(result.masks) >= 1, f'no mask; answer: {result.raw_text!r}'
-    assert _iou(np.logical_or.reduce(result.masks), cup) >= 0.5, result.raw_text

