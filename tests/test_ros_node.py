@@ -98,6 +98,7 @@ def test_a_queued_command_keeps_the_frame_of_its_arrival(ros):
     assert ros.set_parameter('max_new_tokens', 400).successful
     try:
         now = time.time()
+        # + 1: a count of 0 is an answer too (wait_for waits for a truthy value)
         before = ru.wait_for(lambda: commands_counted(ros, diagnostics, now) + 1, 10.0,
                              'our /diagnostics', ros.node) - 1
         for text in texts:
