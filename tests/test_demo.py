@@ -311,3 +311,31 @@ def test_sigint_while_spinning_ends_rclpy_cleanly_and_interrupts_only_while_flag
              '    print("spin ended by shutdown")\n')
     out = run_probe(probe)
     assert out.split('\n')[:2] == ['interrupted while flagged', 'spin ended by shutdown'], out
+
+
+def test_a_stop_signal_inside_a_callback_python_ignores_prints_nothing():
+    """StopSignals: an interrupt that lands in a weakref callback (where Python can only
+    print it as 'Exception ignored') is dropped silently; the stop stays requested."""
+    probe = ('import gc, os, signal, weakref\n'
+             'from ros_segcap.ros.sigint import StopSignals\n'
+             'signals = StopSignals().install()\n'
+             'signals.interrupt.set()\n'
+             'class Thing: pass\n'
+             'def callback(ref):\n'
+             '    os.kill(os.getpid(), signal.SIGINT)\n'
+             '    for _ in range(100000): pass\n'
+             'thing = Thing()\n'
+             'ref = weakref.ref(thing, callback)\n'
+             'del thing\n'
+             'gc.collect()\n'
+             'print("requested" if signals.requested.is_set() else "not requested")\n'
+             'def other(ref):\n'
+             '    raise ValueError("a real error")\n'
+             'thing = Thing()\n'
+             'ref = weakref.ref(thing, other)\n'
+             'del thing\n')
+    result = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0 and result.stdout == 'requested\n', result
+    assert 'KeyboardInterrupt' not in result.stderr, result.stderr
+    assert 'ValueError: a real error' in result.stderr, 'other ignored errors must still print'

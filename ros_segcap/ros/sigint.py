@@ -13,6 +13,7 @@ answer its pending calls before the context goes.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 
@@ -36,6 +37,11 @@ class StopSignals:
     also keeps while the interpreter finalizes; a Python handler would be reset to the default
     there, and a second Ctrl-C would kill the process with -2). The orderly stop is bounded
     by timeouts, so it needs no second Ctrl-C.
+
+    A KeyboardInterrupt raised where Python cannot pass it on (inside a weakref callback or a
+    finalizer, such as the import system's module-lock cleanup) would be printed as "Exception
+    ignored ... Traceback"; after a stop request it is dropped silently instead, and the
+    stop happens at the next check of `requested`.
     """
 
     def __init__(self) -> None:
@@ -47,6 +53,12 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, self._handle)
+            previous = sys.unraisablehook
+
+            def unraisable(info) -> None:
+                if not (info.exc_type is KeyboardInterrupt and self.requested.is_set()):
+                    previous(info)
+            sys.unraisablehook = unraisable
         return self
 
     def _handle(self, signum: int, frame) -> None:
