@@ -121,3 +121,25 @@ def test_a_varied_cache_uses_the_world_classes_and_the_model_words():
     for a in absent:  # 'There is no <colour> <kind> in this image.' in the model's words
         colour, kind = a.answer.split()[3:5]
         assert colour in VOCAB.colours and kind in VOCAB.kinds and not a.masks.shape[0]
+
+
+def test_a_second_run_of_a_stage_continues_from_the_first_and_ends_at_end_step(tmp_path):
+    """stage0b.json runs stage 0 again from stage0's model; stage1 then starts from stage0b.
+    end_step ends a run early while its learning-rate schedule still spans `steps`."""
+    recipe = _tiny_recipe(tmp_path)
+    (recipe / 'stage0b.json').write_text(json.dumps(dict(steps=4, end_step=2, accum=1,
+                                                         threads=1, ckpt_every=1)))
+    (recipe / 'stage3.json').write_text('{}')  # not a stage: ignored
+    out = tmp_path / 'run'
+    steps = read_recipe(recipe)
+    assert list(steps) == ['cache', 'stage0', 'stage0b', 'stage1', 'stage2']
+    todo = {name: argv for name, argv, _ in commands(steps, out)}
+    assert todo['stage0b'][:3] == ['training.train', '--stage', '0']
+    assert f'--init={out / "stage0" / "model"}' in todo['stage0b']
+    assert f'--init={out / "stage0b" / "model"}' in todo['stage1']
+    assert run_recipe(recipe, out)
+    state = torch.load(out / 'stage0b' / CHECKPOINT, weights_only=True)
+    assert state['step'] == 2 and (out / 'stage0b' / 'model' / 'config.json').is_file()
+    lrs = [float(line.split(',')[1]) for line in
+           (out / 'stage0b' / 'metrics.csv').read_text().splitlines()[1:]]
+    assert len(lrs) == 2 and lrs[-1] > 0.5 * 1e-4, 'the schedule spans 4 steps, not 2'

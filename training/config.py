@@ -42,6 +42,8 @@ class TrainConfig:
     log_every: int = 5
     ckpt_every: int = 25  # steps between checkpoints
     stop_after: int = 0  # stop this process after N steps (chunked runs; 0 = run to the end)
+    end_step: int = 0  # the run ends for good after this step, though its learning-rate
+    # schedule spans `steps` (0 = steps); the model is written there
     stop_at: float = 0.0  # stop this process after the step that ends past this Unix time
     # (with a checkpoint; training.recipe --minutes sets it; 0 = no time limit)
     # losses

@@ -141,8 +141,9 @@ def _steps(module, stage, items, cfg: TrainConfig, opt, sched, start: int,
     params = [p for p in stage.parameters() if p.requires_grad]
     autocast = (torch.autocast('cpu', dtype=torch.bfloat16) if cfg.precision == 'bf16'
                 else nullcontext())
-    end = cfg.steps if not cfg.stop_after else min(cfg.steps, start + cfg.stop_after)
-    bar = _progress(start, end, cfg.steps, rank)
+    last = last_step(cfg)
+    end = last if not cfg.stop_after else min(last, start + cfg.stop_after)
+    bar = _progress(start, end, last, rank)
     for step in range(start, end):
         t0 = time.perf_counter()
         seed_step(cfg, step, rank)
@@ -179,6 +180,11 @@ def _steps(module, stage, items, cfg: TrainConfig, opt, sched, start: int,
         if out_of_time:
             break
     bar.close()
+
+
+def last_step(cfg: TrainConfig) -> int:
+    """The step after which the run is finished: end_step if set, else steps."""
+    return min(cfg.steps, cfg.end_step) if cfg.end_step else cfg.steps
 
 
 def _progress(start: int, end: int, total: int, rank: int):

@@ -4,8 +4,10 @@
 
 A recipe is a directory of JSON files, one per step: cache.json (the options of
 training.cache) and stage0.json, stage1.json, stage2.json (TrainConfig options of each stage).
-The runner supplies the paths: the cache directory, each stage's run directory and the
-previous stage's model as --init. Each step runs in its own process; its wall time and peak
+A stage may run more than once: stage0b.json, say, is a second run of stage 0 that continues
+from stage0's model with its own options; the steps run in the order of their names. The
+runner supplies the paths: the cache directory, each step's run directory and the previous
+step's model as --init. Each step runs in its own process; its wall time and peak
 RAM are added up over chunks in OUT/recipe.json.
 
 Resumable: finished steps are skipped, the cache keeps its written shards, and a stage with a
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+import re
 import subprocess
 import sys
 import time
@@ -28,13 +31,29 @@ from training.config import make_config, parse_overrides
 
 CACHE_KEYS = ('world', 'scenes', 'start', 'shard_size', 'threads', 'mix', 'model')
 STAGES = (0, 1, 2)
+STAGE_FILE = re.compile(r'stage([0-2])([a-z]?)\.json')
+
+
+def stage_names(path: Path) -> list[str]:
+    """The recipe's stage steps in running order (their names' order): stage0, stage0b, ...,
+    stage1, stage2. The three stages are always there (read_recipe says which is missing)."""
+    found = {f.name[:-len('.json')] for f in path.glob('stage*.json')
+             if STAGE_FILE.fullmatch(f.name)}
+    return sorted(found | {f'stage{s}' for s in STAGES})
+
+
+def stage_of(name: str) -> int:
+    """The stage a step trains: 'stage0b' -> 0."""
+    return int(name[len('stage')])
 
 
 def read_recipe(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The step files of a recipe directory, checked (unknown keys raise ValueError)."""
+    """The step files of a recipe directory in running order, checked (unknown keys raise
+    ValueError)."""
     path = Path(path)
     steps: dict[str, dict[str, Any]] = {}
-    for name in ('cache',) + tuple(f'stage{s}' for s in STAGES):
+    names = ['cache'] + stage_names(path)
+    for name in names:
         f = path / f'{name}.json'
         if not f.is_file():
             raise ValueError(f'recipe {path}: {f.name} is missing')
@@ -46,12 +65,12 @@ def read_recipe(path: str | Path) -> dict[str, dict[str, Any]]:
     if unknown:
         raise ValueError(f'recipe {path}/cache.json: unknown options {unknown}; '
                          f'known: {", ".join(CACHE_KEYS)}')
-    for s in STAGES:
+    for name in names[1:]:
         try:
-            make_config(s, dict(parse_overrides(_flags(steps[f'stage{s}'], 'train')),
-                                init='x'))
+            make_config(stage_of(name), dict(parse_overrides(_flags(steps[name], 'train')),
+                                             init='x'))
         except (TypeError, ValueError) as exc:
-            raise ValueError(f'recipe {path}/stage{s}.json: {exc}') from None
+            raise ValueError(f'recipe {path}/{name}.json: {exc}') from None
     return steps
 
 
@@ -67,18 +86,21 @@ def commands(steps: dict[str, dict[str, Any]], out: Path, stop_at: float = 0.0
     cache = out / 'cache'
     todo = [('cache', ['training.cache', '--out', str(cache), '--split', 'train']
              + _flags(steps['cache'], 'cache'), cache / 'done')]
-    for s in STAGES:
-        run = out / f'stage{s}'
-        argv = ['training.train', '--stage', str(s), f'--out={run}', f'--cache={cache}']
-        if s > 0:
-            argv.append(f'--init={out / f"stage{s - 1}" / "model"}')
-        argv += _flags(steps[f'stage{s}'], 'train')
+    previous = ''
+    for name in (n for n in steps if n != 'cache'):
+        run = out / name
+        argv = ['training.train', '--stage', str(stage_of(name)), f'--out={run}',
+                f'--cache={cache}']
+        if previous:
+            argv.append(f'--init={out / previous / "model"}')
+        argv += _flags(steps[name], 'train')
         if stop_at:
             argv.append(f'--stop_at={stop_at:.0f}')
         if (run / 'checkpoint.pt').exists():
             argv.append('--resume')
-        todo.append((f'stage{s}', argv, run / 'model' / 'config.json'))
-    todo.append(('ship', ['training.ship', '--run', str(out / 'stage2'), '--out',
+        todo.append((name, argv, run / 'model' / 'config.json'))
+        previous = name
+    todo.append(('ship', ['training.ship', '--run', str(out / previous), '--out',
                           str(out / 'model'), '--shipped'], out / 'model' / 'config.json'))
     return todo
 

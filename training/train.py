@@ -28,7 +28,7 @@ from ros_segcap.world.palette import DEFAULT_VOCAB, Vocabulary
 from training.cache import (CachedScene, load_cache, plural_referring, simple_absent,
                             simple_referring)
 from training.config import TrainConfig, make_config, parse_overrides
-from training.loop import dist_info, train_loop
+from training.loop import dist_info, last_step, train_loop
 from training.stages import build_stage
 
 
@@ -90,7 +90,7 @@ def run(cfg: TrainConfig, resume: bool = False,
 def _finished(cfg: TrainConfig) -> bool:
     state = torch.load(Path(cfg.run_dir) / 'checkpoint.pt', map_location='cpu',
                        weights_only=True)
-    return int(state['step']) >= cfg.steps
+    return int(state['step']) >= last_step(cfg)
 
 
 def _note_time(run_dir: Path, seconds: float, n_items: int) -> None:
