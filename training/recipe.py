@@ -31,7 +31,7 @@ from training.config import make_config, parse_overrides
 
 CACHE_KEYS = ('world', 'scenes', 'start', 'shard_size', 'threads', 'mix', 'model')
 STAGES = (0, 1, 2)
-STAGE_FILE = re.compile(r'stage([0-2])([a-z]?)\.json')
+STAGE_FILE = re.compile(r'stage[0-2][a-z]?\.json')
 
 
 def stage_names(path: Path) -> list[str]:
