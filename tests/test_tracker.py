@@ -17,6 +17,10 @@ SHIPPED = SHIPPED_DIR / 'segcap-tiny'
 needs_weights = pytest.mark.skipif(not (SHIPPED / 'model.safetensors').is_file(),
                                    reason='no shipped segcap-tiny weights in ros_segcap/weights')
 FRAME_S = 0.1
+# The pan sequence the tracking tests follow: seed 4, where the shipped model's first answer
+# finds its target (on seeds 0-3 it starts with "There is no ..."; docs/tracking.md has the
+# first-answer rate over seeds). These tests are about what tracking does with a found target.
+PAN_SEED = 4
 
 
 class Clock:
@@ -81,7 +85,7 @@ def test_sequences_have_exact_identities():
 
 @needs_weights
 def test_ids_stay_while_the_camera_pans(pipeline):
-    seq = make_sequence('pan', seed=0, frames=12)
+    seq = make_sequence('pan', seed=PAN_SEED, frames=12)
     results, _ = follow(pipeline, seq, TrackSettings(reground_s=0))
     assert [r.regrounded for r in results] == [True] + [False] * 11, \
         'the LLM answered again though every match was strong'
@@ -114,7 +118,7 @@ def test_a_target_that_leaves_is_reported_lost_and_keeps_its_id(pipeline):
 
 @needs_weights
 def test_reground_every_n_seconds(pipeline):
-    seq = make_sequence('pan', seed=0, frames=8)
+    seq = make_sequence('pan', seed=PAN_SEED, frames=8)
     results, _ = follow(pipeline, seq, TrackSettings(reground_s=0.25))
     # the LLM answers at 0.0 s, 0.3 s, 0.6 s (frames 0, 3, 6) and only then
     assert [i for i, r in enumerate(results) if r.regrounded] == [0, 3, 6]
@@ -123,7 +127,7 @@ def test_reground_every_n_seconds(pipeline):
 
 @needs_weights
 def test_a_new_command_replaces_the_tracked_set(pipeline):
-    seq = make_sequence('pan', seed=0, frames=3)
+    seq = make_sequence('pan', seed=PAN_SEED, frames=3)
     clock = Clock()
     tracker = Tracker(pipeline, TrackSettings(reground_s=0), clock=clock)
     tracker.start(seq.phrase)
