@@ -62,7 +62,7 @@ def test_panoptic_on_tiny_random_runs_no_llm(tiny_pipeline, monkeypatch) -> None
 def test_panoptic_finds_the_world_objects_with_segcap_tiny(monkeypatch) -> None:
     """The first four test scenes of the varied world (train styles): the table, each
     object of >= 1000 px covered by one segment (>= 75% of them) and named with its kind
-    (>= 25%: the class head names the kind of 2 of these 6; see the model card)."""
+    (>= 25%: the class head names the kind of 3 of these 6; see the model card)."""
     from ros_segcap.runtime import PipelineConfig, open_pipeline
 
     pipe = open_pipeline(PipelineConfig(model='segcap-tiny'))

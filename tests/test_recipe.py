@@ -39,14 +39,17 @@ def test_the_varied_recipe_reads_and_chains_its_stages(tmp_path):
     steps = read_recipe(RECIPE)
     assert steps['cache']['world'] == 'varied'
     todo = commands(steps, tmp_path)
-    assert [name for name, _, _ in todo] == ['cache', 'stage0', 'stage1', 'stage2', 'ship']
-    stage2 = todo[3][1]
+    assert [name for name, _, _ in todo] == ['cache', 'stage0', 'stage0b', 'stage1', 'stage2',
+                                             'stage2b', 'ship']
+    stage2 = todo[4][1]
     assert f'--init={tmp_path / "stage1" / "model"}' in stage2
     assert f'--cache={tmp_path / "cache"}' in stage2 and '--resume' not in stage2
+    assert f'--init={tmp_path / "stage0" / "model"}' in todo[2][1], 'stage0b goes on from stage0'
+    assert todo[-1][1][:3] == ['training.ship', '--run', str(tmp_path / 'stage2b')]
     (tmp_path / 'stage2').mkdir()
     (tmp_path / 'stage2' / CHECKPOINT).write_bytes(b'')
-    assert '--resume' in commands(steps, tmp_path, stop_at=5.0)[3][1]
-    assert '--stop_at=5' in commands(steps, tmp_path, stop_at=5.0)[3][1]
+    assert '--resume' in commands(steps, tmp_path, stop_at=5.0)[4][1]
+    assert '--stop_at=5' in commands(steps, tmp_path, stop_at=5.0)[4][1]
 
 
 @pytest.mark.parametrize('broken, message', [

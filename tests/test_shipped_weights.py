@@ -25,7 +25,7 @@ SHIPPED = SHIPPED_DIR / 'segcap-tiny'
 RED_CUP_SCENES = {'train': (5143, 5168, 5197),
                   'held_out': (5102, 5137, 5197, 5218, 5275, 5297, 5431, 5476, 5501, 5509)}
 HELD_OUT_TEXT_FOUND = 4  # of 10: the red cup's mask at IoU >= 0.5 from the text request
-HELD_OUT_POINT_FOUND = 8  # of 10: the same from a point on the cup
+HELD_OUT_POINT_FOUND = 7  # of 10: the same from a point on the cup
 
 pytestmark = pytest.mark.skipif(not (SHIPPED / 'model.safetensors').is_file(),
                                 reason='no shipped segcap-tiny weights in ros_segcap/weights')
