@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.ros, pytest.mark.skipif(
     reason='no shipped segcap-tiny weights in ros_segcap/weights')]
 STARTUP_S = 180.0
 FIRST = 5000
-SEQ = make_sequence('pan', seed=4, frames=12)  # its first answer finds the target
-# (test_tracker.PAN_SEED)
+# pan seed 4, as in test_tracker.PAN_SEED: the shipped model's first answer finds the target
+SEQ = make_sequence('pan', seed=4, frames=12)
 # Seed 3: the node's frames depend on its timing, and on this sequence the shipped model's
 # tracker invents no mask at any frame stride (the model-level rate over seeds is
 # tests/test_tracker.py's; this module checks what the node reports).
