@@ -227,3 +227,24 @@ def test_photo_outlines_and_report(tiny_dir, tmp_path, capsys):
         with pytest.raises(SystemExit) as stop:
             photos_main(['--model', str(tiny_dir), '--photos', str(listing)])
         assert stop.value.code == 2 and 'photos.json' in capsys.readouterr().err
+
+
+def test_region_accuracy_per_kind_of_question():
+    """Each region sample also counts for its kind of question (name, colour, describe ...)."""
+    from training.evaluate import region_question
+
+    assert region_question('What colour is <region>?') == 'colour'
+    assert region_question('what is  <mark>?') == 'name'
+    assert region_question('Which is closer to the camera, <region> or <mark>?') == 'closer'
+    assert region_question('How big is <region>?') == 'other'
+    ev = Evaluator()
+    samples = [tabletop_sample('test', i, 128, 'region') for i in range(12)]
+    kinds = [region_question(s.question) for s in samples]
+    assert len(set(kinds)) >= 2  # several kinds among the samples
+    wrong = kinds[0]  # every sample of the first sample's kind answered wrongly
+    for sample, kind in zip(samples, kinds):
+        ev.update(sample, _result([], 'no idea.' if kind == wrong else sample.answer))
+    by = ev.scores()['region_by_question']
+    assert by[wrong] == {'acc': 0.0, 'n': kinds.count(wrong)}
+    assert all(v['acc'] == 1.0 for k, v in by.items() if k != wrong)
+    assert sum(v['n'] for v in by.values()) == 12

@@ -4,7 +4,8 @@
 
 Scores: referring cIoU / gIoU and no-target accuracy (referring + absent samples, gRefCOCO
 conventions), GCG mask AP50 / mIoU / recall, caption BLEU-4 / CIDEr-D and colour attribute
-accuracy, region-answer accuracy (exact, normalised) and VQA accuracy. Sample i of the split
+accuracy, region-answer accuracy (exact, normalised; also per kind of region question in
+`region_by_question`) and VQA accuracy. Sample i of the split
 is scene split_seed(split, seed_offset + i) with task TASK_CYCLE[i % len(TASK_CYCLE)].
 
 `--world varied --styles train|held_out` evaluates on the varied world (its test split in
@@ -42,6 +43,16 @@ from training.eval.text_metrics import (attribute_accuracy, cider_d, corpus_bleu
 TASK_CYCLE = ('referring', 'absent', 'gcg', 'region', 'referring', 'caption', 'region', 'vqa')
 IMAGE_SIZE = (480, 640)  # (H, W): a VGA robot camera
 MAX_NEW_TOKENS = 128
+# how a region question starts -> the kind of question it is (region_by_question)
+REGION_QUESTIONS = (('what is', 'name'), ('what colour', 'colour'), ('what kind', 'kind'),
+                    ('can you describe', 'describe'), ('please segment', 'segment'),
+                    ('which is closer', 'closer'))
+
+
+def region_question(question: str) -> str:
+    """'What colour is <region>?' -> 'colour'; a question of no known kind -> 'other'."""
+    low = ' '.join(question.lower().split())
+    return next((name for start, name in REGION_QUESTIONS if low.startswith(start)), 'other')
 
 
 def answer_with_prompts(pipe: Pipeline, sample: Sample) -> SegCapResult:
@@ -69,6 +80,7 @@ class Evaluator:
         self.gcg = GcgMeter()
         self.captions: list[tuple[str, str, list[tuple[str, set[str]]]]] = []
         self.region: list[tuple[str, str]] = []
+        self.region_kinds: list[str] = []  # region_question of each region sample
         self.vqa: list[tuple[str, str]] = []
 
     def update(self, sample: Sample, result: SegCapResult, objects: Optional[Sequence] = None,
@@ -93,6 +105,7 @@ class Evaluator:
             self.captions.append((result.answer, sample.answer, named))
         elif sample.task == 'region':
             self.region.append((result.answer, parse_answer(sample.answer).text))
+            self.region_kinds.append(region_question(sample.question))
             if ann is not None and objects is not None and ann.extra.get('objects'):
                 right = region_answer_accuracy([result.answer], [self.region[-1][1]])
                 self.attributes.update('region_acc', [objects[ann.extra['objects'][0]]], right)
@@ -119,6 +132,12 @@ class Evaluator:
             out[f'{name}_acc'] = region_answer_accuracy(
                 [p for p, _ in pairs], [r for _, r in pairs]) if pairs else float('nan')
             out[f'n_{name}'] = len(pairs)
+        out['region_by_question'] = {}
+        for kind in sorted(set(self.region_kinds)):
+            pairs = [p for p, k in zip(self.region, self.region_kinds) if k == kind]
+            out['region_by_question'][kind] = {
+                'acc': region_answer_accuracy([p for p, _ in pairs], [r for _, r in pairs]),
+                'n': len(pairs)}
         return out
 
 
