@@ -63,6 +63,10 @@ class TrainConfig:
     # against the colour word of every grounded-caption phrase whose mask a frame query
     # covers (IoU >= 0.5): it pushes colour into the tokens the LLM reads
     colour_weight: float = 0.0
+    # stage 2, models with place_anchor: the place head, trained with MSE against the place
+    # words of every region description ('... at the front left of the table.') on the
+    # described object's prompt mask
+    place_weight: float = 0.0
     proj_lr_mult: float = 1.0  # learning-rate multiplier of the projectors
     class_weight: float = 2.0  # stage 0 Hungarian losses (Mask2Former weights)
     mask_bce_weight: float = 5.0

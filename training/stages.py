@@ -6,6 +6,7 @@ A stage is an nn.Module whose forward takes one cached item (batch size 1) and r
 from __future__ import annotations
 
 from collections import OrderedDict
+import re
 from typing import Optional, Sequence, Union
 
 import torch
@@ -14,7 +15,9 @@ from torch import nn
 from ros_segcap.core.answer import parse_answer
 from ros_segcap.models.segcap.config import TABLETOP_COLOURS, get_config
 from ros_segcap.models.segcap.lora import apply_lora, set_lora_dropout
-from ros_segcap.models.segcap.model import FrameFeatures, SegCapModel, build_model
+from ros_segcap.models.segcap.model import (FrameFeatures, SegCapModel, build_model,
+                                            mask_places)
+from ros_segcap.models.segcap.projectors import PLACE_WORDS
 from ros_segcap.core.preprocess import PromptQueries
 from ros_segcap.models.segcap.prior import foreground_queries
 from ros_segcap.models.segcap.proposals import centre_loss, centre_targets
@@ -42,6 +45,19 @@ def colour_label(phrase: str, names: Sequence[str] = TABLETOP_COLOURS) -> Option
     if words and words[0] in ('the', 'a', 'an'):
         words = words[1:]
     return names.index(words[0]) if words and words[0] in names else None
+
+
+def place_targets(answer: str) -> Optional[list[float]]:
+    """A region description's place as place-head targets, in PLACE_WORDS order: +1 for each
+    word it says, -1 for the others ('A red cup at the front left of the table.' ->
+    [1, -1, 1, -1]; 'at the centre' -> all -1); None for an answer without a place."""
+    found = re.search(r'\bat the ([a-z ]+?) of the table\b', answer.lower())
+    if found is None:
+        return None
+    words = found.group(1).split()
+    if words != ['centre'] and not (words and set(words) <= set(PLACE_WORDS)):
+        return None
+    return [1.0 if w in words else -1.0 for w in PLACE_WORDS]
 
 
 def features(scene: CachedScene) -> dict[str, torch.Tensor]:
@@ -228,6 +244,26 @@ class LanguageStage(nn.Module):
         logs['colour_acc'] = float((logits.argmax(1) == target).float().mean())
         return self.cfg.colour_weight * logs['colour']
 
+    def place_loss(self, frame: FrameFeatures, sample: CachedSample, logs: dict
+                   ) -> torch.Tensor:
+        """MSE of the place head (place_anchor) against the place a region description says
+        ('... at the front left of the table.'), on the described object's prompt mask; it
+        puts the place words into the tokens the LLM reads (0 for other samples)."""
+        head = self.model.projectors.place_head
+        zero = frame.query_feat.new_zeros(())
+        if head is None or not self.cfg.place_weight or not sample.kinds.shape[1]:
+            return zero
+        target = place_targets(sample.answer)
+        if target is None:
+            return zero
+        with torch.no_grad():
+            out = self.model.visual_prompts(frame, PromptQueries(sample.kinds, sample.boxes,
+                                                                 sample.restrict))
+            places = mask_places(out.mask_logits[-1][0, :1])
+        weights = self.model.projectors.place_weights(places.to(head.weight.dtype))
+        logs['place'] = nn.functional.mse_loss(weights[0], weights.new_tensor(target))
+        return self.cfg.place_weight * logs['place']
+
     def sample_loss(self, frame: FrameFeatures, hidden: torch.Tensor, labels: torch.Tensor,
                     sample: CachedSample, logs: dict) -> torch.Tensor:
         """Text CE (+ stage-2 [SEG] losses) of one sample: hidden (1, T, H), labels (T,)."""
@@ -241,6 +277,7 @@ class LanguageStage(nn.Module):
                 loss = loss + self.seg_loss(frame, hidden[0, seg_pos].float(), sample.masks,
                                             logs)
             loss = loss + self.colour_loss(frame, sample, logs)
+            loss = loss + self.place_loss(frame, sample, logs)
         return loss
 
     def forward(self, item: Item):
