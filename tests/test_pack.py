@@ -206,3 +206,11 @@ def test_place_loss_trains_the_place_head_towards_the_described_place(tmp_path, 
         losses.append(float(logs['place'].detach()))
     assert losses[0] == pytest.approx(1.0, abs=1e-3)  # zero-initialised head: tanh(0) = 0
     assert losses[-1] < 0.5 * losses[0]
+    from training.loop import build_optimizer
+    cfg = make_config(2, dict(init=str(init), lr=1e-4, proj_lr_mult=3, place_lr_mult=100))
+    lrs = {id(p): g['lr'] for g in build_optimizer(stage, cfg).param_groups
+           for p in g['params']}
+    assert [lrs[id(p)] for p in head.parameters()] == [pytest.approx(1e-2)] * 2
+    other = next(p for n, p in stage.named_parameters()
+                 if 'projectors.' in n and 'place_head' not in n and p.requires_grad)
+    assert lrs[id(other)] == pytest.approx(3e-4)
