@@ -67,8 +67,8 @@ class TrainConfig:
     # words of every region description ('... at the front left of the table.') on the
     # described object's prompt mask
     place_weight: float = 0.0
-    place_lr_mult: float = 1.0  # learning-rate multiplier of the place head: its 3 inputs
-    # need weights of about 10 to say left / right / front / back sharply
+    place_lr_mult: float = 0.0  # learning-rate multiplier of the place head (0 = that of
+    # the projectors): its 3 inputs need weights of about 10 to say a place sharply
     proj_lr_mult: float = 1.0  # learning-rate multiplier of the projectors
     class_weight: float = 2.0  # stage 0 Hungarian losses (Mask2Former weights)
     mask_bce_weight: float = 5.0

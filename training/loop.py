@@ -48,14 +48,16 @@ def cosine_lambda(cfg: TrainConfig):
 
 def build_optimizer(stage: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms, embeddings and 1-d tensors; the projectors
-    learn at lr * proj_lr_mult, their place head (place_anchor) at lr * place_lr_mult."""
+    learn at lr * proj_lr_mult, their place head (place_anchor) at lr * place_lr_mult if that
+    is set."""
     groups: dict[tuple[bool, float], list] = {}
     for name, p in stage.named_parameters():
         if not p.requires_grad:
             continue
         plain = p.ndim < 2 or 'embed' in name or 'norm' in name or 'separator' in name
-        mult = cfg.place_lr_mult if 'projectors.place_head.' in name else \
-            cfg.proj_lr_mult if 'projectors.' in name else 1.0
+        mult = cfg.proj_lr_mult if 'projectors.' in name else 1.0
+        if cfg.place_lr_mult and 'projectors.place_head.' in name:
+            mult = cfg.place_lr_mult
         groups.setdefault((plain, mult), []).append(p)
     return torch.optim.AdamW(
         [{'params': ps, 'weight_decay': 0.0 if plain else cfg.weight_decay,
