@@ -214,3 +214,7 @@ def test_place_loss_trains_the_place_head_towards_the_described_place(tmp_path, 
     other = next(p for n, p in stage.named_parameters()
                  if 'projectors.' in n and 'place_head' not in n and p.requires_grad)
     assert lrs[id(other)] == pytest.approx(3e-4)
+    same = make_config(2, dict(init=str(init), lr=1e-4, proj_lr_mult=3))  # no place_lr_mult
+    lrs = {id(p): g['lr'] for g in build_optimizer(stage, same).param_groups
+           for p in g['params']}
+    assert [lrs[id(p)] for p in head.parameters()] == [pytest.approx(3e-4)] * 2
