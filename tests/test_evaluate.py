@@ -248,3 +248,14 @@ def test_region_accuracy_per_kind_of_question():
     assert by[wrong] == {'acc': 0.0, 'n': kinds.count(wrong)}
     assert all(v['acc'] == 1.0 for k, v in by.items() if k != wrong)
     assert sum(v['n'] for v in by.values()) == 12
+
+
+def test_tasks_option_asks_only_those_tasks(tiny_dir, tmp_path, capsys):
+    out = tmp_path / 'region.json'
+    evaluate_main(['--model', str(tiny_dir), '--n', '4', '--tasks', 'region', '--out', str(out)])
+    scores = json.loads(out.read_text())
+    assert scores['n_region'] == 4 and scores['n_referring'] == 0 and scores['n_gcg'] == 0
+    assert sum(v['n'] for v in scores['region_by_question'].values()) == 4
+    with pytest.raises(SystemExit):
+        evaluate_main(['--model', str(tiny_dir), '--n', '4', '--tasks', 'region,riddles'])
+    assert 'unknown riddles' in capsys.readouterr().err

@@ -203,14 +203,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--no-refine-edges', dest='refine_edges', action='store_false',
                     help='keep the masks as the mask grid gives them (no edge refinement)')
     add_world_arguments(ap)  # varied: scores per kind and colour too
+    ap.add_argument('--tasks', default=','.join(TASK_CYCLE),
+                    help='comma-separated tasks that sample i cycles through (default: the '
+                         'mixed cycle); e.g. region for region questions only')
     ap.add_argument('--parity', action='store_true',
                     help='also run the reference decode path on the same samples and report '
                          'the answer mismatch rate and the score differences')
     args = ap.parse_args(argv)
     check_world_arguments(ap, args)
+    tasks = tuple(t for t in args.tasks.split(',') if t)
+    unknown = sorted(set(tasks) - set(TASK_CYCLE))
+    if not tasks or unknown:
+        ap.error(f'--tasks: unknown {", ".join(unknown)}; choose from '
+                 f'{", ".join(sorted(set(TASK_CYCLE)))}' if unknown else '--tasks is empty')
     torch.set_num_threads(args.threads)
     log = Path(args.answers) if args.answers else None
-    world = dict(world=args.world, styles=args.styles)
+    world = dict(world=args.world, styles=args.styles, tasks=tasks)
     scores = evaluate(args.model, args.split, args.n, args.seed_offset, log=log,
                       decode_path=args.decode_path, refine_edges=args.refine_edges, **world)
     if args.parity:
