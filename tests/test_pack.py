@@ -218,3 +218,34 @@ def test_place_loss_trains_the_place_head_towards_the_described_place(tmp_path, 
     lrs = {id(p): g['lr'] for g in build_optimizer(stage, same).param_groups
            for p in g['params']}
     assert [lrs[id(p)] for p in head.parameters()] == [pytest.approx(3e-4)] * 2
+
+
+def test_place_fit_sets_the_place_head_to_the_described_places(tmp_path, tiny):
+    """place_fit: before training, the place head is fitted to what the region descriptions
+    of the first scenes say (here the same prompts described as left and as right)."""
+    from dataclasses import replace
+
+    root, _ = tiny
+    torch.manual_seed(0)
+    init = save_model(build_model(replace(get_config('tiny-random'), place_anchor=True),
+                                  pretrained=False), tmp_path / 'init')
+    stage = build_stage(make_config(2, dict(init=str(init), cache=str(root / 'cache'))))
+    scenes = load_cache(root / 'cache')
+    places = ('the front left', 'the back right', 'the centre', 'the left')
+    described = []
+    for k, scene in enumerate(scenes):
+        prompted = [a for a in scene.samples if a.kinds.shape[1]]
+        described.append(replace(scene, samples=[
+            replace(a, answer=f'A red cup at {places[(k + i) % 4]} of the table.')
+            for i, a in enumerate(prompted)]))
+    x, y = stage.described_places(described)
+    assert len(x) == sum(len(s.samples) for s in described) > 0 and y.shape == (len(x), 4)
+    assert x.min() >= 0 and x.max() <= 1  # centre x, centre y, sqrt area share
+    fit = stage.fit_place_head(described, iters=300)
+    assert fit['descriptions'] == len(x)
+    assert fit['mse_before'] == pytest.approx(1.0, abs=1e-3)  # zero head: tanh(0) = 0
+    assert fit['mse_after'] < fit['mse_before']
+    head = stage.model.projectors.place_head
+    assert float(head.weight.detach().abs().sum()) > 0
+    with pytest.raises(ValueError, match='no region description'):
+        stage.fit_place_head(scenes[:0])

@@ -69,6 +69,8 @@ class TrainConfig:
     place_weight: float = 0.0
     place_lr_mult: float = 0.0  # learning-rate multiplier of the place head (0 = that of
     # the projectors): its 3 inputs need weights of about 10 to say a place sharply
+    place_fit: int = 0  # fit the place head to the region descriptions of the first N
+    # scenes before step 1 (LanguageStage.fit_place_head; 0 = no fit)
     proj_lr_mult: float = 1.0  # learning-rate multiplier of the projectors
     class_weight: float = 2.0  # stage 0 Hungarian losses (Mask2Former weights)
     mask_bce_weight: float = 5.0

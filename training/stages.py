@@ -244,6 +244,56 @@ class LanguageStage(nn.Module):
         logs['colour_acc'] = float((logits.argmax(1) == target).float().mean())
         return self.cfg.colour_weight * logs['colour']
 
+    def described_places(self, scenes: Sequence[CachedScene]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(places (N, 3), targets (N, 4)) of the region descriptions in `scenes`: the place
+        of each described object's prompt mask and the place words its answer says."""
+        places, targets = [], []
+        with torch.no_grad():
+            for scene in scenes:
+                said = [(a, place_targets(a.answer)) for a in scene.samples
+                        if a.kinds.shape[1]]
+                said = [(a, t) for a, t in said if t is not None]
+                if not said:
+                    continue
+                frame = frame_from_features(self.model, features(scene))
+                for a, target in said:
+                    out = self.model.visual_prompts(frame, PromptQueries(a.kinds, a.boxes,
+                                                                         a.restrict))
+                    places.append(mask_places(out.mask_logits[-1][0, :1])[0].float())
+                    targets.append(torch.tensor(target))
+        if not places:
+            return torch.zeros(0, 3), torch.zeros(0, len(PLACE_WORDS))
+        return torch.stack(places), torch.stack(targets)
+
+    def fit_place_head(self, scenes: Sequence[CachedScene], iters: int = 2000) -> dict:
+        """place_fit: set the place head (place_anchor) to the tanh-linear map that best says
+        the place words of the region descriptions in `scenes` (full-batch Adam on their MSE),
+        before training; returns the number of descriptions and the MSE before and after."""
+        head = self.model.projectors.place_head
+        if head is None:
+            raise ValueError('place_fit: this model has no place head (place_anchor)')
+        x, y = self.described_places(scenes)
+        if not len(x):
+            raise ValueError('place_fit: the scenes hold no region description with a place')
+        fit = nn.Linear(3, len(PLACE_WORDS))
+        with torch.no_grad():
+            fit.weight.copy_(head.weight.float())
+            fit.bias.copy_(head.bias.float())
+        opt = torch.optim.Adam(fit.parameters(), lr=0.05)
+        with torch.no_grad():
+            before = float(((torch.tanh(fit(x)) - y) ** 2).mean())
+        for _ in range(iters):
+            loss = ((torch.tanh(fit(x)) - y) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            head.weight.copy_(fit.weight.to(head.weight.dtype))
+            head.bias.copy_(fit.bias.to(head.bias.dtype))
+            after = float(((torch.tanh(fit(x)) - y) ** 2).mean())
+        return {'descriptions': len(x), 'mse_before': before, 'mse_after': after}
+
     def place_loss(self, frame: FrameFeatures, sample: CachedSample, logs: dict
                    ) -> torch.Tensor:
         """MSE of the place head (place_anchor) against the place a region description says

@@ -76,6 +76,17 @@ def run(cfg: TrainConfig, resume: bool = False,
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (run_dir / 'train_config.json').write_text(json.dumps(cfg.to_dict(), indent=2) + '\n')
+    if cfg.place_fit and not hasattr(stage, 'fit_place_head'):
+        raise SystemExit(f'training.train: --place_fit is an option of stages 1 and 2, not '
+                         f'{cfg.stage}')
+    if cfg.place_fit and not resume:  # a resumed run takes the fitted head from its checkpoint
+        try:
+            fit = stage.fit_place_head(scenes[:cfg.place_fit])
+        except ValueError as exc:  # no place head, or no description to fit it to
+            raise SystemExit(f'training.train: {exc}') from None
+        if rank == 0:
+            print(f'place head fitted to {fit["descriptions"]} descriptions: MSE '
+                  f'{fit["mse_before"]:.3f} -> {fit["mse_after"]:.3f}', file=sys.stderr)
     t0 = time.time()
     train_loop(stage, items, cfg, resume=resume)
     if rank == 0:
