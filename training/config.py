@@ -143,6 +143,8 @@ def make_config(stage: int, overrides: Optional[dict[str, Any]] = None) -> Train
     cfg = TrainConfig(**values)
     if cfg.precision not in ('fp32', 'bf16'):
         raise ValueError(f'precision must be fp32 or bf16, got {cfg.precision!r}')
+    if cfg.place_fit and stage == 0:
+        raise ValueError('place_fit is an option of stages 1 and 2 (it fits a projector)')
     if stage > 0 and not cfg.init:
         raise ValueError(f'stage {stage} starts from the previous stage: pass '
                          f'--init=runs/stage{stage - 1}/model')

@@ -213,9 +213,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     check_world_arguments(ap, args)
     tasks = tuple(t for t in args.tasks.split(',') if t)
     unknown = sorted(set(tasks) - set(TASK_CYCLE))
-    if not tasks or unknown:
+    if unknown:
         ap.error(f'--tasks: unknown {", ".join(unknown)}; choose from '
-                 f'{", ".join(sorted(set(TASK_CYCLE)))}' if unknown else '--tasks is empty')
+                 f'{", ".join(sorted(set(TASK_CYCLE)))}')
+    if not tasks:
+        ap.error('--tasks is empty')
     torch.set_num_threads(args.threads)
     log = Path(args.answers) if args.answers else None
     world = dict(world=args.world, styles=args.styles, tasks=tasks)

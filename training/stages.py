@@ -154,11 +154,17 @@ class LanguageStage(nn.Module):
         the runtime makes them (a point on a found object stands for it: visual_prompts)."""
         if not sample.kinds.shape[1]:
             return None
-        m = self.model
+        return self.model.prompt_tokens(self.prompt_output(frame, sample), frame)
+
+    def prompt_output(self, frame: FrameFeatures, sample: CachedSample):
+        """The decoder output of the sample's visual prompts (no gradients: frozen decoder)."""
         with torch.no_grad():
-            p_out = m.visual_prompts(frame, PromptQueries(sample.kinds, sample.boxes,
-                                                          sample.restrict))
-        return m.prompt_tokens(p_out, frame)
+            return self.model.visual_prompts(frame, PromptQueries(sample.kinds, sample.boxes,
+                                                                  sample.restrict))
+
+    def described_place(self, frame: FrameFeatures, sample: CachedSample) -> torch.Tensor:
+        """(1, 3) place (mask_places) of the first prompted object's mask."""
+        return mask_places(self.prompt_output(frame, sample).mask_logits[-1][0, :1])
 
     def alignment(self, frame: FrameFeatures) -> torch.Tensor:
         """Stage 1: MSE of text2vision(object path(q)) against the foreground queries q."""
@@ -258,9 +264,7 @@ class LanguageStage(nn.Module):
                     continue
                 frame = frame_from_features(self.model, features(scene))
                 for a, target in said:
-                    out = self.model.visual_prompts(frame, PromptQueries(a.kinds, a.boxes,
-                                                                         a.restrict))
-                    places.append(mask_places(out.mask_logits[-1][0, :1])[0].float())
+                    places.append(self.described_place(frame, a)[0].float())
                     targets.append(torch.tensor(target))
         if not places:
             return torch.zeros(0, 3), torch.zeros(0, len(PLACE_WORDS))
@@ -281,17 +285,20 @@ class LanguageStage(nn.Module):
             fit.weight.copy_(head.weight.float())
             fit.bias.copy_(head.bias.float())
         opt = torch.optim.Adam(fit.parameters(), lr=0.05)
-        with torch.no_grad():
-            before = float(((torch.tanh(fit(x)) - y) ** 2).mean())
+
+        def mse() -> torch.Tensor:
+            return ((torch.tanh(fit(x)) - y) ** 2).mean()
+
+        before = float(mse().detach())
         for _ in range(iters):
-            loss = ((torch.tanh(fit(x)) - y) ** 2).mean()
+            loss = mse()
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
             head.weight.copy_(fit.weight.to(head.weight.dtype))
             head.bias.copy_(fit.bias.to(head.bias.dtype))
-            after = float(((torch.tanh(fit(x)) - y) ** 2).mean())
+            after = float(mse())
         return {'descriptions': len(x), 'mse_before': before, 'mse_after': after}
 
     def place_loss(self, frame: FrameFeatures, sample: CachedSample, logs: dict
@@ -306,10 +313,7 @@ class LanguageStage(nn.Module):
         target = place_targets(sample.answer)
         if target is None:
             return zero
-        with torch.no_grad():
-            out = self.model.visual_prompts(frame, PromptQueries(sample.kinds, sample.boxes,
-                                                                 sample.restrict))
-            places = mask_places(out.mask_logits[-1][0, :1])
+        places = self.described_place(frame, sample)
         weights = self.model.projectors.place_weights(places.to(head.weight.dtype))
         logs['place'] = nn.functional.mse_loss(weights[0], weights.new_tensor(target))
         return self.cfg.place_weight * logs['place']

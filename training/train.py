@@ -76,9 +76,6 @@ def run(cfg: TrainConfig, resume: bool = False,
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (run_dir / 'train_config.json').write_text(json.dumps(cfg.to_dict(), indent=2) + '\n')
-    if cfg.place_fit and not hasattr(stage, 'fit_place_head'):
-        raise SystemExit(f'training.train: --place_fit is an option of stages 1 and 2, not '
-                         f'{cfg.stage}')
     if cfg.place_fit and not resume:  # a resumed run takes the fitted head from its checkpoint
         try:
             fit = stage.fit_place_head(scenes[:cfg.place_fit])
