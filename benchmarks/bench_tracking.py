@@ -98,7 +98,7 @@ class FakeClock:
 
 def quality(pipe, seeds: int, n_frames: int) -> dict[str, float]:
     """Tracked vs per-frame single-command mean IoU on the target, and id switches."""
-    tracked, single, switches, frames = [], [], 0, 0
+    tracked, single, switches, frames, regrounds = [], [], 0, 0, 0
     for kind in SEQUENCE_KINDS:
         for seed in range(seeds):
             seq = make_sequence(kind, seed=seed, frames=n_frames, height=HEIGHT, width=WIDTH)
@@ -110,6 +110,7 @@ def quality(pipe, seeds: int, n_frames: int) -> dict[str, float]:
                 clock.now = f.index * 0.1
                 truth = f.mask(seq.target)
                 result = tracker.step(f.image, frame_key=(kind, seed, f.index))
+                regrounds += result.regrounded
                 ious = [mask_iou(m, truth) for m in result.masks]
                 best = int(np.argmax(ious)) if ious else -1
                 if best >= 0 and ious[best] > 0.5:
@@ -123,7 +124,8 @@ def quality(pipe, seeds: int, n_frames: int) -> dict[str, float]:
                 answer = pipe.run(f.image, seq.phrase, frame_key=(kind, seed, f.index))
                 single.append(max((mask_iou(m, truth) for m in answer.masks), default=0.0))
     return {'tracked_iou': float(np.mean(tracked)), 'single_iou': float(np.mean(single)),
-            'switches_per_100': 100.0 * switches / frames, 'frames': frames}
+            'switches_per_100': 100.0 * switches / frames, 'frames': frames,
+            'regrounds': regrounds}
 
 
 def main() -> None:
@@ -156,6 +158,7 @@ def main() -> None:
     print(f'target mask mean IoU over {q["frames"]} sequence frames: tracked '
           f'{q["tracked_iou"]:.3f}, per-frame command {q["single_iou"]:.3f}, ratio '
           f'{q["tracked_iou"] / max(q["single_iou"], 1e-9):.2f} (goal >= 0.9)')
+    print(f'the LLM answered on {q["regrounds"]} of the {q["frames"]} tracked frames')
     print(f'id switches per 100 frames: {q["switches_per_100"]:.2f} (goal <= 1)')
 
 

@@ -104,7 +104,7 @@ def test_a_target_that_leaves_is_reported_lost_and_keeps_its_id(pipeline):
     lost_kept, ids_kept, report = 0, 0, []
     for seed in range(6):
         seq = make_sequence('leave', seed=seed, frames=20)
-        results, _ = follow(pipeline, seq, TrackSettings(reground_s=0))
+        results, _ = follow(pipeline, seq, TrackSettings(reground_s=0, retry_lost_s=1.0))
         gone = [i for i, f in enumerate(seq.frames) if not f.mask(seq.target).any()]
         assert gone, 'the sequence must take the target out of view'
         invented = [i for i in gone if results[i].masks and
@@ -114,6 +114,24 @@ def test_a_target_that_leaves_is_reported_lost_and_keeps_its_id(pipeline):
         report.append(f'seed {seed}: masks while gone on frames {invented}, '
                       f'ids {sorted({tuple(r.ids) for r in results})}')
     assert lost_kept >= 4 and ids_kept >= 4, '\n'.join(report)
+
+
+@needs_weights
+@pytest.mark.parametrize('retry_s, gap', [(0.0, 1), (0.5, 5)])
+def test_a_lost_target_is_asked_for_every_retry_lost_s(pipeline, retry_s, gap):
+    """While the target is out of view the LLM is asked again every retry_lost_s (0: on
+    every frame), and when it comes back the next such answer finds it under its old id."""
+    seq = make_sequence('leave', seed=2, frames=20)  # the first answer finds the target
+    results, _ = follow(pipeline, seq, TrackSettings(reground_s=0, retry_lost_s=retry_s))
+    lost = [i for i, r in enumerate(results) if not r.masks[0].any()]
+    assert lost, 'the target must be lost while out of view'
+    asked = [i for i in range(lost[0] + 1, len(results)) if results[i].regrounded]
+    assert asked[:3] == [lost[0] + gap * k for k in (1, 2, 3)], asked
+    back = next(i for i, f in enumerate(seq.frames) if i > lost[0] and f.mask(seq.target).any())
+    found = [i for i in range(back, len(results))
+             if mask_iou(results[i].masks[0], seq.frames[i].mask(seq.target)) > 0.5]
+    assert found and found[0] - back < gap + 1, (back, found)
+    assert all(r.ids == [1] for r in results)
 
 
 @needs_weights

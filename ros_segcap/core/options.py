@@ -81,6 +81,8 @@ OPTIONS = (
            lo=0.0, hi=1.0),
     Option('track_reground_s', float, 10.0, 'tracking: re-ground with the LLM at least this '
            'often (s); 0 = only when a match is lost or weak', live=True, lo=0.0, hi=3600.0),
+    Option('track_retry_lost_s', float, 0.0, 'tracking: while an object is lost, ask the LLM '
+           'for it at most this often (s); 0 = on every frame', live=True, lo=0.0, hi=3600.0),
     Option('queue_size', int, 4, 'commands waiting at most; more are dropped', lo=1, hi=1000),
     Option('compressed', bool, False, 'subscribe to image/compressed (jpeg/png) instead of '
            'image'),

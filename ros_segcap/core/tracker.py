@@ -70,7 +70,7 @@ class TrackSettings:
 
     min_match: float = option('track_min_match').default
     reground_s: float = option('track_reground_s').default  # 0 = only when weak or lost
-    retry_lost_s: float = 1.0  # while an object is lost, look for it this often (s)
+    retry_lost_s: float = option('track_retry_lost_s').default  # 0 = on every frame
 
 
 @dataclass

@@ -24,7 +24,8 @@ def track_settings(config: Any) -> TrackSettings:
     """The tracker's settings from the node config."""
     from ros_segcap.core.tracker import TrackSettings
     return TrackSettings(min_match=config.track_min_match,
-                         reground_s=config.track_reground_s)
+                         reground_s=config.track_reground_s,
+                         retry_lost_s=config.track_retry_lost_s)
 
 
 def is_tracked(command: str) -> bool:
@@ -43,7 +44,7 @@ class Modes:
         self.continuous = bool(config.continuous)
 
     def set_live(self, config: Any) -> None:
-        """Apply live parameters (continuous, track_min_match, track_reground_s)."""
+        """Apply live parameters (continuous and the track_* options)."""
         self.tracker.settings = track_settings(config)
         self.continuous = bool(config.continuous)
 
