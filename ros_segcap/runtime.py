@@ -40,6 +40,7 @@ class PipelineConfig:
     temperature: float = option('temperature').default
     mask_threshold: float = option('mask_threshold').default
     refine_edges: bool = option('refine_edges').default
+    check_presence: bool = option('check_presence').default
     cache_frames: int = option('frame_buffer').default
 
     def settings(self) -> Settings:

@@ -35,7 +35,7 @@ from ros_segcap.world.varied import sample_varied_split
 from training.data.sample import Sample
 from training.data.tabletop import tabletop_example
 from training.eval.by_attribute import AttributeMeter
-from training.eval.cli import add_world_arguments, check_world_arguments
+from training.eval.cli import add_presence_argument, add_world_arguments, check_world_arguments
 from training.eval.metrics import GcgMeter, ReferringMeter
 from training.eval.text_metrics import (attribute_accuracy, cider_d, corpus_bleu,
                                         region_answer_accuracy)
@@ -144,13 +144,15 @@ class Evaluator:
 def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
              tasks: Sequence[str] = TASK_CYCLE, log: Optional[Path] = None,
              decode_path: str = DEFAULT_DECODE_PATH, refine_edges: bool = True,
-             world: str = 'default', styles: str = 'train') -> dict[str, Any]:
+             world: str = 'default', styles: str = 'train', check_presence: bool = True
+             ) -> dict[str, Any]:
     """Run n samples of a split through a Pipeline and return the scores.
 
     world='varied' adds the world, the style set and scores per kind and colour.
     """
     pipe = open_pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS,
-                                        decode_path=decode_path, refine_edges=refine_edges))
+                                        decode_path=decode_path, refine_edges=refine_edges,
+                                        check_presence=check_presence))
     ev = Evaluator()
     rows = []
     t0 = time.time()
@@ -169,7 +171,7 @@ def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
     scores = ev.scores()
     scores.update(split=split, n=n, seed_offset=seed_offset, seconds=time.time() - t0,
                   model=model, decode_path=pipe.model.llm.effective_decode_path(),
-                  refine_edges=refine_edges,
+                  refine_edges=refine_edges, check_presence=check_presence,
                   answers=[r['answer'] for r in rows])
     if world != 'default':
         scores.update(world=world, styles=styles, **ev.attributes.compute())
@@ -203,6 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--no-refine-edges', dest='refine_edges', action='store_false',
                     help='keep the masks as the mask grid gives them (no edge refinement)')
     add_world_arguments(ap)  # varied: scores per kind and colour too
+    add_presence_argument(ap)
     ap.add_argument('--tasks', default=','.join(TASK_CYCLE),
                     help='comma-separated tasks that sample i cycles through (default: the '
                          'mixed cycle); e.g. region for region questions only')
@@ -220,7 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         ap.error('--tasks is empty')
     torch.set_num_threads(args.threads)
     log = Path(args.answers) if args.answers else None
-    world = dict(world=args.world, styles=args.styles, tasks=tasks)
+    world = dict(world=args.world, styles=args.styles, tasks=tasks,
+                 check_presence=args.check_presence)
     scores = evaluate(args.model, args.split, args.n, args.seed_offset, log=log,
                       decode_path=args.decode_path, refine_edges=args.refine_edges, **world)
     if args.parity:

@@ -41,9 +41,10 @@ def pick_requests(pairs: Sequence[tuple[str, str]], rng: np.random.Generator,
 
 def plain_requests(model: str, n: int = 40, split: str = 'test', seed_offset: int = 0,
                    refine_edges: bool = True, world: str = 'default',
-                   styles: str = 'train') -> dict:
+                   styles: str = 'train', check_presence: bool = True) -> dict:
     """Present / absent plain-request scores over n scenes of a split of a world."""
-    pipe = open_pipeline(PipelineConfig(model=model, refine_edges=refine_edges))
+    pipe = open_pipeline(PipelineConfig(model=model, refine_edges=refine_edges,
+                                        check_presence=check_presence))
     meter, ious, no_mask, false_mask = ReferringMeter(), [], [], []
     for i in tqdm(range(n), desc='scenes'):
         scene = world_scene(split, seed_offset + i, *IMAGE_SIZE, world, styles)
@@ -61,7 +62,7 @@ def plain_requests(model: str, n: int = 40, split: str = 'test', seed_offset: in
                                             frame_key=i).masks))
     iou = np.array(ious)
     return dict(model=model, world=world, styles=styles, split=split, seed_offset=seed_offset,
-                scenes=n, present=len(ious),
+                check_presence=check_presence, scenes=n, present=len(ious),
                 present_ciou=meter.compute().ciou if meter.union else None,
                 present_iou50=float((iou >= 0.5).mean()) if len(iou) else None,
                 present_no_mask=float(np.mean(no_mask)) if no_mask else None,
@@ -71,7 +72,7 @@ def plain_requests(model: str, n: int = 40, split: str = 'test', seed_offset: in
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    model_command(__doc__, plain_requests, 40, 'scenes', argv)
+    model_command(__doc__, plain_requests, 40, 'scenes', argv, presence=True)
 
 
 if __name__ == '__main__':

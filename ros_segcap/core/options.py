@@ -64,6 +64,9 @@ OPTIONS = (
            lo=0.0, hi=1.0, scopes=ALL),
     Option('refine_edges', bool, True, "snap mask edges to the image's colour edges",
            live=True, scopes=ALL),
+    Option('check_presence', bool, True, "plain requests ('segment the red cup'): the "
+           "model's class and colour heads may decide whether the answer finds the object "
+           '(models with a presence_check)', live=True, scopes=ALL),
     Option('frame_buffer', int, 4, 'frames kept (with their encoder outputs)', lo=1, hi=64,
            scopes=frozenset({'node', 'pipeline'}), key='cache_frames'),
     Option('allow_pickle', bool, False, 'allow loading pickle weight files (only if you '

@@ -41,6 +41,7 @@ class Settings:
     temperature: float = option('temperature').default
     mask_threshold: float = option('mask_threshold').default
     refine_edges: bool = option('refine_edges').default
+    check_presence: bool = option('check_presence').default
     cache_frames: int = option('frame_buffer').default  # frames whose encoder outputs stay
 
 
@@ -127,6 +128,8 @@ class Pipeline:
                     regions = self.model.region_tokens(frame, q, self.engine)
             with self._timed(timing, 'prior_projectors'):
                 embeds, prefix_len = self.model.question_embeds(frame, question, regions)
+                start = self.model.answer_start(frame, question) \
+                    if regions is None and self.settings.check_presence else None
             key = None if frame_key is None else (frame_key, id(frame))
             early: list[np.ndarray] = []
 
@@ -139,7 +142,7 @@ class Pipeline:
                     on_state(hidden.detach(), probs)
                 if on_mask is not None:
                     on_mask(len(early) - 1, probs > self.settings.mask_threshold)
-            gen = self._generate(embeds, timing, on_text, prefix_len, key, on_seg)
+            gen = self._generate(embeds, timing, on_text, prefix_len, key, on_seg, start)
             return self._finish(gen, early, timing)
 
     def panoptic(self, image: np.ndarray, frame_key: Optional[Hashable] = None
@@ -175,10 +178,11 @@ class Pipeline:
         return check_request(prompt, visual_prompt, image.shape[0], image.shape[1])
 
     def _generate(self, embeds: torch.Tensor, timing: Timing, on_text, prefix_len: int,
-                  prefix_key, on_seg):
+                  prefix_key, on_seg, first_tokens=None):
         gen = self.model.generate(embeds, max_new_tokens=self.settings.max_new_tokens,
                                   temperature=self.settings.temperature, on_text=on_text,
-                                  on_seg=on_seg, prefix_len=prefix_len, prefix_key=prefix_key)
+                                  on_seg=on_seg, prefix_len=prefix_len, prefix_key=prefix_key,
+                                  first_tokens=first_tokens)
         timing.add('llm_prefill', gen.stats['prefill_ms'])
         # masks were decoded inside the generation loop, as soon as each [SEG] appeared
         timing.add('llm_decode', gen.stats['decode_ms'] - timing.ms.get('mask_decode', 0.0))

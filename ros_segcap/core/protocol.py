@@ -6,7 +6,7 @@ adapter (ros_segcap.backends). The Pipeline holds one of each and knows nothing 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ContextManager, Optional, Protocol
+from typing import Any, Callable, ContextManager, Optional, Protocol, Sequence
 
 import torch
 
@@ -76,11 +76,17 @@ class SegModel(Protocol):
         """(prompt embeddings (1, T, H), length of the prefix shared by every question)."""
         ...
 
+    def answer_start(self, frame: FrameFeatures, question: str) -> Optional[Sequence[int]]:
+        """Token ids the answer to a question without visual prompt may start with, from
+        what the model's own heads see in the frame (None: any)."""
+        ...
+
     def generate(self, embeds: torch.Tensor, *, max_new_tokens: int, temperature: float,
                  on_text: Optional[Callable[[str], bool]],
                  on_seg: Optional[Callable[[torch.Tensor], None]], prefix_len: int,
-                 prefix_key: Any) -> Generated:
-        """Answer from the embeddings; on_seg(h) gets each [SEG] hidden state (H,)."""
+                 prefix_key: Any, first_tokens: Optional[Sequence[int]] = None) -> Generated:
+        """Answer from the embeddings; on_seg(h) gets each [SEG] hidden state (H,);
+        first_tokens: the only tokens the answer may start with (None: any)."""
         ...
 
     def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,

@@ -27,10 +27,18 @@ def check_world_arguments(ap: argparse.ArgumentParser, args: argparse.Namespace)
         ap.error('held-out styles are evaluated on the test split only; add --split test')
 
 
+def add_presence_argument(ap: argparse.ArgumentParser) -> None:
+    """--no-check-presence (the pipeline option check_presence off)."""
+    ap.add_argument('--no-check-presence', dest='check_presence', action='store_false',
+                    help="let the LLM alone decide whether a plain request's object is there")
+
+
 def model_command(doc: str, run: Callable[..., dict], n_default: int,
-                  n_help: str, argv: Optional[Sequence[str]] = None) -> None:
+                  n_help: str, argv: Optional[Sequence[str]] = None,
+                  presence: bool = False) -> None:
     """--model --split --n --seed-offset --threads --no-refine-edges --world --styles ->
-    print run(model, n=, split=, seed_offset=, refine_edges=, world=, styles=) as JSON."""
+    print run(model, n=, split=, seed_offset=, refine_edges=, world=, styles=) as JSON;
+    presence: also --no-check-presence (run(..., check_presence=))."""
     ap = argparse.ArgumentParser(description=doc.split('\n')[0])
     ap.add_argument('--model', default='segcap-tiny', help='model directory or name')
     ap.add_argument('--split', default='test', choices=('train', 'val', 'test'))
@@ -41,9 +49,12 @@ def model_command(doc: str, run: Callable[..., dict], n_default: int,
     ap.add_argument('--no-refine-edges', dest='refine_edges', action='store_false',
                     help='keep the masks as the mask grid gives them (no edge refinement)')
     add_world_arguments(ap)
+    if presence:
+        add_presence_argument(ap)
     args = ap.parse_args(argv)
     check_world_arguments(ap, args)
     torch.set_num_threads(args.threads)
+    extra = {'check_presence': args.check_presence} if presence else {}
     print(json.dumps(run(args.model, n=args.n, split=args.split, seed_offset=args.seed_offset,
                          refine_edges=args.refine_edges, world=args.world,
-                         styles=args.styles), indent=2))
+                         styles=args.styles, **extra), indent=2))

@@ -15,7 +15,7 @@ import contextlib
 import copy
 from dataclasses import dataclass, field
 import time
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import torch
 from torch import nn
@@ -217,6 +217,10 @@ class OMGLlavaModel(nn.Module):
         parts = [self.embed_ids(before, None), visual, self.embed_ids(after, regions)]
         return torch.cat(parts, 0)[None], len(before) + visual.shape[0]
 
+    def answer_start(self, frame: FrameFeatures, question: str) -> Optional[Sequence[int]]:
+        """Any first token: this family has no colour head for a presence check."""
+        return None
+
     def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,
                         engine: Engine) -> torch.Tensor:
         """[SEG] states (n, H) -> mask logits (n, Hm, Wm) from the engine's seg decoder."""
@@ -233,8 +237,10 @@ class OMGLlavaModel(nn.Module):
     def generate(self, embeds: torch.Tensor, *, max_new_tokens: int, temperature: float,
                  on_text: Optional[Callable[[str], bool]] = None,
                  on_seg: Optional[Callable[[torch.Tensor], None]] = None, prefix_len: int = 0,
-                 prefix_key: Any = None) -> Generation:
-        """Greedy (temperature 0) or sampled answer; stops at <|im_end|> or </s>.
+                 prefix_key: Any = None, first_tokens: Optional[Sequence[int]] = None
+                 ) -> Generation:
+        """Greedy (temperature 0) or sampled answer; stops at <|im_end|> or </s>; the
+        first token is one of first_tokens when they are given.
 
         on_seg(h) gets the final-norm hidden state (H,) at each position whose input is
         [SEG]; padded head rows past the trained vocabulary are never sampled.
@@ -245,8 +251,11 @@ class OMGLlavaModel(nn.Module):
         t1 = time.perf_counter()
         ids: list[int] = []
         text, cancelled = '', False
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             logits = mask_padded_vocab(self.llm.lm_head(hidden).float(), self.config.vocab_rows)
+            if i == 0 and first_tokens:
+                logits = torch.full_like(logits, -torch.inf).index_copy(
+                    -1, torch.tensor(first_tokens), logits[..., list(first_tokens)])
             token = _pick(logits[0], temperature)
             if token in self.stop:
                 break

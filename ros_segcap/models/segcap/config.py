@@ -93,6 +93,11 @@ class SegCapConfig:
     # point-prompt query and, if the part of its mask around the point is a new object,
     # joins the frame's queries (proposals.py). 0 = paper.
     proposals: int = 0
+    # plain requests ("segment the <colour> <kind>"): the best object's P(kind) x P(colour)
+    # fixes the answer's first token when it is below the first value ("There is no ...") or
+    # at least the second (the phrase and its [SEG]); needs word_anchor (presence.py).
+    # (0, 0) = the LLM decides alone (paper).
+    presence_check: tuple[float, float] = (0.0, 0.0)
     lora_rank: int = 16
     lora_alpha: int = 32
 
@@ -140,7 +145,7 @@ class SegCapConfig:
         return dataclasses.replace(self, **changes)
 
 
-TUPLE_FIELDS = ('backbone_channels', 'class_names', 'colour_names')
+TUPLE_FIELDS = ('backbone_channels', 'class_names', 'colour_names', 'presence_check')
 MAX_IMAGE_SIZE = 2048
 BACKBONE_CHANNELS = {'efficientnet-lite0': (40, 112, 1280), 'convnext-large': (384, 768, 1536)}
 # integer field -> inclusive range: large enough for the paper's sizes, small enough that a
@@ -200,6 +205,17 @@ def _check_llm(config: 'SegCapConfig') -> None:
                    f'must equal llm_config.hidden_size ({llm["hidden_size"]})')
 
 
+def _check_presence(config: 'SegCapConfig') -> None:
+    value = config.presence_check
+    if not isinstance(value, tuple) or len(value) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+            for v in value) or value[0] > value[1]:
+        raise _bad('presence_check', value, 'must be [absent_below, present_above] with '
+                   '0 <= absent_below <= present_above <= 1')
+    if any(value) and not config.word_anchor:
+        raise _bad('presence_check', list(value), 'needs word_anchor (a colour head)')
+
+
 def check_config(config: 'SegCapConfig') -> None:
     """Types and ranges of every field; ValueError naming the key, its value and the range."""
     if not isinstance(config.name, str) or not NAME_PATTERN.fullmatch(config.name):
@@ -224,6 +240,7 @@ def check_config(config: 'SegCapConfig') -> None:
             raise _bad(key, getattr(config, key), 'must be true or false')
     if config.colour_from_pool and not (config.fine_pool and config.word_anchor):
         raise _bad('colour_from_pool', True, 'needs fine_pool and word_anchor')
+    _check_presence(config)
     _names('class_names', config.class_names, 1024)
     _names('colour_names', config.colour_names, 64)
     for key in ('llm', 'system_prompt'):
@@ -241,7 +258,7 @@ _REGISTRY: dict[str, SegCapConfig] = {
     'segcap-tiny': SegCapConfig(name='segcap-tiny', class_names=VARIED_CLASSES,
                                 colour_names=VARIED_COLOURS, fine_pool=True, token_norm=True,
                                 word_anchor=True, colour_from_pool=True, place_anchor=True,
-                                seg_pointer=True, proposals=8),
+                                seg_pointer=True, proposals=8, presence_check=(0.01, 0.03)),
     'tiny-random': SegCapConfig(
         name='tiny-random', image_size=128, backbone_pretrained=False, dim=32,
         num_queries=8, decoder_layers=2, num_heads=4, ffn_dim=64, llm='random', llm_hidden=64,

@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 import re
 import sys
 import time
-from typing import Callable, Optional, TYPE_CHECKING
+from typing import Callable, Optional, Sequence, TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ros_segcap.core.tokens import VISUAL_PROMPT_TOKENS, refuse_control_tokens
 
-from .config import (DECODE_PATHS, DEFAULT_DECODE_PATH, IMAGE_TOKEN, SPECIAL_TOKENS,
+from .config import (DECODE_PATHS, DEFAULT_DECODE_PATH, IMAGE_TOKEN, P_OPEN, SPECIAL_TOKENS,
                      SEG_TOKEN, SegCapConfig)
 
 if TYPE_CHECKING:
@@ -107,6 +107,9 @@ class LanguageModel(nn.Module):
         if ids != list(range(self.seg_id, self.seg_id + len(ids))):
             raise ValueError(f'special tokens must have consecutive new ids, got {ids}')
         self.image_id = self.special_ids[IMAGE_TOKEN]
+        # first token of the answer for an absent object ('There is no ...') and of a phrase
+        self.absent_id = tokenizer('There is no', add_special_tokens=False)['input_ids'][0]
+        self.phrase_id = self.special_ids[P_OPEN]
         end = tokenizer.convert_tokens_to_ids('<|im_end|>')
         self.stop_ids = {i for i in (tokenizer.eos_token_id, end) if isinstance(i, int)}
         self.decode_path = DEFAULT_DECODE_PATH  # see DECODE_PATHS
@@ -272,13 +275,15 @@ class LanguageModel(nn.Module):
                  temperature: float = 0.0, on_text: Optional[Callable[[str], bool]] = None,
                  on_seg: Optional[Callable[[torch.Tensor], None]] = None,
                  generator: Optional[torch.Generator] = None, prefix_len: int = 0,
-                 prefix_key=None) -> Generation:
+                 prefix_key=None, first_tokens: Optional[Sequence[int]] = None
+                 ) -> Generation:
         """Generate from prompt embeddings (1, T, H); stops at the end token.
 
         on_text(piece) receives new text as it appears; returning False cancels. on_seg(h)
         receives each [SEG] hidden state (H,) as soon as it exists. With the fast path, the
         first prefix_len positions are reused from the previous call with the same
-        prefix_key (e.g. the system prompt + visual block of one frame).
+        prefix_key (e.g. the system prompt + visual block of one frame). first_tokens: the
+        only tokens the answer may start with (None: any).
         """
         t0 = time.perf_counter()
         h, step, to_logits = self._stepper(embeds, prefix_len, prefix_key)
@@ -288,7 +293,11 @@ class LanguageModel(nn.Module):
         shown = ''
         cancelled = False
         for i in range(max_new_tokens):
-            tok = self._pick(to_logits(h), temperature, generator)
+            logits = to_logits(h)
+            if i == 0 and first_tokens:  # the answer must start with one of these
+                logits = torch.full_like(logits, -torch.inf).index_copy(
+                    -1, torch.tensor(first_tokens), logits[..., list(first_tokens)])
+            tok = self._pick(logits, temperature, generator)
             if tok in self.stop_ids:
                 break
             tokens.append(tok)

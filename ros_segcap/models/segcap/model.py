@@ -21,6 +21,7 @@ from .decoder import PROMPT_KIND_IDS, OMGDecoder
 from .encoder import PixelDecoder, build_backbone, normalize_image
 from .llm import Generation, LanguageModel, build_language_model, load_tokenizer
 from .panoptic import frame_objects
+from .presence import best_score, first_tokens, plain_target
 from .prior import foreground_queries, mask_pool, perception_prior, query_scores
 from .projectors import PLACE_WORDS, Projectors
 from .proposals import OUTSIDE, cell_points, component_at, new_masks, peak_cells
@@ -314,6 +315,23 @@ class SegCapModel(nn.Module):
         """Visual prompts -> their object tokens (N, H) for the <region> / <mark> places."""
         out = self.visual_prompts(frame, prompts, self._prompt_decoder(engine))
         return self.prompt_tokens(out, frame)
+
+    def answer_start(self, frame: FrameFeatures, question: str) -> Optional[list[int]]:
+        """The tokens the answer may start with, from the presence check of a plain request
+        ('segment the red cup': presence.py, config.presence_check); None: any."""
+        absent_below, present_above = self.config.presence_check
+        target = plain_target(question, self.config.colour_names, self.config.class_names)
+        if not (absent_below or present_above) or target is None:
+            return None
+        keep = self.kept_queries(frame)
+        pooled = self.pooled(frame, frame.mask_logits[:, keep])
+        tokens = None if self.config.colour_from_pool else self.projectors.object_tokens(
+            frame.query_feat[0, keep], frame.query_pos[0, keep], pooled)
+        colour_probs = self.projectors.colour_logits(tokens, pooled).float().softmax(-1)
+        class_probs = frame.class_logits[0, keep].float().softmax(-1)
+        score = best_score(class_probs, colour_probs, *target)
+        return first_tokens(score, absent_below, present_above, self.llm.absent_id,
+                            self.llm.phrase_id)
 
     def question_embeds(self, frame: FrameFeatures, question: str,
                         regions: Optional[torch.Tensor]) -> tuple[torch.Tensor, int]:
