@@ -14,6 +14,7 @@ part runs with a fake 10 Hz clock (default tracker settings) so re-grounds do no
 this machine's speed.
 
 Usage: .venv/bin/python benchmarks/bench_tracking.py [--seeds 3] [--frames 20] [--seconds 8]
+       [--retry-lost-s S]
 """
 from __future__ import annotations
 
@@ -96,14 +97,16 @@ class FakeClock:
         return self.now
 
 
-def quality(pipe, seeds: int, n_frames: int) -> dict[str, float]:
-    """Tracked vs per-frame single-command mean IoU on the target, and id switches."""
+def quality(pipe, seeds: int, n_frames: int, settings: TrackSettings) -> dict[str, float]:
+    """Tracked vs per-frame single-command mean IoU on the target, and id switches; prints
+    the two means of each sequence."""
     tracked, single, switches, frames, regrounds = [], [], 0, 0, 0
     for kind in SEQUENCE_KINDS:
         for seed in range(seeds):
             seq = make_sequence(kind, seed=seed, frames=n_frames, height=HEIGHT, width=WIDTH)
             clock = FakeClock()
-            tracker = Tracker(pipe, TrackSettings(), clock=clock)
+            tracker = Tracker(pipe, settings, clock=clock)
+            first = len(tracked)
             tracker.start(seq.phrase)
             last_id = None
             for f in seq.frames:
@@ -123,6 +126,8 @@ def quality(pipe, seeds: int, n_frames: int) -> dict[str, float]:
                 tracked.append(max(ious, default=0.0))
                 answer = pipe.run(f.image, seq.phrase, frame_key=(kind, seed, f.index))
                 single.append(max((mask_iou(m, truth) for m in answer.masks), default=0.0))
+            print(f'  {kind} seed {seed} "{seq.phrase}": tracked '
+                  f'{np.mean(tracked[first:]):.2f}, per-frame {np.mean(single[first:]):.2f}')
     return {'tracked_iou': float(np.mean(tracked)), 'single_iou': float(np.mean(single)),
             'switches_per_100': 100.0 * switches / frames, 'frames': frames,
             'regrounds': regrounds}
@@ -133,6 +138,8 @@ def main() -> None:
     parser.add_argument('--seeds', type=int, default=3)
     parser.add_argument('--frames', type=int, default=20)
     parser.add_argument('--seconds', type=float, default=8.0)
+    parser.add_argument('--retry-lost-s', type=float, default=TrackSettings().retry_lost_s,
+                        help='track_retry_lost_s of the IoU part (default: the option default)')
     args = parser.parse_args()
     torch.manual_seed(0)
     pipe = open_pipeline(PipelineConfig(model='segcap-tiny'))
@@ -154,7 +161,7 @@ def main() -> None:
         print(f'{rate:.0f} Hz offered ({offered:.1f} frames/s): {per_s:.1f} tracking '
               f'results/s = {per_s / offered:.2f} of the frames ({regrounds} of {n} '
               f're-grounded by the LLM)')
-    q = quality(pipe, args.seeds, args.frames)
+    q = quality(pipe, args.seeds, args.frames, TrackSettings(retry_lost_s=args.retry_lost_s))
     print(f'target mask mean IoU over {q["frames"]} sequence frames: tracked '
           f'{q["tracked_iou"]:.3f}, per-frame command {q["single_iou"]:.3f}, ratio '
           f'{q["tracked_iou"] / max(q["single_iou"], 1e-9):.2f} (goal >= 0.9)')
