@@ -143,8 +143,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     pipe = open_pipeline(PipelineConfig(model='segcap-tiny'))
-    # seed 4: the first answer finds the target, so the steps after it track (seeds 0-3 start
-    # from "There is no ..." and every step would re-ground)
+    # seed 4: the first answer finds the target, so the steps after it track (seeds 2 and 3
+    # start from "There is no ..." and every step would re-ground)
     seq = make_sequence('pan', seed=4, frames=24, height=HEIGHT, width=WIDTH)
     frames = [f.image for f in seq.frames]
     pipe.run(frames[0], seq.phrase)  # warm-up: LLM kernels, allocator

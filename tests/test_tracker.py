@@ -18,7 +18,7 @@ needs_weights = pytest.mark.skipif(not (SHIPPED / 'model.safetensors').is_file()
                                    reason='no shipped segcap-tiny weights in ros_segcap/weights')
 FRAME_S = 0.1
 # The pan sequence the tracking tests follow: seed 4, where the shipped model's first answer
-# finds its target (on seeds 0-3 it starts with "There is no ..."; docs/tracking.md has the
+# finds its target (on seeds 2 and 3 it starts with "There is no ..."; docs/tracking.md has the
 # first-answer rate over seeds). These tests are about what tracking does with a found target.
 PAN_SEED = 4
 
@@ -125,8 +125,12 @@ def test_a_lost_target_is_asked_for_every_retry_lost_s(pipeline, retry_s, gap):
     results, _ = follow(pipeline, seq, TrackSettings(reground_s=0, retry_lost_s=retry_s))
     lost = [i for i, r in enumerate(results) if not r.masks[0].any()]
     assert lost, 'the target must be lost while out of view'
-    asked = [i for i in range(lost[0] + 1, len(results)) if results[i].regrounded]
-    assert asked[:3] == [lost[0] + gap * k for k in (1, 2, 3)], asked
+    asked = []  # frames the LLM answered on, from the loss to the frame it is found again
+    for i in range(lost[0] + 1, len(results)):
+        asked += [i] if results[i].regrounded else []
+        if results[i].masks[0].any():
+            break
+    assert len(asked) >= 2 and asked == list(range(lost[0] + gap, asked[-1] + 1, gap)), asked
     back = next(i for i, f in enumerate(seq.frames) if i > lost[0] and f.mask(seq.target).any())
     found = [i for i in range(back, len(results))
              if mask_iou(results[i].masks[0], seq.frames[i].mask(seq.target)) > 0.5]
