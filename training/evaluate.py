@@ -26,6 +26,7 @@ import torch
 from ros_segcap.core.answer import parse_answer
 from ros_segcap.models.segcap.llm import DECODE_PATHS, DEFAULT_DECODE_PATH
 from ros_segcap.core.pipeline import Pipeline
+from ros_segcap.core.options import option
 from ros_segcap.runtime import PipelineConfig, open_pipeline
 from ros_segcap.core.preprocess import prompt_queries
 from ros_segcap.core.types import SegCapResult
@@ -42,7 +43,7 @@ from training.eval.text_metrics import (attribute_accuracy, cider_d, corpus_bleu
 
 TASK_CYCLE = ('referring', 'absent', 'gcg', 'region', 'referring', 'caption', 'region', 'vqa')
 IMAGE_SIZE = (480, 640)  # (H, W): a VGA robot camera
-MAX_NEW_TOKENS = 128
+MAX_NEW_TOKENS = option('max_new_tokens').default  # the product's: captions end on their own
 # how a region question starts -> the kind of question it is (region_by_question)
 REGION_QUESTIONS = (('what is', 'name'), ('what colour', 'colour'), ('what kind', 'kind'),
                     ('can you describe', 'describe'), ('please segment', 'segment'),
@@ -144,13 +145,13 @@ class Evaluator:
 def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
              tasks: Sequence[str] = TASK_CYCLE, log: Optional[Path] = None,
              decode_path: str = DEFAULT_DECODE_PATH, refine_edges: bool = True,
-             world: str = 'default', styles: str = 'train', check_presence: bool = True
-             ) -> dict[str, Any]:
+             world: str = 'default', styles: str = 'train', check_presence: bool = True,
+             max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
     """Run n samples of a split through a Pipeline and return the scores.
 
     world='varied' adds the world, the style set and scores per kind and colour.
     """
-    pipe = open_pipeline(PipelineConfig(model=model, max_new_tokens=MAX_NEW_TOKENS,
+    pipe = open_pipeline(PipelineConfig(model=model, max_new_tokens=max_new_tokens,
                                         decode_path=decode_path, refine_edges=refine_edges,
                                         check_presence=check_presence))
     ev = Evaluator()
@@ -172,6 +173,7 @@ def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
     scores.update(split=split, n=n, seed_offset=seed_offset, seconds=time.time() - t0,
                   model=model, decode_path=pipe.model.llm.effective_decode_path(),
                   refine_edges=refine_edges, check_presence=check_presence,
+                  max_new_tokens=max_new_tokens,
                   answers=[r['answer'] for r in rows])
     if world != 'default':
         scores.update(world=world, styles=styles, **ev.attributes.compute())
@@ -202,6 +204,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--out', default='', help='write the scores JSON here')
     ap.add_argument('--answers', default='', help='write every answer as JSON lines here')
     ap.add_argument('--decode-path', default=DEFAULT_DECODE_PATH, choices=DECODE_PATHS)
+    ap.add_argument('--max-new-tokens', type=int, default=MAX_NEW_TOKENS,
+                    help='longest answer in tokens')
     ap.add_argument('--no-refine-edges', dest='refine_edges', action='store_false',
                     help='keep the masks as the mask grid gives them (no edge refinement)')
     add_world_arguments(ap)  # varied: scores per kind and colour too
@@ -224,7 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     log = Path(args.answers) if args.answers else None
     world = dict(world=args.world, styles=args.styles, tasks=tasks,
-                 check_presence=args.check_presence)
+                 check_presence=args.check_presence, max_new_tokens=args.max_new_tokens)
     scores = evaluate(args.model, args.split, args.n, args.seed_offset, log=log,
                       decode_path=args.decode_path, refine_edges=args.refine_edges, **world)
     if args.parity:

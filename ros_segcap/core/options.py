@@ -56,7 +56,7 @@ OPTIONS = (
     Option('decode_path', str, 'fast-q4', 'LLM decode path; fast-q4 (GGUF blocks, C kernels) '
            'falls back to fast (fp32) where it cannot run',
            choices=DECODE_PATHS, scopes=MODEL),
-    Option('max_new_tokens', int, 48, 'longest answer in tokens', live=True, lo=1, hi=1024,
+    Option('max_new_tokens', int, 320, 'longest answer in tokens', live=True, lo=1, hi=1024,
            scopes=ALL),
     Option('temperature', float, 0.0, 'sampling temperature; 0 = greedy', live=True,
            lo=0.0, hi=2.0, scopes=ALL),
