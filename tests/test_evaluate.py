@@ -155,11 +155,26 @@ def test_plain_requests_pick_a_unique_object_and_a_near_miss():
     assert (k, absent) == (0, ('grey', 'cup'))
 
 
-def test_plain_requests_command(tiny_dir, capsys):
+def test_plain_kind_requests_pick_a_unique_kind_and_one_the_scene_lacks():
+    from training.plain_requests import pick_kind_requests
+
+    kinds = ['cup', 'cup', 'bowl', 'ball']
+    for seed in range(20):
+        k, absent = pick_kind_requests(kinds, np.random.default_rng(seed),
+                                       ('cup', 'bowl', 'ball', 'mug', 'vase'))
+        assert k in (2, 3) and absent in ('mug', 'vase')
+    assert pick_kind_requests(['cup', 'cup'], np.random.default_rng(0), ('cup',)) == (None, None)
+    assert pick_kind_requests(['cup'], np.random.default_rng(0), ('cup',)) == (0, None)
+
+
+@pytest.mark.parametrize('form', ['colour_kind', 'kind'])
+def test_plain_requests_command(tiny_dir, capsys, form):
     from training.plain_requests import main as plain_main
 
-    plain_main(['--model', str(tiny_dir), '--n', '3', '--threads', '1'])
+    plain_main(['--model', str(tiny_dir), '--n', '3', '--threads', '1', '--form', form,
+                '--no-check-presence'])
     out = json.loads(capsys.readouterr().out)
+    assert (out['form'], out['check_presence']) == (form, False)
     assert 1 <= out['present'] <= 3 and out['absent'] <= out['present']
     assert 0.0 <= out['present_iou50'] <= 1.0 and 0.0 <= out['present_no_mask'] <= 1.0
 

@@ -19,7 +19,9 @@ KINDS = ('cup', 'mug', 'tea_pot')
     ('find a green mug', (1, 1)),
     ('Where is the light blue tea pot?', (2, 2)),
     ('segment the red cup and the green mug', None),
-    ('segment the cup', None),
+    ('segment the cup', (None, 0)),
+    ('Please segment the tea pot in this image.', (None, 2)),
+    ('segment the red', None),
     ('segment the red cup on the left', None),
     ('segment the red cups', None),
     ('segment the purple cup', None),
@@ -34,6 +36,7 @@ def test_best_score_is_the_best_objects_kind_times_colour():
     colours = torch.tensor([[0.9, 0.1], [0.5, 0.5]])  # red, green
     assert best_score(classes, colours, colour=0, kind=1) == pytest.approx(0.72)
     assert best_score(classes, colours, colour=1, kind=0) == pytest.approx(0.3)
+    assert best_score(classes, colours, colour=None, kind=1) == pytest.approx(0.8)
     assert best_score(classes[:0], colours[:0], colour=0, kind=0) == 0.0
 
 

@@ -126,7 +126,8 @@ def test_absent_object_gives_empty_result(pipeline, styles):
 def test_presence_check_decides_clear_plain_requests(pipeline):
     """Where segcap-tiny's class and colour heads are clear about the red cup (config
     presence_check), the answer starts as they say; with check_presence off the LLM decides
-    alone, and finds fewer of the held-out red cups."""
+    alone, and finds fewer of the held-out red cups. A request without a colour is never
+    made to say yes."""
     question = 'Please segment the red cup in this image.'
     llm, decided, found = pipeline.model.llm, 0, {True: 0, False: 0}
     for index in RED_CUP_SCENES['held_out']:
@@ -134,6 +135,8 @@ def test_presence_check_decides_clear_plain_requests(pipeline):
         with torch.no_grad():
             frame, _ = pipeline.encode(scene.image)
             start = pipeline.model.answer_start(frame, question)
+            kind_only = pipeline.model.answer_start(frame, 'segment the cup')
+        assert kind_only in (None, [llm.absent_id])  # a kind alone can only be vetoed
         for check in (True, False):
             pipeline.settings = replace(pipeline.settings, check_presence=check)
             result = pipeline.run(scene.image, question)

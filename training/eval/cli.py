@@ -35,10 +35,11 @@ def add_presence_argument(ap: argparse.ArgumentParser) -> None:
 
 def model_command(doc: str, run: Callable[..., dict], n_default: int,
                   n_help: str, argv: Optional[Sequence[str]] = None,
-                  presence: bool = False) -> None:
+                  extra: Optional[Callable[[argparse.ArgumentParser], list[str]]] = None
+                  ) -> None:
     """--model --split --n --seed-offset --threads --no-refine-edges --world --styles ->
     print run(model, n=, split=, seed_offset=, refine_edges=, world=, styles=) as JSON;
-    presence: also --no-check-presence (run(..., check_presence=))."""
+    extra(ap) adds a command's own arguments and names the ones run() also takes."""
     ap = argparse.ArgumentParser(description=doc.split('\n')[0])
     ap.add_argument('--model', default='segcap-tiny', help='model directory or name')
     ap.add_argument('--split', default='test', choices=('train', 'val', 'test'))
@@ -49,12 +50,11 @@ def model_command(doc: str, run: Callable[..., dict], n_default: int,
     ap.add_argument('--no-refine-edges', dest='refine_edges', action='store_false',
                     help='keep the masks as the mask grid gives them (no edge refinement)')
     add_world_arguments(ap)
-    if presence:
-        add_presence_argument(ap)
+    names = extra(ap) if extra is not None else []
     args = ap.parse_args(argv)
     check_world_arguments(ap, args)
     torch.set_num_threads(args.threads)
-    extra = {'check_presence': args.check_presence} if presence else {}
     print(json.dumps(run(args.model, n=args.n, split=args.split, seed_offset=args.seed_offset,
                          refine_edges=args.refine_edges, world=args.world,
-                         styles=args.styles, **extra), indent=2))
+                         styles=args.styles, **{k: getattr(args, k) for k in names}),
+                     indent=2))

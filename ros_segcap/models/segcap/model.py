@@ -318,7 +318,8 @@ class SegCapModel(nn.Module):
 
     def answer_start(self, frame: FrameFeatures, question: str) -> Optional[list[int]]:
         """The tokens the answer may start with, from the presence check of a plain request
-        ('segment the red cup': presence.py, config.presence_check); None: any."""
+        ('segment the red cup', 'segment the cup': presence.py, config.presence_check);
+        None: any."""
         absent_below, present_above = self.config.presence_check
         target = plain_target(question, self.config.colour_names, self.config.class_names)
         if not (absent_below or present_above) or target is None:
@@ -330,7 +331,8 @@ class SegCapModel(nn.Module):
         colour_probs = self.projectors.colour_logits(tokens, pooled).float().softmax(-1)
         class_probs = frame.class_logits[0, keep].float().softmax(-1)
         score = best_score(class_probs, colour_probs, *target)
-        return first_tokens(score, absent_below, present_above, self.llm.absent_id,
+        yes_from = present_above if target[0] is not None else 0.0  # kind alone: veto only
+        return first_tokens(score, absent_below, yes_from, self.llm.absent_id,
                             self.llm.phrase_id)
 
     def question_embeds(self, frame: FrameFeatures, question: str,

@@ -1,12 +1,14 @@
-"""The presence check of plain requests: "segment the <colour> <kind>".
+"""The presence check of plain requests: "segment the <colour> <kind>" or "segment the <kind>".
 
-For a request that names exactly one colour and one kind of the model's vocabulary, the
+For a request that names one kind of the model's vocabulary, and at most one colour, the
 decoder's class head and the colour head already say how likely each object of the frame
-is to be that thing: P(kind) x P(colour). The best object's score decides the first token of
-the answer when it is clear: below `absent_below` the answer starts "There" (There is no
-...), at or above `present_above` it starts with the phrase (<p> ... [SEG]); in between the
-LLM decides alone. The rest of the answer, and which object its [SEG] points at, stay the
-LLM's. The thresholds are the model config's `presence_check` (both 0: no check).
+is to be that thing: P(kind) x P(colour) (P(kind) without a colour). The best object's
+score decides the first token of the answer when it is clear: below `absent_below` the
+answer starts "There" (There is no ...); with a colour, at or above `present_above` it
+starts with the phrase (<p> ... [SEG]); otherwise the LLM decides alone. The class head
+alone is not sure enough to make the answer say yes (measured: the model card). The rest of
+the answer, and which object its [SEG] points at, stay the LLM's. The thresholds are the
+model config's `presence_check` (both 0: no check).
 """
 from __future__ import annotations
 
@@ -21,14 +23,16 @@ _PLAIN = re.compile(_VERBS + r'\s*(?:the\s+|an?\s+)?(?P<what>[a-z ]+?)'
 
 
 def plain_target(question: str, colours: Sequence[str], kinds: Sequence[str]
-                 ) -> Optional[tuple[int, int]]:
-    """(colour index, kind index) of a request naming one colour and one kind, e.g.
-    'Please segment the red cup in this image.' or 'the red cup'; None for anything else
-    (other words, relations, plurals, several objects, visual prompts)."""
+                 ) -> Optional[tuple[Optional[int], int]]:
+    """(colour index or None, kind index) of a request naming one kind and at most one
+    colour, e.g. 'Please segment the red cup in this image.', 'the red cup' or 'segment the
+    cup'; None for anything else (other words, relations, plurals, several objects)."""
     match = _PLAIN.fullmatch(question.strip().lower())
     if match is None:
         return None
     words = match.group('what').split()
+    if '_'.join(words) in kinds:
+        return None, kinds.index('_'.join(words))
     for split in range(1, len(words)):
         colour, kind = ' '.join(words[:split]), '_'.join(words[split:])
         if colour in colours and kind in kinds:
@@ -36,13 +40,14 @@ def plain_target(question: str, colours: Sequence[str], kinds: Sequence[str]
     return None
 
 
-def best_score(class_probs: torch.Tensor, colour_probs: torch.Tensor, colour: int,
+def best_score(class_probs: torch.Tensor, colour_probs: torch.Tensor, colour: Optional[int],
                kind: int) -> float:
-    """max over objects of P(kind) x P(colour): class_probs (N, K+1) with the void class,
-    colour_probs (N, C); 0 without objects."""
+    """max over objects of P(kind) x P(colour) (P(kind) when colour is None): class_probs
+    (N, K+1) with the void class, colour_probs (N, C); 0 without objects."""
     if class_probs.shape[0] == 0:
         return 0.0
-    return float((class_probs[:, kind] * colour_probs[:, colour]).max())
+    colour_part = colour_probs[:, colour] if colour is not None else 1.0
+    return float((class_probs[:, kind] * colour_part).max())
 
 
 def first_tokens(score: float, absent_below: float, present_above: float, no_id: int,
