@@ -165,3 +165,12 @@ def test_padded_head_rows_are_never_sampled(tiny) -> None:
     finally:
         tiny.llm.lm_head = head
     assert all(t < rows for t in out.token_ids)
+
+
+def test_generate_starts_with_one_of_first_tokens(tiny):
+    embeds = tiny.embed_ids([1, 5, 6], None)[None]
+    free = tiny.generate(embeds, max_new_tokens=2, temperature=0.0).token_ids
+    other = 7 if free[0] != 7 else 8
+    forced = tiny.generate(embeds, max_new_tokens=2, temperature=0.0, first_tokens=[other])
+    assert forced.token_ids[0] == other
+    assert tiny.answer_start(None, 'segment the red cup') is None  # no colour head to ask

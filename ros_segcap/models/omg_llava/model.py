@@ -254,8 +254,9 @@ class OMGLlavaModel(nn.Module):
         for i in range(max_new_tokens):
             logits = mask_padded_vocab(self.llm.lm_head(hidden).float(), self.config.vocab_rows)
             if i == 0 and first_tokens:
-                logits = torch.full_like(logits, -torch.inf).index_copy(
-                    -1, torch.tensor(first_tokens), logits[..., list(first_tokens)])
+                allowed = torch.zeros_like(logits, dtype=torch.bool)
+                allowed[..., list(first_tokens)] = True
+                logits = logits.masked_fill(~allowed, -torch.inf)
             token = _pick(logits[0], temperature)
             if token in self.stop:
                 break

@@ -295,8 +295,9 @@ class LanguageModel(nn.Module):
         for i in range(max_new_tokens):
             logits = to_logits(h)
             if i == 0 and first_tokens:  # the answer must start with one of these
-                logits = torch.full_like(logits, -torch.inf).index_copy(
-                    -1, torch.tensor(first_tokens), logits[..., list(first_tokens)])
+                allowed = torch.zeros_like(logits, dtype=torch.bool)
+                allowed[..., list(first_tokens)] = True
+                logits = logits.masked_fill(~allowed, -torch.inf)
             tok = self._pick(logits, temperature, generator)
             if tok in self.stop_ids:
                 break
