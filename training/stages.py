@@ -240,11 +240,7 @@ class LanguageStage(nn.Module):
         if not rows:
             return frame.query_feat.new_zeros(())
         q = torch.tensor([r[0] for r in rows])
-        m = self.model
-        pooled = m.pooled(frame, frame.mask_logits[:, q])
-        tokens = None if m.config.colour_from_pool else m.projectors.object_tokens(
-            frame.query_feat[0, q], frame.query_pos[0, q], pooled)  # pooled is all it reads
-        logits = m.projectors.colour_logits(tokens, pooled)
+        logits = self.model.query_colour_logits(frame, q)
         target = torch.tensor([r[1] for r in rows])
         logs['colour'] = nn.functional.cross_entropy(logits, target)
         logs['colour_acc'] = float((logits.argmax(1) == target).float().mean())

@@ -233,6 +233,13 @@ class SegCapModel(nn.Module):
         return keep, self.anchored(objects, frame.class_logits[0, keep],
                                    frame.mask_logits[0, keep], pooled)
 
+    def query_colour_logits(self, frame: FrameFeatures, idx: torch.Tensor) -> torch.Tensor:
+        """Colour-word logits (N, n_colours) of the frame's queries idx (N,) (word_anchor)."""
+        pooled = self.pooled(frame, frame.mask_logits[:, idx])
+        tokens = None if self.config.colour_from_pool else self.projectors.object_tokens(
+            frame.query_feat[0, idx], frame.query_pos[0, idx], pooled)  # pooled is all it reads
+        return self.projectors.colour_logits(tokens, pooled)
+
     def seg_pointer(self, frame: FrameFeatures, hidden: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """seg_pointer: [SEG] states (G, H) -> (scores (G, N_obj), kept query indices)."""
@@ -325,15 +332,11 @@ class SegCapModel(nn.Module):
         if not (absent_below or present_above) or target is None:
             return None
         keep = self.kept_queries(frame)
-        pooled = self.pooled(frame, frame.mask_logits[:, keep])
-        tokens = None if self.config.colour_from_pool else self.projectors.object_tokens(
-            frame.query_feat[0, keep], frame.query_pos[0, keep], pooled)
-        colour_probs = self.projectors.colour_logits(tokens, pooled).float().softmax(-1)
+        colour_probs = self.query_colour_logits(frame, keep).float().softmax(-1)
         class_probs = frame.class_logits[0, keep].float().softmax(-1)
         score = best_score(class_probs, colour_probs, *target)
-        yes_from = present_above if target[0] is not None else 0.0  # kind alone: veto only
-        return first_tokens(score, absent_below, yes_from, self.llm.absent_id,
-                            self.llm.phrase_id)
+        return first_tokens(score, absent_below, present_above, self.llm.absent_id,
+                            self.llm.phrase_id, with_colour=target[0] is not None)
 
     def question_embeds(self, frame: FrameFeatures, question: str,
                         regions: Optional[torch.Tensor]) -> tuple[torch.Tensor, int]:

@@ -31,12 +31,10 @@ def plain_target(question: str, colours: Sequence[str], kinds: Sequence[str]
     if match is None:
         return None
     words = match.group('what').split()
-    if '_'.join(words) in kinds:
-        return None, kinds.index('_'.join(words))
-    for split in range(1, len(words)):
+    for split in range(len(words)):  # split 0: no colour
         colour, kind = ' '.join(words[:split]), '_'.join(words[split:])
-        if colour in colours and kind in kinds:
-            return colours.index(colour), kinds.index(kind)
+        if (not colour or colour in colours) and kind in kinds:
+            return (colours.index(colour) if colour else None), kinds.index(kind)
     return None
 
 
@@ -51,11 +49,12 @@ def best_score(class_probs: torch.Tensor, colour_probs: torch.Tensor, colour: Op
 
 
 def first_tokens(score: float, absent_below: float, present_above: float, no_id: int,
-                 yes_id: int) -> Optional[list[int]]:
+                 yes_id: int, with_colour: bool = True) -> Optional[list[int]]:
     """The tokens the answer may start with: [no_id] below absent_below, [yes_id] at or
-    above present_above (a positive threshold), else None (any)."""
+    above present_above (a positive threshold) if the request names a colour, else None
+    (any)."""
     if score < absent_below:
         return [no_id]
-    if present_above > 0 and score >= present_above:
+    if with_colour and present_above > 0 and score >= present_above:
         return [yes_id]
     return None
