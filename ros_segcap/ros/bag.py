@@ -206,11 +206,14 @@ class Player(Node):
             self._outputs[c.id] = self.create_publisher(
                 message_class(c.msgtype), c.topic, QoSProfile(depth=100))
 
-    def wait_for_subscribers(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds until every topic has a subscriber."""
+    def wait_for_subscribers(self, timeout: float, settle: float = 0.5) -> None:
+        """Wait up to `timeout` seconds until every topic has a subscriber, then `settle`
+        seconds more: a publisher can see a subscriber before that subscriber has matched
+        the publisher, and volatile messages sent in between are lost to it."""
         end = time.monotonic() + timeout
         while time.monotonic() < end and rclpy.ok():
             if all(p.get_subscription_count() > 0 for p in self._outputs.values()):
+                time.sleep(settle)
                 return
             time.sleep(0.05)
         missing = [p.topic_name for p in self._outputs.values()
