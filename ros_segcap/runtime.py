@@ -41,6 +41,7 @@ class PipelineConfig:
     mask_threshold: float = option('mask_threshold').default
     refine_edges: bool = option('refine_edges').default
     check_presence: bool = option('check_presence').default
+    region_places: bool = option('region_places').default
     cache_frames: int = option('frame_buffer').default
 
     def settings(self) -> Settings:

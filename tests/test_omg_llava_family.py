@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from ros_segcap.core.guide import starts_with
 from ros_segcap.core.spec import graph_specs
 from ros_segcap.models import family, family_of
 from ros_segcap.models.omg_llava import convert
@@ -167,10 +168,12 @@ def test_padded_head_rows_are_never_sampled(tiny) -> None:
     assert all(t < rows for t in out.token_ids)
 
 
-def test_generate_starts_with_one_of_first_tokens(tiny):
+def test_generate_follows_a_guide(tiny):
     embeds = tiny.embed_ids([1, 5, 6], None)[None]
     free = tiny.generate(embeds, max_new_tokens=2, temperature=0.0).token_ids
     other = 7 if free[0] != 7 else 8
-    forced = tiny.generate(embeds, max_new_tokens=2, temperature=0.0, first_tokens=[other])
+    forced = tiny.generate(embeds, max_new_tokens=2, temperature=0.0,
+                           guide=starts_with([other]))
     assert forced.token_ids[0] == other
-    assert tiny.answer_start(None, 'segment the red cup') is None  # no colour head to ask
+    # no colour head to check presence with, no table class for places
+    assert tiny.answer_guide(None, 'segment the red cup', None, None, None) is None

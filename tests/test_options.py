@@ -56,7 +56,7 @@ def test_scopes_defaults_and_live_names():
     assert {'model', 'backend', 'decode_path', 'refine_edges', 'allow_pickle'} <= set(cli)
     assert options.LIVE == options.live('node')
     assert options.live('pipeline') == ('max_new_tokens', 'temperature', 'mask_threshold',
-                                        'refine_edges', 'check_presence')
+                                        'refine_edges', 'check_presence', 'region_places')
     assert 'model' not in options.LIVE and 'continuous' in options.LIVE
     with pytest.raises(ValueError, match='unknown scope'):
         defaults('launch')

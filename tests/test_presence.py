@@ -1,9 +1,10 @@
-"""The presence check of plain requests (models/segcap/presence.py) and first_tokens."""
+"""The presence check of plain requests (models/segcap/presence.py) and the answer start it fixes."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from ros_segcap.core.guide import starts_with
 from ros_segcap.models.segcap.config import SegCapConfig, get_config
 from ros_segcap.models.segcap.presence import best_score, first_tokens, plain_target
 
@@ -62,7 +63,7 @@ def test_segcap_tiny_checks_presence():
 
 
 @pytest.mark.parametrize('path', ['fast', 'reference'])
-def test_generate_starts_with_one_of_first_tokens(tiny_model, tiny_frame, monkeypatch, path):
+def test_generate_starts_with_one_of_the_allowed_tokens(tiny_model, tiny_frame, monkeypatch, path):
     frame, _ = tiny_frame
     monkeypatch.setattr(tiny_model.llm, 'decode_path', path)
     with torch.no_grad():
@@ -70,7 +71,8 @@ def test_generate_starts_with_one_of_first_tokens(tiny_model, tiny_frame, monkey
     free = tiny_model.llm.generate(embeds, max_new_tokens=3).token_ids
     forced_id = tiny_model.llm.absent_id if free[0] != tiny_model.llm.absent_id \
         else tiny_model.llm.phrase_id
-    forced = tiny_model.llm.generate(embeds, max_new_tokens=3, first_tokens=[forced_id])
+    forced = tiny_model.llm.generate(embeds, max_new_tokens=3, guide=starts_with([forced_id]))
     assert forced.token_ids[0] == forced_id
-    both = tiny_model.llm.generate(embeds, max_new_tokens=3, first_tokens=[forced_id, free[0]])
+    both = tiny_model.llm.generate(embeds, max_new_tokens=3,
+                                   guide=starts_with([forced_id, free[0]]))
     assert both.token_ids == free  # the free choice was allowed: nothing changes

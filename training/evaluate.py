@@ -67,7 +67,10 @@ def answer_with_prompts(pipe: Pipeline, sample: Sample) -> SegCapResult:
         q = prompt_queries(sample.prompts, box, model.config.mask_size)
         out = model.visual_prompts(frame, q)
         embeds, _ = model.prompt_embeds(frame, sample.question, model.prompt_tokens(out, frame))
-        gen = model.llm.generate(embeds, max_new_tokens=pipe.settings.max_new_tokens)
+        guide = model.answer_guide(frame, sample.question, q, box, pipe.engine,
+                                   places=pipe.settings.region_places)
+        gen = model.llm.generate(embeds, max_new_tokens=pipe.settings.max_new_tokens,
+                                 guide=guide)
         parsed = parse_answer(gen.text)
     return SegCapResult(answer=parsed.text, raw_text=gen.text, model=model.config.name)
 
@@ -146,14 +149,16 @@ def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
              tasks: Sequence[str] = TASK_CYCLE, log: Optional[Path] = None,
              decode_path: str = DEFAULT_DECODE_PATH, refine_edges: bool = True,
              world: str = 'default', styles: str = 'train', check_presence: bool = True,
-             max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
+             region_places: bool = True, max_new_tokens: int = MAX_NEW_TOKENS
+             ) -> dict[str, Any]:
     """Run n samples of a split through a Pipeline and return the scores.
 
     world='varied' adds the world, the style set and scores per kind and colour.
     """
     pipe = open_pipeline(PipelineConfig(model=model, max_new_tokens=max_new_tokens,
                                         decode_path=decode_path, refine_edges=refine_edges,
-                                        check_presence=check_presence))
+                                        check_presence=check_presence,
+                                        region_places=region_places))
     ev = Evaluator()
     rows = []
     t0 = time.time()
@@ -173,6 +178,7 @@ def evaluate(model: str, split: str = 'test', n: int = 96, seed_offset: int = 0,
     scores.update(split=split, n=n, seed_offset=seed_offset, seconds=time.time() - t0,
                   model=model, decode_path=pipe.model.llm.effective_decode_path(),
                   refine_edges=refine_edges, check_presence=check_presence,
+                  region_places=region_places,
                   max_new_tokens=max_new_tokens,
                   answers=[r['answer'] for r in rows])
     if world != 'default':
@@ -210,6 +216,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     help='keep the masks as the mask grid gives them (no edge refinement)')
     add_world_arguments(ap)  # varied: scores per kind and colour too
     add_presence_argument(ap)
+    ap.add_argument('--no-region-places', dest='region_places', action='store_false',
+                    help="let the LLM alone say a region's place and which region is closer")
     ap.add_argument('--tasks', default=','.join(TASK_CYCLE),
                     help='comma-separated tasks that sample i cycles through (default: the '
                          'mixed cycle); e.g. region for region questions only')
@@ -228,7 +236,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     log = Path(args.answers) if args.answers else None
     world = dict(world=args.world, styles=args.styles, tasks=tasks,
-                 check_presence=args.check_presence, max_new_tokens=args.max_new_tokens)
+                 check_presence=args.check_presence, region_places=args.region_places,
+                 max_new_tokens=args.max_new_tokens)
     scores = evaluate(args.model, args.split, args.n, args.seed_offset, log=log,
                       decode_path=args.decode_path, refine_edges=args.refine_edges, **world)
     if args.parity:

@@ -42,6 +42,7 @@ class Settings:
     mask_threshold: float = option('mask_threshold').default
     refine_edges: bool = option('refine_edges').default
     check_presence: bool = option('check_presence').default
+    region_places: bool = option('region_places').default
     cache_frames: int = option('frame_buffer').default  # frames whose encoder outputs stay
 
 
@@ -119,7 +120,7 @@ class Pipeline:
         timing = Timing()
         with self._lock, torch.no_grad():
             frame, box = self.encode(image, frame_key, timing)
-            regions = None
+            regions, q = None, None
             if visual_prompt is not None:
                 with self._timed(timing, 'prompt_decode'):
                     q = prompt_queries([visual_prompt], box, self.model.config.mask_size)
@@ -128,8 +129,9 @@ class Pipeline:
                     regions = self.model.region_tokens(frame, q, self.engine)
             with self._timed(timing, 'prior_projectors'):
                 embeds, prefix_len = self.model.question_embeds(frame, question, regions)
-                start = self.model.answer_start(frame, question) \
-                    if regions is None and self.settings.check_presence else None
+                guide = self.model.answer_guide(frame, question, q, box, self.engine,
+                                                presence=self.settings.check_presence,
+                                                places=self.settings.region_places)
             key = None if frame_key is None else (frame_key, id(frame))
             early: list[np.ndarray] = []
 
@@ -142,7 +144,7 @@ class Pipeline:
                     on_state(hidden.detach(), probs)
                 if on_mask is not None:
                     on_mask(len(early) - 1, probs > self.settings.mask_threshold)
-            gen = self._generate(embeds, timing, on_text, prefix_len, key, on_seg, start)
+            gen = self._generate(embeds, timing, on_text, prefix_len, key, on_seg, guide)
             return self._finish(gen, early, timing)
 
     def panoptic(self, image: np.ndarray, frame_key: Optional[Hashable] = None
@@ -178,11 +180,11 @@ class Pipeline:
         return check_request(prompt, visual_prompt, image.shape[0], image.shape[1])
 
     def _generate(self, embeds: torch.Tensor, timing: Timing, on_text, prefix_len: int,
-                  prefix_key, on_seg, first_tokens=None):
+                  prefix_key, on_seg, guide=None):
         gen = self.model.generate(embeds, max_new_tokens=self.settings.max_new_tokens,
                                   temperature=self.settings.temperature, on_text=on_text,
                                   on_seg=on_seg, prefix_len=prefix_len, prefix_key=prefix_key,
-                                  first_tokens=first_tokens)
+                                  guide=guide)
         timing.add('llm_prefill', gen.stats['prefill_ms'])
         # masks were decoded inside the generation loop, as soon as each [SEG] appeared
         timing.add('llm_decode', gen.stats['decode_ms'] - timing.ms.get('mask_decode', 0.0))

@@ -11,7 +11,8 @@ from typing import Any, Callable, ContextManager, Optional, Protocol, Sequence
 import torch
 
 from .frames import DecoderOutput, FrameFeatures, FrameObjects
-from .preprocess import PromptQueries
+from .guide import Guide
+from .preprocess import Letterbox, PromptQueries
 
 
 class Engine(Protocol):
@@ -76,17 +77,20 @@ class SegModel(Protocol):
         """(prompt embeddings (1, T, H), length of the prefix shared by every question)."""
         ...
 
-    def answer_start(self, frame: FrameFeatures, question: str) -> Optional[Sequence[int]]:
-        """Token ids the answer to a question without visual prompt may start with, from
-        what the model's own heads see in the frame (None: any)."""
+    def answer_guide(self, frame: FrameFeatures, question: str,
+                     prompts: Optional[PromptQueries], box: Letterbox, engine: Engine, *,
+                     presence: bool = True, places: bool = True) -> Optional[Guide]:
+        """What the model's own heads fix in the answer (core.guide; None: nothing).
+        presence: a plain request's first token (is the object there?); places: a
+        prompted region's place words and which of two regions is nearer."""
         ...
 
     def generate(self, embeds: torch.Tensor, *, max_new_tokens: int, temperature: float,
                  on_text: Optional[Callable[[str], bool]],
                  on_seg: Optional[Callable[[torch.Tensor], None]], prefix_len: int,
-                 prefix_key: Any, first_tokens: Optional[Sequence[int]] = None) -> Generated:
+                 prefix_key: Any, guide: Optional[Guide] = None) -> Generated:
         """Answer from the embeddings; on_seg(h) gets each [SEG] hidden state (H,);
-        first_tokens: the only tokens the answer may start with (None: any)."""
+        guide(tokens so far): the only tokens allowed next (None: any)."""
         ...
 
     def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,

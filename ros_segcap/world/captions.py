@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Sequence
 
+from ros_segcap.core.places import place_phrase
 from ros_segcap.world.layout import ObjectSpec, SceneSpec
 from ros_segcap.world.palette import NUMBER_WORDS
 from ros_segcap.world.refer import article, noun
@@ -126,11 +127,7 @@ def plain_caption(spec: SceneSpec) -> str:
 
 def place_words(spec: SceneSpec, o: ObjectSpec) -> str:
     """Say where an object is on the table: 'the front left', 'the back', 'the centre'."""
-    t = (o.y - spec.horizon) / (1.0 - spec.horizon)
-    depth = 'front' if t > 0.6 else 'back' if t < 0.3 else ''
-    side = 'left' if o.x < 0.38 else 'right' if o.x > 0.62 else ''
-    words = ' '.join(w for w in (depth, side) if w)
-    return f'the {words or "centre"}'
+    return place_phrase(o.x, o.y, spec.horizon)
 
 
 def region_description(spec: SceneSpec, o: ObjectSpec) -> str:

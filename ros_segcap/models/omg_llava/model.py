@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ros_segcap.core.frames import DecoderOutput, FrameFeatures, FrameObjects
-from ros_segcap.core.preprocess import PROMPT_KIND_IDS, PromptQueries
+from ros_segcap.core.guide import Guide, restrict
+from ros_segcap.core.preprocess import PROMPT_KIND_IDS, Letterbox, PromptQueries
 from ros_segcap.core.protocol import Engine
 
 from .config import OMGLlavaConfig
@@ -217,8 +218,11 @@ class OMGLlavaModel(nn.Module):
         parts = [self.embed_ids(before, None), visual, self.embed_ids(after, regions)]
         return torch.cat(parts, 0)[None], len(before) + visual.shape[0]
 
-    def answer_start(self, frame: FrameFeatures, question: str) -> Optional[Sequence[int]]:
-        """Any first token: this family has no colour head for a presence check."""
+    def answer_guide(self, frame: FrameFeatures, question: str,
+                     prompts: Optional[PromptQueries], box: Letterbox, engine: Engine, *,
+                     presence: bool = True, places: bool = True) -> Optional[Guide]:
+        """None (a free answer): this family has no colour head for a presence check and
+        no table class for place words."""
         return None
 
     def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,
@@ -237,10 +241,9 @@ class OMGLlavaModel(nn.Module):
     def generate(self, embeds: torch.Tensor, *, max_new_tokens: int, temperature: float,
                  on_text: Optional[Callable[[str], bool]] = None,
                  on_seg: Optional[Callable[[torch.Tensor], None]] = None, prefix_len: int = 0,
-                 prefix_key: Any = None, first_tokens: Optional[Sequence[int]] = None
-                 ) -> Generation:
-        """Greedy (temperature 0) or sampled answer; stops at <|im_end|> or </s>; the
-        first token is one of first_tokens when they are given.
+                 prefix_key: Any = None, guide: Optional[Guide] = None) -> Generation:
+        """Greedy (temperature 0) or sampled answer; stops at <|im_end|> or </s>; guide(ids
+        so far) gives the only tokens allowed next (core.guide; None: any).
 
         on_seg(h) gets the final-norm hidden state (H,) at each position whose input is
         [SEG]; padded head rows past the trained vocabulary are never sampled.
@@ -253,10 +256,8 @@ class OMGLlavaModel(nn.Module):
         text, cancelled = '', False
         for i in range(max_new_tokens):
             logits = mask_padded_vocab(self.llm.lm_head(hidden).float(), self.config.vocab_rows)
-            if i == 0 and first_tokens:
-                allowed = torch.zeros_like(logits, dtype=torch.bool)
-                allowed[..., list(first_tokens)] = True
-                logits = logits.masked_fill(~allowed, -torch.inf)
+            if guide is not None:
+                logits = restrict(logits, guide(ids))
             token = _pick(logits[0], temperature)
             if token in self.stop:
                 break

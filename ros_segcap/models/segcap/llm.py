@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence, TYPE_CHECKING
 import torch
 from torch import nn
 
+from ros_segcap.core.guide import Guide, restrict
 from ros_segcap.core.tokens import VISUAL_PROMPT_TOKENS, refuse_control_tokens
 
 from .config import (DECODE_PATHS, DEFAULT_DECODE_PATH, IMAGE_TOKEN, P_OPEN, SPECIAL_TOKENS,
@@ -275,15 +276,14 @@ class LanguageModel(nn.Module):
                  temperature: float = 0.0, on_text: Optional[Callable[[str], bool]] = None,
                  on_seg: Optional[Callable[[torch.Tensor], None]] = None,
                  generator: Optional[torch.Generator] = None, prefix_len: int = 0,
-                 prefix_key=None, first_tokens: Optional[Sequence[int]] = None
-                 ) -> Generation:
+                 prefix_key=None, guide: Optional[Guide] = None) -> Generation:
         """Generate from prompt embeddings (1, T, H); stops at the end token.
 
         on_text(piece) receives new text as it appears; returning False cancels. on_seg(h)
         receives each [SEG] hidden state (H,) as soon as it exists. With the fast path, the
         first prefix_len positions are reused from the previous call with the same
-        prefix_key (e.g. the system prompt + visual block of one frame). first_tokens: the
-        only tokens the answer may start with (None: any).
+        prefix_key (e.g. the system prompt + visual block of one frame). guide(tokens so
+        far) gives the only tokens allowed next (core.guide; None: any).
         """
         t0 = time.perf_counter()
         h, step, to_logits = self._stepper(embeds, prefix_len, prefix_key)
@@ -294,10 +294,8 @@ class LanguageModel(nn.Module):
         cancelled = False
         for i in range(max_new_tokens):
             logits = to_logits(h)
-            if i == 0 and first_tokens:  # the answer must start with one of these
-                allowed = torch.zeros_like(logits, dtype=torch.bool)
-                allowed[..., list(first_tokens)] = True
-                logits = logits.masked_fill(~allowed, -torch.inf)
+            if guide is not None:
+                logits = restrict(logits, guide(tokens))
             tok = self._pick(logits, temperature, generator)
             if tok in self.stop_ids:
                 break

@@ -12,12 +12,14 @@ import torch
 from torch import nn
 
 from ros_segcap.core.frames import DecoderOutput, FrameFeatures, FrameObjects
-from ros_segcap.core.preprocess import PromptQueries, point_queries
+from ros_segcap.core.guide import Guide, Insert, starts_with
+from ros_segcap.core.preprocess import Letterbox, PromptQueries, point_queries
 from ros_segcap.core.protocol import Engine
 
 from .backbone import pixel_shuffle_tokens
 from .config import MARK_TOKEN, REGION_TOKEN, SegCapConfig
 from .decoder import PROMPT_KIND_IDS, OMGDecoder
+from .guides import NEARER_QUESTION, TABLE, binary, nearer_start, place_words, table_mask
 from .encoder import PixelDecoder, build_backbone, normalize_image
 from .llm import Generation, LanguageModel, build_language_model, load_tokenizer
 from .panoptic import frame_objects
@@ -235,9 +237,16 @@ class SegCapModel(nn.Module):
 
     def query_colour_logits(self, frame: FrameFeatures, idx: torch.Tensor) -> torch.Tensor:
         """Colour-word logits (N, n_colours) of the frame's queries idx (N,) (word_anchor)."""
-        pooled = self.pooled(frame, frame.mask_logits[:, idx])
+        return self.colour_logits(frame, frame.query_feat[0, idx], frame.query_pos[0, idx],
+                                  frame.mask_logits[:, idx])
+
+    def colour_logits(self, frame: FrameFeatures, query_feat: torch.Tensor,
+                      query_pos: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+        """Colour-word logits (N, n_colours) of decoded queries: feat, pos (N, D), their
+        mask logits (1, N, Hm, Wm) on this frame."""
+        pooled = self.pooled(frame, mask_logits)
         tokens = None if self.config.colour_from_pool else self.projectors.object_tokens(
-            frame.query_feat[0, idx], frame.query_pos[0, idx], pooled)  # pooled is all it reads
+            query_feat, query_pos, pooled)  # pooled is all it reads
         return self.projectors.colour_logits(tokens, pooled)
 
     def seg_pointer(self, frame: FrameFeatures, hidden: torch.Tensor
@@ -322,6 +331,39 @@ class SegCapModel(nn.Module):
         """Visual prompts -> their object tokens (N, H) for the <region> / <mark> places."""
         out = self.visual_prompts(frame, prompts, self._prompt_decoder(engine))
         return self.prompt_tokens(out, frame)
+
+    def answer_guide(self, frame: FrameFeatures, question: str,
+                     prompts: Optional[PromptQueries], box: Letterbox, engine: Engine, *,
+                     presence: bool = True, places: bool = True) -> Optional[Guide]:
+        """What the heads fix in the answer (guides.py; None: nothing): without visual
+        prompts, the presence check's first token; with one, the place words after "at";
+        with two and "which ... closer", the start naming the nearer region."""
+        n = 0 if prompts is None else prompts.kinds.shape[1]
+        if n == 0:
+            start = self.answer_start(frame, question) if presence else None
+            return starts_with(start) if start else None
+        if not places or TABLE not in self.config.class_names or n > 2:
+            return None
+
+        def decoded() -> DecoderOutput:
+            return self.visual_prompts(frame, prompts, self._prompt_decoder(engine))
+
+        if n == 1:
+            def place() -> list[int]:
+                keep = self.kept_queries(frame)
+                table = table_mask(frame.class_logits[0, keep], frame.mask_logits[0, keep],
+                                   self.config.class_names)
+                words = place_words(binary(decoded().mask_logits[-1][0, 0]), table, box)
+                return self.llm.encode(f' {words}') if words else []
+            return Insert(place, after=self.llm.encode(' at')[0])
+        if not (self.config.word_anchor and NEARER_QUESTION.search(question)):
+            return None  # (word_anchor: the colour head that names the nearer region)
+        out = decoded()
+        colours = self.colour_logits(frame, out.query_feat[0], out.query_pos[0],
+                                     out.mask_logits[-1])
+        start = nearer_start(out, colours, self.config.class_names, self.config.colour_names,
+                             self.llm.encode)
+        return Insert(lambda: start) if start else None
 
     def answer_start(self, frame: FrameFeatures, question: str) -> Optional[list[int]]:
         """The tokens the answer may start with, from the presence check of a plain request
