@@ -1,4 +1,4 @@
-"""The presence check of plain requests (models/segcap/presence.py) and the answer start it fixes."""
+"""The presence check of plain requests (models/segcap/presence.py): the answer start it fixes."""
 from __future__ import annotations
 
 import pytest

@@ -6,7 +6,7 @@ adapter (ros_segcap.backends). The Pipeline holds one of each and knows nothing 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ContextManager, Optional, Protocol, Sequence
+from typing import Any, Callable, ContextManager, Optional, Protocol
 
 import torch
 

@@ -15,7 +15,7 @@ import contextlib
 import copy
 from dataclasses import dataclass, field
 import time
-from typing import Any, Callable, ContextManager, Optional, Sequence
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 from torch import nn

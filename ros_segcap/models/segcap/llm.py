@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import re
 import sys
 import time
-from typing import Callable, Optional, Sequence, TYPE_CHECKING
+from typing import Callable, Optional, TYPE_CHECKING
 
 import torch
 from torch import nn
