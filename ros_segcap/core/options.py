@@ -67,9 +67,10 @@ OPTIONS = (
     Option('check_presence', bool, True, "plain requests ('segment the red cup'): the "
            "model's class and colour heads may decide whether the answer finds the object "
            '(models with a presence_check)', live=True, scopes=ALL),
-    Option('region_places', bool, True, ('questions on a visual prompt: its place words '
-           "('at the front left of the table') and which of two regions is closer come from "
-           'the masks (models with a table class)'), live=True, scopes=ALL),
+    Option('region_places', bool, True,
+           'questions on a visual prompt: its place words ("at the front left of the '
+           'table") and which of two regions is closer come from the masks (models with a '
+           'table class)', live=True, scopes=ALL),
     Option('frame_buffer', int, 4, 'frames kept (with their encoder outputs)', lo=1, hi=64,
            scopes=frozenset({'node', 'pipeline'}), key='cache_frames'),
     Option('allow_pickle', bool, False, 'allow loading pickle weight files (only if you '
