@@ -151,8 +151,10 @@ def test_seg_path(tiny_model, tiny_pipeline, force_answer, monkeypatch, path: st
     assert len(result.masks) == len(result.scores) == len(result.boxes) == 2
     for m in result.masks:
         assert m.shape == (90, 150) and m.dtype == np.bool_
-    captured = torch.cat(seen)  # the pipeline may decode the [SEG]s one by one or together
+    # each [SEG] is decoded as it appears, with the answer's earlier [SEG] states before it
+    captured = seen[-1]
     assert captured.shape == (2, tiny_model.config.llm_hidden)
+    assert len(seen) == 2 and torch.equal(seen[0], captured[:1])
 
     # the captured hidden states equal a teacher-forced forward over the same tokens
     with torch.no_grad():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ros_segcap.models.segcap.config import get_config
-from ros_segcap.models.segcap.model import build_model, mask_places
+from ros_segcap.models.segcap.model import build_model, distinct_picks, mask_places
 from ros_segcap.models.segcap.weights import load_model, save_model
 from training.cache import build_shard, load_cache
 from training.config import make_config
@@ -52,11 +52,14 @@ def test_seg_masks_are_the_pointed_objects_masks(tiny):
         keep = model.kept_queries(frame)
         assert keep.numel() >= 2
         place = mask_places(frame.mask_logits[0, keep])
-        leftmost = keep[place[:, 0].argmin()]
+        by_x = keep[place[:, 0].argsort()]
         masks = model.seg_masks(frame, torch.randn(3, h))
+        alone = model.seg_masks(frame, torch.randn(1, h))
     assert masks.shape == (3,) + frame.mask_logits.shape[-2:]
-    for m in masks:
-        assert torch.equal(m, frame.mask_logits[0, leftmost])
+    assert torch.equal(alone[0], frame.mask_logits[0, by_x[0]])
+    # one answer's [SEG]s point at different objects: the leftmost, then the next ones
+    for m, want in zip(masks, by_x):
+        assert torch.equal(m, frame.mask_logits[0, want])
 
 
 def test_pointer_training_points_at_the_target(tiny):
@@ -156,3 +159,10 @@ def test_language_stage_keeps_only_the_recent_frames(tiny, monkeypatch):
     again = stage.frame(first)  # computed anew, the same values
     assert again is not a
     torch.testing.assert_close(again.mask_logits, a.mask_logits)
+
+
+def test_distinct_picks_take_each_object_once_while_any_is_left():
+    scores = torch.tensor([[5.0, 1.0, 0.0], [4.0, 3.0, 0.0], [9.0, 8.0, 7.0], [1.0, 2.0, 0.0]])
+    assert distinct_picks(scores).tolist() == [0, 1, 2, 1]  # all taken: the best again
+    assert distinct_picks(scores[:1]).tolist() == [0]
+    assert distinct_picks(torch.zeros(0, 3)).tolist() == []

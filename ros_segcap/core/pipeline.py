@@ -134,10 +134,12 @@ class Pipeline:
                                                 places=self.settings.region_places)
             key = None if frame_key is None else (frame_key, id(frame))
             early: list[np.ndarray] = []
+            states: list[torch.Tensor] = []  # the answer's [SEG] states so far
 
             def on_seg(hidden: torch.Tensor) -> None:
+                states.append(hidden)
                 with self._timed(timing, 'mask_decode'):
-                    logits = self._mask_logits(frame, box, hidden[None])
+                    logits = self._mask_logits(frame, box, torch.stack(states), last=1)
                     probs = self.probabilities(logits, image, box)[0]
                 early.append(probs)
                 if on_state is not None:
@@ -200,10 +202,12 @@ class Pipeline:
         r = radius_px(box.cell_px(self.model.config.mask_size))
         return np.stack([refine(image, p, r) for p in probs]) if len(probs) else probs
 
-    def _mask_logits(self, frame: FrameFeatures, box: Letterbox, hidden: torch.Tensor
-                     ) -> torch.Tensor:
-        """[SEG] hidden states (n, H) -> mask logits (n, H_img, W_img) on the original image."""
-        return unletterbox(self.model.seg_mask_logits(frame, hidden, self.engine), box)
+    def _mask_logits(self, frame: FrameFeatures, box: Letterbox, hidden: torch.Tensor,
+                     last: Optional[int] = None) -> torch.Tensor:
+        """[SEG] hidden states (n, H) of one answer -> mask logits (n, H_img, W_img) on the
+        original image (of the last `last` states only, when given)."""
+        logits = self.model.seg_mask_logits(frame, hidden, self.engine)
+        return unletterbox(logits if last is None else logits[-last:], box)
 
     def _finish(self, gen, early: list[np.ndarray], timing: Timing) -> SegCapResult:
         parsed = parse_answer(gen.text)

@@ -95,7 +95,9 @@ class SegModel(Protocol):
 
     def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,
                         engine: Engine) -> torch.Tensor:
-        """[SEG] hidden states (n, H) -> mask logits (n, Hm, Wm) on the model input."""
+        """[SEG] hidden states (n, H) of one answer, in order -> mask logits (n, Hm, Wm)
+        on the model input (a family may point a later state away from the objects earlier
+        ones took)."""
         ...
 
     def panoptic(self, frame: FrameFeatures) -> FrameObjects:

@@ -257,15 +257,17 @@ class SegCapModel(nn.Module):
         return self.projectors.pointer_logits(hidden.to(tokens.dtype), tokens, places), keep
 
     def seg_masks(self, frame: FrameFeatures, hidden: torch.Tensor) -> torch.Tensor:
-        """[SEG] states (G, H) -> mask logits (G, Hm, Wm): the pointed object's mask with
-        seg_pointer (all -inf-like when the frame has no object), else a decoded query."""
+        """[SEG] states (G, H) of one answer, in order -> mask logits (G, Hm, Wm): with
+        seg_pointer, the mask of the object each state points at among those the answer has
+        not pointed at yet (distinct_picks; all -inf-like when the frame has no object),
+        else a decoded query."""
         if not self.config.seg_pointer:
             return self.decode_seg(frame, hidden).mask_logits[-1][0]
         scores, keep = self.seg_pointer(frame, hidden)
         if keep.numel() == 0:
             return frame.mask_logits.new_full((hidden.shape[0],) + frame.mask_logits.shape[-2:],
                                               -100.0)
-        return frame.mask_logits[0, keep[scores.argmax(1)]]
+        return frame.mask_logits[0, keep[distinct_picks(scores)]]
 
     def prompt_tokens(self, prompt_out: DecoderOutput,
                       frame: Optional[FrameFeatures] = None) -> torch.Tensor:
@@ -462,3 +464,18 @@ def mask_places(mask_logits: torch.Tensor) -> torch.Tensor:
     cx = (w.sum(1) * xs).sum(1) / mass
     cy = (w.sum(2) * ys).sum(1) / mass
     return torch.stack([cx, cy, (mass / (hm * wm)).sqrt()], -1).to(mask_logits.dtype)
+
+
+def distinct_picks(scores: torch.Tensor) -> torch.Tensor:
+    """Pointer scores (G, N) of one answer's [SEG]s -> the object index of each (G,): in
+    order, each takes its best object among those not taken yet, and any object once all
+    are taken. Two phrases of one answer name two objects ('the red cup and the red cup'
+    are both cups; a caption's second 'brown pear' is not the first one)."""
+    taken = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
+    picks = []
+    for row in scores:
+        free = row.masked_fill(taken, -torch.inf) if not bool(taken.all()) else row
+        pick = int(free.argmax())
+        taken[pick] = True
+        picks.append(pick)
+    return torch.tensor(picks, dtype=torch.long, device=scores.device)
