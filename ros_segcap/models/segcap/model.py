@@ -19,8 +19,8 @@ from ros_segcap.core.protocol import Engine
 from .backbone import pixel_shuffle_tokens
 from .config import MARK_TOKEN, REGION_TOKEN, SegCapConfig
 from .decoder import PROMPT_KIND_IDS, OMGDecoder
-from .guides import NEARER_QUESTION, TABLE, binary, nearer_start, place_words, table_mask
 from .encoder import PixelDecoder, build_backbone, normalize_image
+from .guides import NEARER_QUESTION, TABLE, binary, nearer_start, place_words, table_mask
 from .llm import Generation, LanguageModel, build_language_model, load_tokenizer
 from .panoptic import frame_objects
 from .presence import best_score, first_tokens, plain_target
