@@ -102,3 +102,23 @@ def test_one_region_gets_its_place_after_at(tiny_model, tiny_frame):
     assert at in tokens
     assert re.fullmatch(r'A red cup at the (centre|((front|back) )?(left|right)|front|back) '
                         r'of the table', text), text
+
+
+def test_the_nearer_region_is_named_by_its_heads():
+    from ros_segcap.core.frames import DecoderOutput
+    from ros_segcap.models.segcap.guides import nearer_start, thing_name
+
+    classes, colours = ('background', 'table', 'cup', 'bowl'), ('red', 'blue')
+    masks = torch.full((1, 2, 8, 8), -5.0)
+    masks[0, 0, 1:3, 1:3] = 5.0  # base on row 2: farther
+    masks[0, 1, 4:7, 5:7] = 5.0  # base on row 6: nearer
+    # region 1: 'table' scores highest but a region is a thing: the best thing is the bowl
+    cls = torch.tensor([[[0.0, 0.0, 3.0, 1.0, 0.0], [0.0, 9.0, 1.0, 2.0, 0.0]]])
+    col = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    out = DecoderOutput([cls], [masks], torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))
+    said = []
+    ids = nearer_start(out, col, classes, colours, lambda text: said.append(text) or [1])
+    assert ids == [1] and said == ['The blue bowl']
+    assert thing_name(cls[0, 0], col[0], classes, colours) == 'red cup'
+    masks[0, 1] = -5.0  # an empty region cannot be compared
+    assert nearer_start(out, col, classes, colours, lambda text: [1]) is None
