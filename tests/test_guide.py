@@ -66,12 +66,29 @@ def test_nearer_questions_are_recognised(question, nearer):
     assert bool(NEARER_QUESTION.search(question)) == nearer
 
 
+def _embeds(model, frame, monkeypatch, path: str, question: str) -> torch.Tensor:
+    """The question's prompt embeddings, with the LLM on decode path `path`."""
+    monkeypatch.setattr(model.llm, 'decode_path', path)
+    with torch.no_grad():
+        return model.prompt_embeds(frame, question)[0]
+
+
+@pytest.mark.parametrize('path', ['fast', 'reference'])
+def test_generate_starts_with_one_of_the_allowed_tokens(tiny_model, tiny_frame, monkeypatch, path):
+    embeds = _embeds(tiny_model, tiny_frame[0], monkeypatch, path, 'segment the red cup')
+    free = tiny_model.llm.generate(embeds, max_new_tokens=3).token_ids
+    forced_id = tiny_model.llm.absent_id if free[0] != tiny_model.llm.absent_id \
+        else tiny_model.llm.phrase_id
+    forced = tiny_model.llm.generate(embeds, max_new_tokens=3, guide=starts_with([forced_id]))
+    assert forced.token_ids[0] == forced_id
+    both = tiny_model.llm.generate(embeds, max_new_tokens=3,
+                                   guide=starts_with([forced_id, free[0]]))
+    assert both.token_ids == free  # the free choice was allowed: nothing changes
+
+
 @pytest.mark.parametrize('path', ['fast', 'reference'])
 def test_generation_takes_an_inserted_span(tiny_model, tiny_frame, monkeypatch, path):
-    frame, _ = tiny_frame
-    monkeypatch.setattr(tiny_model.llm, 'decode_path', path)
-    with torch.no_grad():
-        embeds, _ = tiny_model.prompt_embeds(frame, 'What is on the table?')
+    embeds = _embeds(tiny_model, tiny_frame[0], monkeypatch, path, 'What is on the table?')
     free = tiny_model.llm.generate(embeds, max_new_tokens=4).token_ids
     span = [t for t in (11, 12, 13) if t != free[1]][:2]
     forced = tiny_model.llm.generate(embeds, max_new_tokens=4,

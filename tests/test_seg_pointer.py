@@ -53,10 +53,13 @@ def test_seg_masks_are_the_pointed_objects_masks(tiny):
         assert keep.numel() >= 2
         place = mask_places(frame.mask_logits[0, keep])
         by_x = keep[place[:, 0].argsort()]
-        masks = model.seg_masks(frame, torch.randn(3, h))
+        states = torch.randn(3, h)
+        masks = model.seg_masks(frame, states)
         alone = model.seg_masks(frame, torch.randn(1, h))
+        last = model.seg_mask_logits(frame, states[2:], None, earlier=states[:2])
     assert masks.shape == (3,) + frame.mask_logits.shape[-2:]
     assert torch.equal(alone[0], frame.mask_logits[0, by_x[0]])
+    assert torch.equal(last[0], masks[2])  # the answer's earlier [SEG]s took the first two
     # one answer's [SEG]s point at different objects: the leftmost, then the next ones
     for m, want in zip(masks, by_x):
         assert torch.equal(m, frame.mask_logits[0, want])

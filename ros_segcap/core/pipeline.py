@@ -137,10 +137,11 @@ class Pipeline:
             states: list[torch.Tensor] = []  # the answer's [SEG] states so far
 
             def on_seg(hidden: torch.Tensor) -> None:
-                states.append(hidden)
                 with self._timed(timing, 'mask_decode'):
-                    logits = self._mask_logits(frame, box, torch.stack(states), last=1)
+                    earlier = torch.stack(states) if states else None
+                    logits = self._mask_logits(frame, box, hidden[None], earlier)
                     probs = self.probabilities(logits, image, box)[0]
+                states.append(hidden)
                 early.append(probs)
                 if on_state is not None:
                     on_state(hidden.detach(), probs)
@@ -203,11 +204,11 @@ class Pipeline:
         return np.stack([refine(image, p, r) for p in probs]) if len(probs) else probs
 
     def _mask_logits(self, frame: FrameFeatures, box: Letterbox, hidden: torch.Tensor,
-                     last: Optional[int] = None) -> torch.Tensor:
-        """[SEG] hidden states (n, H) of one answer -> mask logits (n, H_img, W_img) on the
-        original image (of the last `last` states only, when given)."""
-        logits = self.model.seg_mask_logits(frame, hidden, self.engine)
-        return unletterbox(logits if last is None else logits[-last:], box)
+                     earlier: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[SEG] hidden states (n, H) -> mask logits (n, H_img, W_img) on the original image
+        (earlier: the answer's [SEG] states before them; seg_mask_logits)."""
+        return unletterbox(self.model.seg_mask_logits(frame, hidden, self.engine, earlier),
+                           box)
 
     def _finish(self, gen, early: list[np.ndarray], timing: Timing) -> SegCapResult:
         parsed = parse_answer(gen.text)

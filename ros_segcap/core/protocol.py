@@ -93,11 +93,11 @@ class SegModel(Protocol):
         guide(tokens so far): the only tokens allowed next (None: any)."""
         ...
 
-    def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,
-                        engine: Engine) -> torch.Tensor:
-        """[SEG] hidden states (n, H) of one answer, in order -> mask logits (n, Hm, Wm)
-        on the model input (a family may point a later state away from the objects earlier
-        ones took)."""
+    def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor, engine: Engine,
+                        earlier: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[SEG] hidden states (n, H) -> mask logits (n, Hm, Wm) on the model input;
+        earlier: the same answer's [SEG] states before them (k, H), whose objects a family
+        may keep these from pointing at again."""
         ...
 
     def panoptic(self, frame: FrameFeatures) -> FrameObjects:

@@ -225,9 +225,10 @@ class OMGLlavaModel(nn.Module):
         no table class for place words."""
         return None
 
-    def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,
-                        engine: Engine) -> torch.Tensor:
-        """[SEG] states (n, H) -> mask logits (n, Hm, Wm) from the engine's seg decoder."""
+    def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor, engine: Engine,
+                        earlier: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[SEG] states (n, H) -> mask logits (n, Hm, Wm) from the engine's seg decoder
+        (each state decodes its own query: the answer's earlier states do not matter)."""
         queries = self.projector_text2vision(hidden.float())
         d = self.config.dim
         out = engine.decode(frame, queries[None, :, :d], queries[None, :, d:])

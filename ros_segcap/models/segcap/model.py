@@ -394,12 +394,15 @@ class SegCapModel(nn.Module):
         """LanguageModel.generate (the keyword arguments of SegModel.generate)."""
         return self.llm.generate(embeds, **kwargs)
 
-    def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor,
-                        engine: Engine) -> torch.Tensor:
+    def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor, engine: Engine,
+                        earlier: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[SEG] states (n, H) -> mask logits (n, Hm, Wm): the pointed object's mask with
-        seg_pointer (no decoder run), else the [SEG] queries decoded by the engine."""
+        seg_pointer (no decoder run; not one that the answer's earlier [SEG] states (k, H)
+        took, seg_masks), else the [SEG] queries decoded by the engine."""
         if self.config.seg_pointer:
-            return self.seg_masks(frame, hidden)
+            if earlier is None or earlier.shape[0] == 0:
+                return self.seg_masks(frame, hidden)
+            return self.seg_masks(frame, torch.cat([earlier, hidden]))[earlier.shape[0]:]
         feat, pos = self.projectors.to_queries(hidden[None])
         return engine.decode(frame, feat, pos).mask_logits[-1][0]
 
