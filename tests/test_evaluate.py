@@ -91,6 +91,23 @@ def test_decoder_coverage_best_any_and_best_kept():
     assert best_ious(pred, list(truth), kept=[]) == [(1.0, 0.0), (0.5, 0.0)]
 
 
+def test_decoder_coverage_kind_named_by_the_covering_kept_query():
+    from training.decoder_eval import kinds_named
+
+    truth = np.zeros((3, 8, 8), bool)
+    truth[0, :4, :4] = True
+    truth[1, 4:, 4:] = True
+    truth[2, :2, 6:] = True  # no kept query covers it
+    pred = np.zeros((3, 8, 8), bool)
+    pred[0, :4, :4] = True  # covers object 0, says cup
+    pred[1, 4:, 4:] = True  # covers object 1, says cup
+    pred[2, 4:, 4:5] = True  # a sliver of object 1, says bowl (not its best cover)
+    best_class = ['cup', 'cup', 'bowl']
+    got = kinds_named(pred, list(truth), [0, 1, 2], best_class, ['cup', 'bowl', 'cup'])
+    assert got == [True, False, None]
+    assert kinds_named(pred, list(truth), [], best_class, ['cup', 'bowl', 'cup']) == [None] * 3
+
+
 def test_decoder_coverage_command_runs(tiny_dir, capsys):
     from training.decoder_eval import main as coverage_main
 

@@ -32,7 +32,9 @@ def _tiny_recipe(root: Path) -> Path:
     return _write(root / 'recipe', {
         'cache': dict(model='tiny-random', scenes=3, shard_size=2, threads=1),
         'stage0': dict(stage, model='tiny-random'), 'stage1': stage,
-        'stage2': dict(stage, pack=4, simple_refs=1, simple_absent=1)})
+        'stage2': dict(stage, pack=4, simple_refs=1, simple_absent=1),
+        'second_look': dict(world='default', size=32, scenes=2, test_scenes=1, epochs=1,
+                            batch=4, threads=1)})
 
 
 def test_the_varied_recipe_reads_and_chains_its_stages(tmp_path):
@@ -40,12 +42,13 @@ def test_the_varied_recipe_reads_and_chains_its_stages(tmp_path):
     assert steps['cache']['world'] == 'varied'
     todo = commands(steps, tmp_path)
     assert [name for name, _, _ in todo] == ['cache', 'stage0', 'stage0b', 'stage1', 'stage2',
-                                             'stage2b', 'ship']
+                                             'stage2b', 'ship', 'second_look']
     stage2 = todo[4][1]
     assert f'--init={tmp_path / "stage1" / "model"}' in stage2
     assert f'--cache={tmp_path / "cache"}' in stage2 and '--resume' not in stage2
     assert f'--init={tmp_path / "stage0" / "model"}' in todo[2][1], 'stage0b goes on from stage0'
-    assert todo[-1][1][:3] == ['training.ship', '--run', str(tmp_path / 'stage2b')]
+    assert todo[-2][1][:3] == ['training.ship', '--run', str(tmp_path / 'stage2b')]
+    assert todo[-1][1][:3] == ['training.second_look', '--model', str(tmp_path / 'model')]
     (tmp_path / 'stage2').mkdir()
     (tmp_path / 'stage2' / CHECKPOINT).write_bytes(b'')
     assert '--resume' in commands(steps, tmp_path, stop_at=5.0)[4][1]
@@ -57,6 +60,7 @@ def test_the_varied_recipe_reads_and_chains_its_stages(tmp_path):
     ({'cache': {'scenes': 3, 'colour': 'red'}}, r"unknown options \['colour'\]"),
     ({'stage2': {'steps': 3, 'lr_typo': 1}}, 'stage2.json: unknown option --lr_typo'),
     ({'stage0': [1, 2]}, 'must hold a JSON object'),
+    ({'second_look': {'epochs': 1, 'crop': 96}}, r"second_look.json: unknown options \['crop'\]"),
 ])
 def test_a_broken_recipe_is_refused_before_anything_runs(tmp_path, broken, message):
     steps = {'cache': {'scenes': 3}, 'stage0': {}, 'stage1': {}, 'stage2': {}}
@@ -72,8 +76,9 @@ def test_the_recipe_runs_every_step_and_skips_finished_ones(tmp_path, capsys):
     assert run_recipe(recipe, out)
     model = load_model(str(out / 'model'))
     assert model.trained and model.lora_info is not None
+    assert model.config.second_look == 32 and model.second_look is not None
     times = json.loads((out / 'recipe.json').read_text())
-    assert set(times) == {'cache', 'stage0', 'stage1', 'stage2', 'ship'}
+    assert set(times) == {'cache', 'stage0', 'stage1', 'stage2', 'ship', 'second_look'}
     for row in times.values():
         assert row['done'] and row['chunks'] == 1 and row['seconds'] > 0
         assert row['peak_rss_mb'] > 50  # a real process's peak RAM, not zero
@@ -82,11 +87,13 @@ def test_the_recipe_runs_every_step_and_skips_finished_ones(tmp_path, capsys):
     # a second run finds the model and changes nothing; without it, only ship runs again
     capsys.readouterr()
     assert run_recipe(recipe, out)
-    assert capsys.readouterr().out.count('is done') == 5
+    assert capsys.readouterr().out.count('is done') == 6
     (out / 'model' / 'config.json').unlink()
+    (out / 'second_look' / 'report.json').unlink()
     assert run_recipe(recipe, out)
     times = json.loads((out / 'recipe.json').read_text())
     assert times['ship']['chunks'] == 2 and times['stage2']['chunks'] == 1
+    assert times['second_look']['chunks'] == 2 and load_model(str(out / 'model')).second_look
 
 
 def test_stop_at_ends_a_stage_after_one_step_with_a_checkpoint(tmp_path):
@@ -135,7 +142,7 @@ def test_a_second_run_of_a_stage_continues_from_the_first_and_ends_at_end_step(t
     (recipe / 'stage3.json').write_text('{}')  # not a stage: ignored
     out = tmp_path / 'run'
     steps = read_recipe(recipe)
-    assert list(steps) == ['cache', 'stage0', 'stage0b', 'stage1', 'stage2']
+    assert list(steps) == ['cache', 'stage0', 'stage0b', 'stage1', 'stage2', 'second_look']
     todo = {name: argv for name, argv, _ in commands(steps, out)}
     assert todo['stage0b'][:3] == ['training.train', '--stage', '0']
     assert f'--init={out / "stage0" / "model"}' in todo['stage0b']

@@ -34,6 +34,9 @@ HELD_OUT_POINT_FOUND = 7  # of 10: the same from a point on the cup
 ABSENT_MASKED = {'train': 0, 'held_out': 1}  # scenes where an absent object gets a mask
 CUPS_PLACED = 7  # of 13: descriptions of the red cup that say its place (measured 8; 3 without
 # region_places: the LLM alone says 'the front right' for most objects)
+# of 13: descriptions of the red cup that call it a red cup (measured 9; 7 without the second
+# look), and cups whose covering kept query is named 'cup' (measured 11; 9 without)
+CUPS_NAMED, CUP_QUERIES_NAMED = 8, 10
 HELD_OUT_DECIDED = 9  # of 10 (measured 10): requests whose first token the presence check fixes
 
 pytestmark = pytest.mark.skipif(not (SHIPPED / 'model.safetensors').is_file(),
@@ -169,3 +172,44 @@ def test_region_descriptions_place_the_red_cup(pipeline):
                 said[on] += place in answer
     pipeline.settings = replace(pipeline.settings, region_places=True)
     assert said[True] >= CUPS_PLACED and said[True] > said[False], said
+
+
+def test_the_second_look_names_the_red_cup(pipeline):
+    """'Can you describe <mark> briefly?' with a point on each red cup, and the kind of the
+    kept query that covers the cup, with the second look and without it."""
+    model, look = pipeline.model, pipeline.model.second_look
+    assert look is not None, 'segcap-tiny ships a second look'
+    named, queries = {True: 0, False: 0}, {True: 0, False: 0}
+    try:
+        for styles, indices in RED_CUP_SCENES.items():
+            for index in indices:
+                spec, scene = _scene(styles, index)
+                cup = _cup(spec, scene)
+                point = VisualPrompt('point', point=innermost_point(cup))
+                for on in (True, False):
+                    model.second_look = look if on else None
+                    answer = pipeline.run(scene.image, 'Can you describe <mark> briefly?',
+                                          visual_prompt=point).answer
+                    named[on] += 'red cup' in answer.lower()
+                    queries[on] += _covering_kind(pipeline, scene.image, cup) == 'cup'
+    finally:
+        model.second_look = look
+    assert named[True] >= CUPS_NAMED and named[True] > named[False], named
+    assert queries[True] >= CUP_QUERIES_NAMED and queries[True] > queries[False], queries
+
+
+def _covering_kind(pipeline, image: np.ndarray, truth: np.ndarray):
+    """The best class (looked at again, where the model does) of the kept query whose mask
+    covers truth best at IoU >= 0.5; None when none does."""
+    from ros_segcap.core.preprocess import unletterbox
+    model = pipeline.model
+    frame, box = pipeline.encode(image)
+    keep = model.kept_queries(frame)
+    masks = pipeline.probabilities(unletterbox(frame.mask_logits[0, keep], box), image,
+                                   box) > 0.5
+    ious = [mask_iou(m, truth) for m in masks]
+    best = int(np.argmax(ious))
+    if ious[best] < 0.5:
+        return None
+    logits = model.looked_again(frame, frame.class_logits[0, keep], frame.mask_logits[0, keep])
+    return model.config.class_names[int(logits[best, :-1].argmax())]

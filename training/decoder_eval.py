@@ -10,6 +10,8 @@ also for small objects alone (< SMALL_PIXELS at 640x480, where the decoder is we
 It also puts one point prompt on each object (its innermost pixel) and gives the IoU of the
 prompt's mask: from the point query alone ('point_alone') and as the runtime answers it
 ('point': a point on a kept object stands for that object, SegCapModel.visual_prompts).
+'kind_named' is the share of covered objects whose covering kept query's best class is the
+object's kind.
 """
 from __future__ import annotations
 
@@ -43,6 +45,21 @@ def best_ious(pred: np.ndarray, truth: Sequence[np.ndarray], kept: Sequence[int]
     kept = list(kept)
     return [(float(col.max(initial=0.0)), float(col[kept].max(initial=0.0)))
             for col in iou.T]
+
+
+def kinds_named(pred: np.ndarray, truth: Sequence[np.ndarray], kept: Sequence[int],
+                best_class: Sequence[str], kinds: Sequence[str]) -> list[Optional[bool]]:
+    """Per true mask: whether the kept query that covers it best (IoU >= 0.5) has its kind
+    as best class other than void (best_class, per query); None when no kept query does."""
+    kept = list(kept)
+    if not kept:
+        return [None] * len(truth)
+    iou = iou_matrix(list(pred[kept]), list(truth))
+    out: list[Optional[bool]] = []
+    for col, kind in zip(iou.T, kinds):
+        q = int(col.argmax())
+        out.append(best_class[kept[q]] == kind if col[q] >= 0.5 else None)
+    return out
 
 
 def point_ious(pipe: Pipeline, frame, box: Letterbox, truth: Sequence[np.ndarray],
@@ -86,16 +103,20 @@ def decoder_coverage(model: str, split: str = 'test', n: int = 30, seed_offset: 
     """Best-any and best-kept IoU statistics over the objects of n rendered scenes, with
     the masks as the runtime gives them (edges refined unless refine_edges is False)."""
     pipe = open_pipeline(PipelineConfig(model=model, refine_edges=refine_edges))
-    pairs, points, kept_counts, areas = [], [], [], []
+    pairs, points, kept_counts, areas, named = [], [], [], [], []
+    names = pipe.model.config.class_names
     for i in tqdm(range(n), desc='scenes'):
         scene = world_scene(split, seed_offset + i, *IMAGE_SIZE, world, styles)
         frame, box = pipe.encode(scene.image)
         pred = pipe.probabilities(unletterbox(frame.mask_logits[0], box), scene.image, box) > 0.5
         kept = pipe.model.kept_queries(frame).tolist()
         kept_counts.append(len(kept))
-        truth = [t for t in (scene.mask(k) for k in range(len(scene.objects)))
-                 if t.sum() >= MIN_PIXELS]
+        shown = [(t, o.kind) for t, o in ((scene.mask(k), o) for k, o in
+                                          enumerate(scene.objects)) if t.sum() >= MIN_PIXELS]
+        truth = [t for t, _ in shown]
         pairs += best_ious(pred, truth, kept)
+        best_class = [names[int(c)] for c in frame.class_logits[0, :, :-1].argmax(-1)]
+        named += kinds_named(pred, truth, kept, best_class, [k for _, k in shown])
         points += point_ious(pipe, frame, box, truth, scene.image)
         areas += [int(t.sum()) for t in truth]
     best_any = np.array([p[0] for p in pairs])
@@ -113,6 +134,8 @@ def decoder_coverage(model: str, split: str = 'test', n: int = 30, seed_offset: 
                 small_best_kept_iou=float(small_kept.mean()) if len(small_kept) else None,
                 small_best_kept_recall50=_recall(small_kept),
                 kept_per_scene=float(np.mean(kept_counts)),
+                kind_named=float(np.mean([k for k in named if k is not None]))
+                if any(k is not None for k in named) else None,
                 point_alone_iou=float(alone.mean()), point_alone_recall50=_recall(alone),
                 point_iou=float(point.mean()), point_recall50=_recall(point),
                 small_point_alone_recall50=_recall(alone[small]),

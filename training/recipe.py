@@ -3,7 +3,9 @@
     python -m training.recipe training/recipes/segcap-tiny --out runs/segcap-tiny --minutes 60
 
 A recipe is a directory of JSON files, one per step: cache.json (the options of
-training.cache) and stage0.json, stage1.json, stage2.json (TrainConfig options of each stage).
+training.cache) and stage0.json, stage1.json, stage2.json (TrainConfig options of each stage);
+an optional second_look.json holds the options of training.second_look, which trains the
+shipped model's second look last and writes it into OUT/model.
 A stage may run more than once: stage0b.json, say, is a second run of stage 0 that continues
 from stage0's model with its own options; the steps run in the order of their names. The
 runner supplies the paths: the cache directory, each step's run directory and the previous
@@ -30,6 +32,7 @@ from typing import Any, Optional, Sequence
 from training.config import make_config, parse_overrides
 
 CACHE_KEYS = ('world', 'scenes', 'start', 'shard_size', 'threads', 'mix', 'model')
+LOOK_KEYS = ('world', 'size', 'scenes', 'test_scenes', 'epochs', 'batch', 'lr', 'seed', 'threads')
 STAGES = (0, 1, 2)
 STAGE_FILE = re.compile(r'stage[0-2][a-z]?\.json')
 
@@ -53,7 +56,8 @@ def read_recipe(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
     steps: dict[str, dict[str, Any]] = {}
     names = ['cache'] + stage_names(path)
-    for name in names:
+    optional = ['second_look'] if (path / 'second_look.json').is_file() else []
+    for name in names + optional:
         f = path / f'{name}.json'
         if not f.is_file():
             raise ValueError(f'recipe {path}: {f.name} is missing')
@@ -65,6 +69,10 @@ def read_recipe(path: str | Path) -> dict[str, dict[str, Any]]:
     if unknown:
         raise ValueError(f'recipe {path}/cache.json: unknown options {unknown}; '
                          f'known: {", ".join(CACHE_KEYS)}')
+    unknown = sorted(set(steps.get('second_look', {})) - set(LOOK_KEYS))
+    if unknown:
+        raise ValueError(f'recipe {path}/second_look.json: unknown options {unknown}; '
+                         f'known: {", ".join(LOOK_KEYS)}')
     for name in names[1:]:
         try:
             make_config(stage_of(name), dict(parse_overrides(_flags(steps[name], 'train')),
@@ -87,7 +95,7 @@ def commands(steps: dict[str, dict[str, Any]], out: Path, stop_at: float = 0.0
     todo = [('cache', ['training.cache', '--out', str(cache), '--split', 'train']
              + _flags(steps['cache'], 'cache'), cache / 'done')]
     previous = ''
-    for name in (n for n in steps if n != 'cache'):
+    for name in (n for n in steps if n.startswith('stage')):
         run = out / name
         argv = ['training.train', '--stage', str(stage_of(name)), f'--out={run}',
                 f'--cache={cache}']
@@ -102,6 +110,11 @@ def commands(steps: dict[str, dict[str, Any]], out: Path, stop_at: float = 0.0
         previous = name
     todo.append(('ship', ['training.ship', '--run', str(out / previous), '--out',
                           str(out / 'model'), '--shipped'], out / 'model' / 'config.json'))
+    if 'second_look' in steps:
+        look = out / 'second_look'
+        todo.append(('second_look', ['training.second_look', '--model', str(out / 'model'),
+                                     '--out', str(look), '--save', str(out / 'model')]
+                     + _flags(steps['second_look'], 'cache'), look / 'report.json'))
     return todo
 
 

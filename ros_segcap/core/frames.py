@@ -31,6 +31,7 @@ class FrameFeatures:
     query_feat: torch.Tensor  # (1, Nq, D)
     query_pos: torch.Tensor  # (1, Nq, D)
     fine: Optional[torch.Tensor] = None  # (1, C8, Hm, Wm) [1, 40, 64, 64] with fine_pool
+    image: Optional[torch.Tensor] = None  # (1, 3, S, S) input, kept by models that crop it
 
 
 @dataclass

@@ -98,6 +98,9 @@ class SegCapConfig:
     # at least the second (the phrase and its [SEG]); needs word_anchor (presence.py).
     # (0, 0) = the LLM decides alone (paper).
     presence_check: tuple[float, float] = (0.0, 0.0)
+    # side of the crops of the second look (second_look.py): the kind of each kept object is
+    # read again from a crop around its mask and joined to the decoder's. 0 = paper.
+    second_look: int = 0
     lora_rank: int = 16
     lora_alpha: int = 32
 
@@ -153,7 +156,8 @@ BACKBONE_CHANNELS = {'efficientnet-lite0': (40, 112, 1280), 'convnext-large': (3
 INT_RANGES = {'image_size': (32, MAX_IMAGE_SIZE), 'shuffle': (1, 4), 'dim': (8, 4096),
               'num_queries': (1, 1024), 'decoder_layers': (1, 32), 'num_heads': (1, 64),
               'ffn_dim': (1, 16384), 'mask_stride': (4, 16), 'llm_hidden': (1, 8192),
-              'max_object_tokens': (1, 1024), 'proposals': (0, 256), 'lora_rank': (1, 512),
+              'max_object_tokens': (1, 1024), 'proposals': (0, 256), 'second_look': (0, 1024),
+              'lora_rank': (1, 512),
               'lora_alpha': (1, 4096)}
 BOOL_FIELDS = ('backbone_pretrained', 'fine_pool', 'token_norm', 'word_anchor', 'place_anchor',
                'seg_pointer', 'colour_from_pool')
@@ -231,6 +235,9 @@ def check_config(config: 'SegCapConfig') -> None:
             _int(key, getattr(config, key), low, high)
     _int('image_size', config.image_size, 32 * config.shuffle, MAX_IMAGE_SIZE,
          32 * config.shuffle)  # whole token grid after stride 32 and the shuffle
+    if config.second_look and config.backbone != 'efficientnet-lite0':
+        raise _bad('second_look', config.second_look,
+                   'needs the efficientnet-lite0 backbone (it copies its stride-16 blocks)')
     if config.mask_stride not in (4, 8, 16):
         raise _bad('mask_stride', config.mask_stride, 'must be 4, 8 or 16')
     if config.dim % config.num_heads:

@@ -17,7 +17,7 @@ from ros_segcap.core.preprocess import Letterbox, PromptQueries, point_queries
 from ros_segcap.core.protocol import Engine
 
 from .backbone import pixel_shuffle_tokens
-from .config import MARK_TOKEN, REGION_TOKEN, SegCapConfig
+from .config import MARK_TOKEN, REGION_TOKEN, STUFF_NAMES, SegCapConfig
 from .decoder import PROMPT_KIND_IDS, OMGDecoder
 from .encoder import PixelDecoder, build_backbone, normalize_image
 from .guides import NEARER_QUESTION, TABLE, binary, nearer_start, place_words, table_mask
@@ -26,6 +26,7 @@ from .panoptic import frame_objects
 from .presence import best_score, first_tokens, plain_target
 from .prior import foreground_queries, mask_pool, perception_prior, query_scores
 from .projectors import PLACE_WORDS, Projectors
+from .second_look import SecondLook, fuse_kinds, mask_boxes, square_crops
 from .proposals import OUTSIDE, cell_points, component_at, new_masks, peak_cells
 
 
@@ -39,6 +40,8 @@ class SegCapModel(nn.Module):
         self.pixel_decoder = PixelDecoder(config)
         self.decoder = OMGDecoder(config)
         self.projectors = Projectors(config)
+        self.second_look = SecondLook(self.backbone, config.num_classes - len(STUFF_NAMES),
+                                      config.second_look) if config.second_look else None
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config)
         if lm is None:
             lm = build_language_model(config, len(tokenizer), pretrained=pretrained)
@@ -139,10 +142,21 @@ class SegCapModel(nn.Module):
         proposal) becomes that object: its query, class and mask replace the point query's.
         The frame's queries attend to the whole image and were kept for their mask; a point
         query sees only a small window, so its mask often misses a small object or spills
-        onto a look-alike. Boxes and masks keep their own queries. decode: as in
-        with_proposals.
+        onto a look-alike. Boxes and masks keep their own queries. With a second look
+        (config.second_look) their kinds are read again from crops (looked_again). decode:
+        as in with_proposals.
         """
-        out = (decode or self.decode_prompts)(frame, q.kinds, q.boxes, q.restrict)
+        out = self._snap_points(frame, q, (decode or self.decode_prompts)(
+            frame, q.kinds, q.boxes, q.restrict))
+        if frame.image is None:
+            return out
+        last = out.class_logits[-1].clone()
+        last[0] = self.looked_again(frame, last[0], out.mask_logits[-1][0])
+        return replace(out, class_logits=out.class_logits[:-1] + [last])
+
+    def _snap_points(self, frame: FrameFeatures, q: PromptQueries, out: DecoderOutput
+                     ) -> DecoderOutput:
+        """visual_prompts' decoder output with points on kept objects snapped to them."""
         keep = self.kept_queries(frame)
         hm = self.config.mask_size
         snapped = {}
@@ -325,8 +339,31 @@ class SegCapModel(nn.Module):
     # ----- the runtime protocol (ros_segcap.core.protocol.SegModel) -----------------------
 
     def frame(self, image: torch.Tensor, engine: Engine) -> FrameFeatures:
-        """(1, 3, S, S) float RGB 0..255 -> FrameFeatures (with proposals, for such models)."""
-        return self.with_proposals(engine.encode(image), self._prompt_decoder(engine))
+        """(1, 3, S, S) float RGB 0..255 -> FrameFeatures (with proposals, for such models;
+        with the image, for models with a second look)."""
+        frame = self.with_proposals(engine.encode(image), self._prompt_decoder(engine))
+        return frame if self.second_look is None else replace(frame, image=image)
+
+    def looked_again(self, frame: FrameFeatures, class_logits: torch.Tensor,
+                     mask_logits: torch.Tensor) -> torch.Tensor:
+        """Class logits (N, K+1) of queries with masks (N, Hm, Wm) on the frame, their kinds
+        joined with the second look's (second_look.py) where the best class other than
+        void is a thing; unchanged for a frame without its image (no second look)."""
+        first = len(STUFF_NAMES)
+        rows = (class_logits[:, :-1].argmax(-1) >= first).nonzero()[:, 0]
+        image = frame.image
+        if self.second_look is None or image is None or not len(rows):
+            return class_logits
+        masks = mask_logits[rows] >= 0
+        stride = image.shape[-1] // masks.shape[-1]
+        boxes = mask_boxes(masks, stride)
+        size = self.second_look.size
+        crops = normalize_image(self.config, square_crops(image.float(), boxes, size))
+        crop_masks = square_crops(masks[:, None].float(), boxes / stride, size)
+        kinds = self.second_look(self.backbone, crops, crop_masks)
+        out = class_logits.clone()
+        out[rows] = fuse_kinds(class_logits[rows], kinds, first, kinds.shape[-1])
+        return out
 
     def region_tokens(self, frame: FrameFeatures, prompts: PromptQueries,
                       engine: Engine) -> torch.Tensor:
@@ -377,7 +414,8 @@ class SegCapModel(nn.Module):
             return None
         keep = self.kept_queries(frame)
         colour_probs = self.query_colour_logits(frame, keep).float().softmax(-1)
-        class_probs = frame.class_logits[0, keep].float().softmax(-1)
+        class_probs = self.looked_again(frame, frame.class_logits[0, keep],
+                                        frame.mask_logits[0, keep]).float().softmax(-1)
         score = best_score(class_probs, colour_probs, *target)
         return first_tokens(score, absent_below, present_above, self.llm.absent_id,
                             self.llm.phrase_id, with_colour=target[0] is not None)
