@@ -11,7 +11,8 @@ It also puts one point prompt on each object (its innermost pixel) and gives the
 prompt's mask: from the point query alone ('point_alone') and as the runtime answers it
 ('point': a point on a kept object stands for that object, SegCapModel.visual_prompts).
 'kind_named' is the share of covered objects whose covering kept query's best class is the
-object's kind.
+object's kind (with the second look, for models that have one: the kind a region prompt on
+the object is given).
 """
 from __future__ import annotations
 
@@ -115,7 +116,10 @@ def decoder_coverage(model: str, split: str = 'test', n: int = 30, seed_offset: 
                                           enumerate(scene.objects)) if t.sum() >= MIN_PIXELS]
         truth = [t for t, _ in shown]
         pairs += best_ious(pred, truth, kept)
-        best_class = [names[int(c)] for c in frame.class_logits[0, :, :-1].argmax(-1)]
+        logits = frame.class_logits[0].clone()
+        if hasattr(pipe.model, 'looked_again'):
+            logits[kept] = pipe.model.looked_again(frame, logits[kept], frame.mask_logits[0, kept])
+        best_class = [names[int(c)] for c in logits[:, :-1].argmax(-1)]
         named += kinds_named(pred, truth, kept, best_class, [k for _, k in shown])
         points += point_ious(pipe, frame, box, truth, scene.image)
         areas += [int(t.sum()) for t in truth]
