@@ -78,11 +78,23 @@ def test_untrained_second_look_changes_nothing_and_a_trained_one_names_kinds(
                            model.config.mask_size)
         prompt = model.visual_prompts(frame, q).class_logits[-1][0, 0]
         alone = model.decode_prompts(frame, q.kinds, q.boxes, q.restrict).class_logits[-1][0, 0]
+        hm = model.config.mask_size
+        cell = (frame.mask_logits[0, keep] >= 0).nonzero()
+        point = None
+        if len(cell):  # a point on a kept object keeps that object's own classes
+            k, row, col = cell[0].tolist()
+            scale = 128 / hm
+            xy = ((col + 0.5) * scale, (row + 0.5) * scale)
+            point = prompt_queries([VisualPrompt('point', point=xy)], letterbox_of(image), hm)
+            snapped = model.visual_prompts(frame, point).class_logits[-1][0, 0]
         no_image = model.looked_again(dataclasses.replace(frame, image=None), logits, masks)
     things = logits[:, :-1].argmax(-1) >= 2
     assert (looked[things, 2:-1].argmax(-1) == 3).all()
     assert torch.equal(looked[~things], logits[~things])
     assert torch.equal(no_image, logits)
+    if point is not None:
+        owner = frame.mask_logits[0, keep, row, col].argmax()
+        assert torch.equal(snapped, frame.class_logits[0, keep[owner]])
     if alone[:-1].argmax() >= 2:  # a box prompt's kind is looked at again too
         assert prompt[2:-1].argmax() == 3
     else:

@@ -143,16 +143,16 @@ class SegCapModel(nn.Module):
         The frame's queries attend to the whole image and were kept for their mask; a point
         query sees only a small window, so its mask often misses a small object or spills
         onto a look-alike. Boxes and masks keep their own queries. With a second look
-        (config.second_look) their kinds are read again from crops (looked_again). decode:
-        as in with_proposals.
+        (config.second_look) their kinds are read again from crops (looked_again), except
+        for snapped points: their token stays the frame's object token, which the answer's
+        [SEG] points back at. decode: as in with_proposals.
         """
-        out = self._snap_points(frame, q, (decode or self.decode_prompts)(
-            frame, q.kinds, q.boxes, q.restrict))
-        if frame.image is None:
-            return out
-        last = out.class_logits[-1].clone()
-        last[0] = self.looked_again(frame, last[0], out.mask_logits[-1][0])
-        return replace(out, class_logits=out.class_logits[:-1] + [last])
+        out = (decode or self.decode_prompts)(frame, q.kinds, q.boxes, q.restrict)
+        if frame.image is not None:  # a snapped point keeps its object's token as it is
+            last = out.class_logits[-1].clone()
+            last[0] = self.looked_again(frame, last[0], out.mask_logits[-1][0])
+            out = replace(out, class_logits=out.class_logits[:-1] + [last])
+        return self._snap_points(frame, q, out)
 
     def _snap_points(self, frame: FrameFeatures, q: PromptQueries, out: DecoderOutput
                      ) -> DecoderOutput:
