@@ -1,7 +1,7 @@
-"""Second look: the kind of each kept object, read again from a crop around its mask.
+"""Second look: the kind of a query's object, read again from a crop around its mask.
 
 The decoder names kinds from the whole frame's features at stride 16-32, where a small
-object is a few cells. The second look cuts a square around each kept query's mask out of
+object is a few cells. The second look cuts a square around a query's mask out of
 the letterboxed image, resizes it to `size` x `size`, runs the backbone's frozen front
 (stem and blocks up to stride 8) and its own copy of the stride-16 blocks (trained), and
 reads the kind from the features pooled under the mask and over the whole crop. Its
@@ -26,7 +26,7 @@ MIN_PAD = 8
 def mask_boxes(masks: torch.Tensor, stride: int) -> torch.Tensor:
     """Boolean masks (N, Hm, Wm) -> boxes (N, 4) x0, y0, x1, y1 in image pixels (a mask's
     cells at `stride`); an empty mask gives the whole image."""
-    n, hm, wm = masks.shape
+    _, hm, wm = masks.shape
     rows, cols = masks.any(2), masks.any(1)
     ar_h = torch.arange(hm, device=masks.device)
     ar_w = torch.arange(wm, device=masks.device)
