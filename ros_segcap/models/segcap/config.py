@@ -265,7 +265,8 @@ _REGISTRY: dict[str, SegCapConfig] = {
     'segcap-tiny': SegCapConfig(name='segcap-tiny', class_names=VARIED_CLASSES,
                                 colour_names=VARIED_COLOURS, fine_pool=True, token_norm=True,
                                 word_anchor=True, colour_from_pool=True, place_anchor=True,
-                                seg_pointer=True, proposals=8, presence_check=(0.01, 0.03)),
+                                seg_pointer=True, proposals=8, presence_check=(0.01, 0.03),
+                                second_look=112),
     'tiny-random': SegCapConfig(
         name='tiny-random', image_size=128, backbone_pretrained=False, dim=32,
         num_queries=8, decoder_layers=2, num_heads=4, ffn_dim=64, llm='random', llm_hidden=64,
