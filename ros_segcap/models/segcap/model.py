@@ -148,24 +148,12 @@ class SegCapModel(nn.Module):
         [SEG] points back at. decode: as in with_proposals.
         """
         out = (decode or self.decode_prompts)(frame, q.kinds, q.boxes, q.restrict)
-        if frame.image is not None:  # a snapped point keeps its object's token as it is
+        snapped = self._snapped_points(frame, q)
+        own = [i for i in range(q.kinds.shape[1]) if i not in snapped]
+        if frame.image is not None and own:  # a snapped point keeps its object's token
             last = out.class_logits[-1].clone()
-            last[0] = self.looked_again(frame, last[0], out.mask_logits[-1][0])
+            last[0, own] = self.looked_again(frame, last[0, own], out.mask_logits[-1][0, own])
             out = replace(out, class_logits=out.class_logits[:-1] + [last])
-        return self._snap_points(frame, q, out)
-
-    def _snap_points(self, frame: FrameFeatures, q: PromptQueries, out: DecoderOutput
-                     ) -> DecoderOutput:
-        """visual_prompts' decoder output with points on kept objects snapped to them."""
-        keep = self.kept_queries(frame)
-        hm = self.config.mask_size
-        snapped = {}
-        for i in (q.kinds[0] == PROMPT_KIND_IDS['point']).nonzero()[:, 0].tolist():
-            x, y = q.boxes[0, i, :2].tolist()
-            row, col = min(hm - 1, int(y * hm)), min(hm - 1, int(x * hm))
-            at = frame.mask_logits[0, keep, row, col]
-            if at.numel() and float(at.max()) >= 0:
-                snapped[i] = int(keep[at.argmax()])
         if not snapped:
             return out
         rows = torch.tensor(list(snapped), device=out.query_feat.device)
@@ -181,6 +169,19 @@ class SegCapModel(nn.Module):
             mask_logits=out.mask_logits[:-1] + [put(out.mask_logits[-1], frame.mask_logits)],
             query_feat=put(out.query_feat, frame.query_feat),
             query_pos=put(out.query_pos, frame.query_pos))
+
+    def _snapped_points(self, frame: FrameFeatures, q: PromptQueries) -> dict[int, int]:
+        """{prompt index: frame query} of the point prompts that fall on a kept object."""
+        keep = self.kept_queries(frame)
+        hm = self.config.mask_size
+        snapped = {}
+        for i in (q.kinds[0] == PROMPT_KIND_IDS['point']).nonzero()[:, 0].tolist():
+            x, y = q.boxes[0, i, :2].tolist()
+            row, col = min(hm - 1, int(y * hm)), min(hm - 1, int(x * hm))
+            at = frame.mask_logits[0, keep, row, col]
+            if at.numel() and float(at.max()) >= 0:
+                snapped[i] = int(keep[at.argmax()])
+        return snapped
 
     def with_proposals(self, frame: FrameFeatures, decode=None) -> FrameFeatures:
         """The frame with its proposals' queries appended (proposals > 0; else the frame).
