@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ros_segcap.models.segcap.config import SegCapConfig, get_config
-from ros_segcap.models.segcap.presence import best_score, first_tokens, plain_target
+from ros_segcap.models.segcap.presence import (clear_pick, first_tokens, object_scores,
+                                               plain_target)
 
 COLOURS = ('red', 'green', 'light blue')
 KINDS = ('cup', 'mug', 'tea_pot')
@@ -31,13 +32,25 @@ def test_plain_target_takes_one_colour_and_one_kind(question, want):
     assert plain_target(question, COLOURS, KINDS) == want
 
 
-def test_best_score_is_the_best_objects_kind_times_colour():
+def test_object_scores_are_each_objects_kind_times_colour():
     classes = torch.tensor([[0.1, 0.8, 0.1], [0.6, 0.2, 0.2]])  # (N, K+1): cup, mug, void
     colours = torch.tensor([[0.9, 0.1], [0.5, 0.5]])  # red, green
-    assert best_score(classes, colours, colour=0, kind=1) == pytest.approx(0.72)
-    assert best_score(classes, colours, colour=1, kind=0) == pytest.approx(0.3)
-    assert best_score(classes, colours, colour=None, kind=1) == pytest.approx(0.8)
-    assert best_score(classes[:0], colours[:0], colour=0, kind=0) == 0.0
+    torch.testing.assert_close(object_scores(classes, colours, 0, 1), torch.tensor([0.72, 0.1]))
+    torch.testing.assert_close(object_scores(classes, colours, 1, 0), torch.tensor([0.01, 0.3]))
+    torch.testing.assert_close(object_scores(classes, colours, None, 1),
+                               torch.tensor([0.8, 0.2]))
+    assert object_scores(classes[:0], colours[:0], 0, 0).shape == (0,)
+
+
+def test_clear_pick_needs_the_score_and_the_margin():
+    scores = torch.tensor([0.1, 0.5, 0.3])
+    assert clear_pick(scores, 0.05, 1.0) == 1
+    assert clear_pick(scores, 0.05, 1.5) == 1  # 0.5 >= 1.5 x 0.3
+    assert clear_pick(scores, 0.05, 2.0) is None  # 0.5 < 2 x 0.3
+    assert clear_pick(scores, 0.6, 1.0) is None  # not sure enough
+    assert clear_pick(scores, 0.0, 1.0) is None  # no pick
+    assert clear_pick(torch.tensor([0.2]), 0.05, 3.0) == 0  # alone: no runner-up
+    assert clear_pick(torch.zeros(0), 0.05, 1.0) is None
 
 
 def test_first_tokens_fix_only_clear_cases():
@@ -59,3 +72,14 @@ def test_bad_presence_check_is_refused(value, needs):
 
 def test_segcap_tiny_checks_presence():
     assert get_config('segcap-tiny').presence_check == (0.01, 0.03)
+    assert get_config('segcap-tiny').plain_pick == (0.05, 1.0)
+
+
+@pytest.mark.parametrize('value, needs', [((0.05, 0.5), 'min_ratio >= 1'),
+                                          ((1.5, 1.0), 'min_score <= 1'),
+                                          ((0.05,), 'min_score'),
+                                          ((0.05, 1.0), 'needs word_anchor')])
+def test_bad_plain_pick_is_refused(value, needs):
+    with pytest.raises(ValueError, match='plain_pick') as err:
+        SegCapConfig.from_dict({'name': 'x', 'plain_pick': list(value)})
+    assert needs in str(err.value)

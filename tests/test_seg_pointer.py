@@ -169,3 +169,49 @@ def test_distinct_picks_take_each_object_once_while_any_is_left():
     assert distinct_picks(scores).tolist() == [0, 1, 2, 1]  # all taken: the best again
     assert distinct_picks(scores[:1]).tolist() == [0]
     assert distinct_picks(torch.zeros(0, 3)).tolist() == []
+
+
+def _pointing_left(model) -> None:
+    """Every [SEG] state points at the object with the smallest mask centre x."""
+    proj = model.projectors
+    with torch.no_grad():
+        for layer in (proj.seg_query, proj.seg_key, proj.seg_place):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        proj.seg_query.bias[0] = 10.0
+        proj.seg_place.weight[0, 0] = -1.0
+
+
+def test_a_plain_request_takes_the_heads_object_when_they_are_clear(monkeypatch):
+    torch.manual_seed(0)
+    config = get_config('tiny-random').replace(seg_pointer=True, word_anchor=True,
+                                               plain_pick=(0.05, 1.0))
+    model = build_model(config, pretrained=False).eval()
+    _pointing_left(model)
+    cup, red = config.class_names.index('cup'), config.colour_names.index('red')
+    with torch.no_grad():
+        frame = model.encode(torch.rand(1, 3, 128, 128) * 255)
+        keep = model.kept_queries(frame)
+        assert keep.numel() >= 3
+        by_x = keep[mask_places(frame.mask_logits[0, keep])[:, 0].argsort()]
+        heads = by_x[-1]  # the object the heads like best is the rightmost one
+        classes = torch.full((keep.numel(), config.num_classes + 1), 0.01)
+        colours = torch.full((keep.numel(), len(config.colour_names)), 0.01)
+        classes[keep == heads, cup], colours[keep == heads, red] = 0.9, 0.9
+        monkeypatch.setattr(model, 'kept_probs', lambda f: (keep, classes, colours))
+        h = torch.randn(2, config.llm_hidden)
+        asked = 'Please segment the red cup in this image.'
+
+        def mask(question, states=h[:1], earlier=None):
+            return model.seg_mask_logits(frame, states, None, earlier, question=question)[0]
+        assert torch.equal(mask(asked), frame.mask_logits[0, heads])
+        assert torch.equal(mask('segment the cup'), frame.mask_logits[0, heads])
+        assert torch.equal(mask(None), frame.mask_logits[0, by_x[0]])  # the pointer's pick
+        assert torch.equal(mask('segment the red cup on the left'),  # not a plain request
+                           frame.mask_logits[0, by_x[0]])
+        # a second [SEG] of the answer does not take the first one's object again
+        assert torch.equal(mask(asked, h[1:], earlier=h[:1]), frame.mask_logits[0, by_x[0]])
+        classes[keep == heads, cup] = 0.04  # 0.04 x 0.9 < 0.05: not clear, the LLM decides
+        assert torch.equal(mask(asked), frame.mask_logits[0, by_x[0]])
+        off = build_model(config.replace(plain_pick=(0.0, 0.0)), pretrained=False)
+        assert off.plain_pick(frame, asked) is None

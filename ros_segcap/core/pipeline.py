@@ -139,7 +139,7 @@ class Pipeline:
             def on_seg(hidden: torch.Tensor) -> None:
                 with self._timed(timing, 'mask_decode'):
                     earlier = torch.stack(states) if states else None
-                    logits = self._mask_logits(frame, box, hidden[None], earlier)
+                    logits = self._mask_logits(frame, box, hidden[None], earlier, question)
                     probs = self.probabilities(logits, image, box)[0]
                 states.append(hidden)
                 early.append(probs)
@@ -166,16 +166,18 @@ class Pipeline:
         return result
 
     def refind(self, image: np.ndarray, hidden: torch.Tensor,
-               frame_key: Optional[Hashable] = None, timing: Optional[Timing] = None
-               ) -> np.ndarray:
+               frame_key: Optional[Hashable] = None, timing: Optional[Timing] = None,
+               question: Optional[str] = None) -> np.ndarray:
         """[SEG] hidden states (n, H) kept from an answer -> their mask probabilities
-        (n, H_img, W_img) on this frame: vision and the mask decoder only, no LLM."""
+        (n, H_img, W_img) on this frame: vision and the mask decoder only, no LLM
+        (question: the command answered, whose object a model may pick by its heads, as
+        in run)."""
         check_image(image)
         timing = timing if timing is not None else Timing()
         with self._lock, torch.no_grad():
             frame, box = self.encode(image, frame_key, timing)
             with self._timed(timing, 'mask_decode'):
-                logits = self._mask_logits(frame, box, hidden.to(self.device))
+                logits = self._mask_logits(frame, box, hidden.to(self.device), None, question)
                 return self.probabilities(logits, image, box)
 
     def _check(self, image, prompt: str, visual_prompt: Optional[VisualPrompt]) -> str:
@@ -204,11 +206,14 @@ class Pipeline:
         return np.stack([refine(image, p, r) for p in probs]) if len(probs) else probs
 
     def _mask_logits(self, frame: FrameFeatures, box: Letterbox, hidden: torch.Tensor,
-                     earlier: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     earlier: Optional[torch.Tensor] = None,
+                     question: Optional[str] = None) -> torch.Tensor:
         """[SEG] hidden states (n, H) -> mask logits (n, H_img, W_img) on the original image
-        (earlier: the answer's [SEG] states before them; seg_mask_logits)."""
-        return unletterbox(self.model.seg_mask_logits(frame, hidden, self.engine, earlier),
-                           box)
+        (earlier: the answer's [SEG] states before them; question: the request; both as in
+        seg_mask_logits)."""
+        logits = self.model.seg_mask_logits(frame, hidden, self.engine, earlier,
+                                            question=question)
+        return unletterbox(logits, box)
 
     def _finish(self, gen, early: list[np.ndarray], timing: Timing) -> SegCapResult:
         parsed = parse_answer(gen.text)

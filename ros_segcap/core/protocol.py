@@ -94,10 +94,12 @@ class SegModel(Protocol):
         ...
 
     def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor, engine: Engine,
-                        earlier: Optional[torch.Tensor] = None) -> torch.Tensor:
+                        earlier: Optional[torch.Tensor] = None,
+                        question: Optional[str] = None) -> torch.Tensor:
         """[SEG] hidden states (n, H) -> mask logits (n, Hm, Wm) on the model input;
         earlier: the same answer's [SEG] states before them (k, H), whose objects a family
-        may keep these from pointing at again."""
+        may keep these from pointing at again; question: the request, whose object a family
+        may pick by its own heads."""
         ...
 
     def panoptic(self, frame: FrameFeatures) -> FrameObjects:

@@ -226,9 +226,11 @@ class OMGLlavaModel(nn.Module):
         return None
 
     def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor, engine: Engine,
-                        earlier: Optional[torch.Tensor] = None) -> torch.Tensor:
+                        earlier: Optional[torch.Tensor] = None,
+                        question: Optional[str] = None) -> torch.Tensor:
         """[SEG] states (n, H) -> mask logits (n, Hm, Wm) from the engine's seg decoder
-        (each state decodes its own query: the answer's earlier states do not matter)."""
+        (each state decodes its own query: the answer's earlier states and the question do
+        not matter)."""
         queries = self.projector_text2vision(hidden.float())
         d = self.config.dim
         out = engine.decode(frame, queries[None, :, :d], queries[None, :, d:])

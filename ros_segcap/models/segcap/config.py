@@ -98,6 +98,10 @@ class SegCapConfig:
     # at least the second (the phrase and its [SEG]); needs word_anchor (presence.py).
     # (0, 0) = the LLM decides alone (paper).
     presence_check: tuple[float, float] = (0.0, 0.0)
+    # plain requests: the [SEG] takes the object of the best P(kind) x P(colour) when that
+    # score is at least the first value and at least the second times the runner-up's
+    # (presence.py); needs word_anchor and seg_pointer. (0, 0) = the LLM's pointer (paper).
+    plain_pick: tuple[float, float] = (0.0, 0.0)
     # side of the crops of the second look (second_look.py): the kind of each kept object is
     # read again from a crop around its mask and joined to the decoder's. 0 = paper.
     second_look: int = 0
@@ -148,7 +152,8 @@ class SegCapConfig:
         return dataclasses.replace(self, **changes)
 
 
-TUPLE_FIELDS = ('backbone_channels', 'class_names', 'colour_names', 'presence_check')
+TUPLE_FIELDS = ('backbone_channels', 'class_names', 'colour_names', 'presence_check',
+                'plain_pick')
 MAX_IMAGE_SIZE = 2048
 BACKBONE_CHANNELS = {'efficientnet-lite0': (40, 112, 1280), 'convnext-large': (384, 768, 1536)}
 # integer field -> inclusive range: large enough for the paper's sizes, small enough that a
@@ -220,6 +225,17 @@ def _check_presence(config: 'SegCapConfig') -> None:
         raise _bad('presence_check', list(value), 'needs word_anchor (a colour head)')
 
 
+def _check_plain_pick(config: 'SegCapConfig') -> None:
+    pick = config.plain_pick
+    if not isinstance(pick, tuple) or len(pick) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in pick) or not (
+            0 <= pick[0] <= 1 and (pick == (0, 0) or pick[1] >= 1)):
+        raise _bad('plain_pick', pick, 'must be [min_score, min_ratio] with 0 <= min_score <= 1 '
+                   'and min_ratio >= 1, or [0, 0]')
+    if pick[0] > 0 and not (config.word_anchor and config.seg_pointer):
+        raise _bad('plain_pick', list(pick), 'needs word_anchor (a colour head) and seg_pointer')
+
+
 def check_config(config: 'SegCapConfig') -> None:
     """Types and ranges of every field; ValueError naming the key, its value and the range."""
     if not isinstance(config.name, str) or not NAME_PATTERN.fullmatch(config.name):
@@ -248,6 +264,7 @@ def check_config(config: 'SegCapConfig') -> None:
     if config.colour_from_pool and not (config.fine_pool and config.word_anchor):
         raise _bad('colour_from_pool', True, 'needs fine_pool and word_anchor')
     _check_presence(config)
+    _check_plain_pick(config)
     _names('class_names', config.class_names, 1024)
     _names('colour_names', config.colour_names, 64)
     for key in ('llm', 'system_prompt'):
@@ -266,7 +283,7 @@ _REGISTRY: dict[str, SegCapConfig] = {
                                 colour_names=VARIED_COLOURS, fine_pool=True, token_norm=True,
                                 word_anchor=True, colour_from_pool=True, place_anchor=True,
                                 seg_pointer=True, proposals=8, presence_check=(0.01, 0.03),
-                                second_look=112),
+                                plain_pick=(0.05, 1.0), second_look=112),
     'tiny-random': SegCapConfig(
         name='tiny-random', image_size=128, backbone_pretrained=False, dim=32,
         num_queries=8, decoder_layers=2, num_heads=4, ffn_dim=64, llm='random', llm_hidden=64,

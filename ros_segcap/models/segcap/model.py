@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from typing import ContextManager, Optional, Sequence
+import weakref
 
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ from .encoder import PixelDecoder, build_backbone, normalize_image
 from .guides import NEARER_QUESTION, TABLE, binary, nearer_start, place_words, table_mask
 from .llm import Generation, LanguageModel, build_language_model, load_tokenizer
 from .panoptic import frame_objects
-from .presence import best_score, first_tokens, plain_target
+from .presence import clear_pick, first_tokens, object_scores, plain_target
 from .prior import foreground_queries, mask_pool, perception_prior, query_scores
 from .projectors import PLACE_WORDS, Projectors
 from .second_look import SecondLook, fuse_kinds, mask_boxes, square_crops
@@ -59,6 +60,7 @@ class SegCapModel(nn.Module):
             with torch.no_grad():  # start at the word embeddings' scale
                 self.projectors.token_gain.fill_(float(table.float().pow(2).mean().sqrt()))
         self.trained = False  # set by weights.load_model from the model directory
+        self._kept_memo = None  # (weak reference to a frame, kept_probs of it)
 
     # ----- vision -------------------------------------------------------------------------
 
@@ -271,17 +273,22 @@ class SegCapModel(nn.Module):
         places = mask_places(frame.mask_logits[0, keep])
         return self.projectors.pointer_logits(hidden.to(tokens.dtype), tokens, places), keep
 
-    def seg_masks(self, frame: FrameFeatures, hidden: torch.Tensor) -> torch.Tensor:
+    def seg_masks(self, frame: FrameFeatures, hidden: torch.Tensor,
+                  first: Optional[int] = None) -> torch.Tensor:
         """[SEG] states (G, H) of one answer, in order -> mask logits (G, Hm, Wm): with
         seg_pointer, the mask of the object each state points at among those the answer has
         not pointed at yet (distinct_picks; all -inf-like when the frame has no object),
-        else a decoded query."""
+        else a decoded query. first: a kept query the first state takes whatever it points
+        at (plain_pick)."""
         if not self.config.seg_pointer:
             return self.decode_seg(frame, hidden).mask_logits[-1][0]
         scores, keep = self.seg_pointer(frame, hidden)
         if keep.numel() == 0:
             return frame.mask_logits.new_full((hidden.shape[0],) + frame.mask_logits.shape[-2:],
                                               -100.0)
+        if first is not None and bool((keep == first).any()):
+            scores = scores.clone()
+            scores[0] = torch.where(keep == first, 0.0, -torch.inf)
         return frame.mask_logits[0, keep[distinct_picks(scores)]]
 
     def prompt_tokens(self, prompt_out: DecoderOutput,
@@ -410,16 +417,49 @@ class SegCapModel(nn.Module):
         ('segment the red cup', 'segment the cup': presence.py, config.presence_check);
         None: any."""
         absent_below, present_above = self.config.presence_check
-        target = plain_target(question, self.config.colour_names, self.config.class_names)
-        if not (absent_below or present_above) or target is None:
+        scored = self.plain_scores(frame, question) if absent_below or present_above else None
+        if scored is None:
             return None
+        scores, target = scored[1], scored[2]
+        score = float(scores.max()) if scores.shape[0] else 0.0
+        return first_tokens(score, absent_below, present_above, self.llm.absent_id,
+                            self.llm.phrase_id, with_colour=target[0] is not None)
+
+    def plain_scores(self, frame: FrameFeatures, question: str
+                     ) -> Optional[tuple[torch.Tensor, torch.Tensor, tuple[Optional[int], int]]]:
+        """(kept query indices (N,), their P(kind) x P(colour) (N,), (colour, kind)) for a
+        plain request (presence.py); None for any other question."""
+        target = plain_target(question, self.config.colour_names, self.config.class_names)
+        if target is None:
+            return None
+        keep, class_probs, colour_probs = self.kept_probs(frame)
+        return keep, object_scores(class_probs, colour_probs, *target), target
+
+    def kept_probs(self, frame: FrameFeatures
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(kept query indices (N,), their class probabilities (N, K+1) read again by the
+        second look, their colour probabilities (N, C)); the last frame's are remembered, so
+        that the presence check and plain_pick pay for one second look."""
+        last = self._kept_memo
+        if last is not None and last[0]() is frame:
+            return last[1]
         keep = self.kept_queries(frame)
         colour_probs = self.query_colour_logits(frame, keep).float().softmax(-1)
         class_probs = self.looked_again(frame, frame.class_logits[0, keep],
                                         frame.mask_logits[0, keep]).float().softmax(-1)
-        score = best_score(class_probs, colour_probs, *target)
-        return first_tokens(score, absent_below, present_above, self.llm.absent_id,
-                            self.llm.phrase_id, with_colour=target[0] is not None)
+        self._kept_memo = (weakref.ref(frame), (keep, class_probs, colour_probs))
+        return keep, class_probs, colour_probs
+
+    def plain_pick(self, frame: FrameFeatures, question: Optional[str]) -> Optional[int]:
+        """The kept query a plain request's [SEG] takes when the heads are clear about one
+        object (config.plain_pick, presence.clear_pick); None: the LLM's pointer decides."""
+        if question is None or not self.config.plain_pick[0]:
+            return None
+        scored = self.plain_scores(frame, question)
+        if scored is None:
+            return None
+        pick = clear_pick(scored[1], *self.config.plain_pick)
+        return None if pick is None else int(scored[0][pick])
 
     def question_embeds(self, frame: FrameFeatures, question: str,
                         regions: Optional[torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -434,14 +474,17 @@ class SegCapModel(nn.Module):
         return self.llm.generate(embeds, **kwargs)
 
     def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor, engine: Engine,
-                        earlier: Optional[torch.Tensor] = None) -> torch.Tensor:
+                        earlier: Optional[torch.Tensor] = None,
+                        question: Optional[str] = None) -> torch.Tensor:
         """[SEG] states (n, H) -> mask logits (n, Hm, Wm): the pointed object's mask with
         seg_pointer (no decoder run; not one that the answer's earlier [SEG] states (k, H)
-        took, seg_masks), else the [SEG] queries decoded by the engine."""
+        took, seg_masks), else the [SEG] queries decoded by the engine. The first [SEG] of a
+        plain request takes the heads' object when they are clear (plain_pick)."""
         if self.config.seg_pointer:
             if earlier is None or earlier.shape[0] == 0:
-                return self.seg_masks(frame, hidden)
-            return self.seg_masks(frame, torch.cat([earlier, hidden]))[earlier.shape[0]:]
+                return self.seg_masks(frame, hidden, self.plain_pick(frame, question))
+            first = self.plain_pick(frame, question)
+            return self.seg_masks(frame, torch.cat([earlier, hidden]), first)[earlier.shape[0]:]
         feat, pos = self.projectors.to_queries(hidden[None])
         return engine.decode(frame, feat, pos).mask_logits[-1][0]
 

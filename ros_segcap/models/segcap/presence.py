@@ -7,8 +7,13 @@ score decides the first token of the answer when it is clear: below `absent_belo
 answer starts "There" (There is no ...); with a colour, at or above `present_above` it
 starts with the phrase (<p> ... [SEG]); otherwise the LLM decides alone. The class head
 alone is not sure enough to make the answer say yes (measured: the model card). The rest of
-the answer, and which object its [SEG] points at, stay the LLM's. The thresholds are the
-model config's `presence_check` (both 0: no check).
+the answer stays the LLM's. The thresholds are the model config's `presence_check` (both 0:
+no check).
+
+Which object the answer's [SEG] points at is the LLM's too, unless the heads are clear
+about one object: its score at least `plain_pick[0]` and at least `plain_pick[1]` times the
+runner-up's. Then the [SEG] takes that object (clear_pick; config `plain_pick`, (0, 0): the
+LLM's pointer always).
 """
 from __future__ import annotations
 
@@ -38,14 +43,23 @@ def plain_target(question: str, colours: Sequence[str], kinds: Sequence[str]
     return None
 
 
-def best_score(class_probs: torch.Tensor, colour_probs: torch.Tensor, colour: Optional[int],
-               kind: int) -> float:
-    """max over objects of P(kind) x P(colour) (P(kind) when colour is None): class_probs
-    (N, K+1) with the void class, colour_probs (N, C); 0 without objects."""
-    if class_probs.shape[0] == 0:
-        return 0.0
+def object_scores(class_probs: torch.Tensor, colour_probs: torch.Tensor,
+                  colour: Optional[int], kind: int) -> torch.Tensor:
+    """P(kind) x P(colour) per object (P(kind) when colour is None): class_probs (N, K+1)
+    with the void class, colour_probs (N, C) -> (N,)."""
     colour_part = colour_probs[:, colour] if colour is not None else 1.0
-    return float((class_probs[:, kind] * colour_part).max())
+    return class_probs[:, kind] * colour_part
+
+
+def clear_pick(scores: torch.Tensor, min_score: float, min_ratio: float) -> Optional[int]:
+    """Index of the best of the objects' scores (N,) if it is at least min_score (a positive
+    threshold) and at least min_ratio times the second best; else None."""
+    if min_score <= 0 or scores.shape[0] == 0:
+        return None
+    top = torch.topk(scores, min(2, scores.shape[0]))
+    best = float(top.values[0])
+    second = float(top.values[1]) if scores.shape[0] > 1 else 0.0
+    return int(top.indices[0]) if best >= min_score and best >= min_ratio * second else None
 
 
 def first_tokens(score: float, absent_below: float, present_above: float, no_id: int,
