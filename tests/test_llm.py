@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -125,13 +126,16 @@ def test_prompt_embeds_shapes(tiny_model, tiny_frame) -> None:
     assert labels.dtype == torch.int64
 
 
-def _spy_decode_seg(model, monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+def _spy_decode_seg(model, monkeypatch: pytest.MonkeyPatch, requests: Optional[list] = None
+                    ) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
     original = model.seg_mask_logits
 
-    def spy(frame, hidden, engine, earlier=None):
+    def spy(frame, hidden, engine, earlier=None, request=None):
         seen.append(hidden.clone())
-        return original(frame, hidden, engine, earlier)
+        if requests is not None:
+            requests.append(request)
+        return original(frame, hidden, engine, earlier, request)
 
     monkeypatch.setattr(model, 'seg_mask_logits', spy)
     return seen
@@ -143,10 +147,14 @@ def test_seg_path(tiny_model, tiny_pipeline, force_answer, monkeypatch, path: st
     image = make_image(90, 150, seed=5)
     monkeypatch.setattr(tiny_model.llm, 'decode_path', path)
     ids = force_answer(tiny_model, FORCED)
-    seen = _spy_decode_seg(tiny_model, monkeypatch)
+    requests: list = []
+    seen = _spy_decode_seg(tiny_model, monkeypatch, requests)
     result = tiny_pipeline.run(image, 'segment the cup and the bowl')
     assert result.raw_text == tiny_model.llm.decode(ids)
     assert result.phrases == ['red cup', 'bowl']
+    # each [SEG] is decoded knowing the question and the phrases said so far, its own last
+    assert [r.phrases for r in requests] == [['red cup'], ['red cup', 'bowl']]
+    assert {r.question for r in requests} == {'segment the cup and the bowl'}
     assert result.answer == 'A red cup and bowl.'
     assert len(result.masks) == len(result.scores) == len(result.boxes) == 2
     for m in result.masks:

@@ -6,7 +6,7 @@ import torch
 
 from ros_segcap.models.segcap.config import SegCapConfig, get_config
 from ros_segcap.models.segcap.presence import (clear_pick, first_tokens, object_scores,
-                                               plain_target)
+                                               plain_target, segments_the_prompt)
 
 COLOURS = ('red', 'green', 'light blue')
 KINDS = ('cup', 'mug', 'tea_pot')
@@ -83,3 +83,13 @@ def test_bad_plain_pick_is_refused(value, needs):
     with pytest.raises(ValueError, match='plain_pick') as err:
         SegCapConfig.from_dict({'name': 'x', 'plain_pick': list(value)})
     assert needs in str(err.value)
+
+
+@pytest.mark.parametrize('question, want', [('Please segment <mark>.', True),
+                                            ('segment <region>', True),
+                                            ('Please segment <region> in this image.', True),
+                                            ('What is <mark>?', False),
+                                            ('Please segment <mark> and <region>.', False),
+                                            ('Please segment the red cup.', False)])
+def test_segments_the_prompt_only_for_a_bare_segment_request(question, want):
+    assert segments_the_prompt(question) is want

@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from ros_segcap.core.preprocess import point_queries
+from ros_segcap.core.protocol import Request
+from ros_segcap.core.torch_engine import TorchEngine
 from ros_segcap.models.segcap.config import get_config
 from ros_segcap.models.segcap.model import build_model, distinct_picks, mask_places
 from ros_segcap.models.segcap.weights import load_model, save_model
@@ -182,7 +185,7 @@ def _pointing_left(model) -> None:
         proj.seg_place.weight[0, 0] = -1.0
 
 
-def test_a_plain_request_takes_the_heads_object_when_they_are_clear(monkeypatch):
+def test_a_named_seg_takes_the_heads_object_when_they_are_clear(monkeypatch):
     torch.manual_seed(0)
     config = get_config('tiny-random').replace(seg_pointer=True, word_anchor=True,
                                                plain_pick=(0.05, 1.0))
@@ -200,18 +203,51 @@ def test_a_plain_request_takes_the_heads_object_when_they_are_clear(monkeypatch)
         classes[keep == heads, cup], colours[keep == heads, red] = 0.9, 0.9
         monkeypatch.setattr(model, 'kept_probs', lambda f: (keep, classes, colours))
         h = torch.randn(2, config.llm_hidden)
-        asked = 'Please segment the red cup in this image.'
 
-        def mask(question, states=h[:1], earlier=None):
-            return model.seg_mask_logits(frame, states, None, earlier, question=question)[0]
-        assert torch.equal(mask(asked), frame.mask_logits[0, heads])
-        assert torch.equal(mask('segment the cup'), frame.mask_logits[0, heads])
-        assert torch.equal(mask(None), frame.mask_logits[0, by_x[0]])  # the pointer's pick
-        assert torch.equal(mask('segment the red cup on the left'),  # not a plain request
+        def masks(phrases, states=h, earlier=None):
+            return model.seg_mask_logits(frame, states, None, earlier, Request(phrases=phrases))
+        picked = masks(['the red cup', 'the red cup'])
+        assert torch.equal(picked[0], frame.mask_logits[0, heads])
+        # the second red cup is another object: the pointer's (leftmost) among the rest
+        assert torch.equal(picked[1], frame.mask_logits[0, by_x[0]])
+        assert torch.equal(masks(['cup', ''])[0], frame.mask_logits[0, heads])
+        assert torch.equal(masks(['', ''])[0], frame.mask_logits[0, by_x[0]])  # no phrase
+        assert torch.equal(masks(['the red cup on the left', ''])[0],  # not one kind
                            frame.mask_logits[0, by_x[0]])
-        # a second [SEG] of the answer does not take the first one's object again
-        assert torch.equal(mask(asked, h[1:], earlier=h[:1]), frame.mask_logits[0, by_x[0]])
+        # an answer's later [SEG]: the phrases of the earlier ones come first
+        later = masks(['the green ball', 'red cup'], h[1:], earlier=h[:1])
+        assert torch.equal(later[0], frame.mask_logits[0, heads])
         classes[keep == heads, cup] = 0.04  # 0.04 x 0.9 < 0.05: not clear, the LLM decides
-        assert torch.equal(mask(asked), frame.mask_logits[0, by_x[0]])
+        assert torch.equal(masks(['the red cup', ''])[0], frame.mask_logits[0, by_x[0]])
         off = build_model(config.replace(plain_pick=(0.0, 0.0)), pretrained=False)
-        assert off.plain_pick(frame, asked) is None
+        assert off.named_scores(frame, ['the red cup']) is None
+
+
+def test_segment_mark_takes_the_clicked_object_whatever_the_pointer_says():
+    torch.manual_seed(0)
+    config = get_config('tiny-random').replace(seg_pointer=True, prompt_pick=True)
+    model = build_model(config, pretrained=False).eval()
+    _pointing_left(model)
+    with torch.no_grad():
+        frame = model.encode(torch.rand(1, 3, 128, 128) * 255)
+        keep = model.kept_queries(frame)
+        by_x = keep[mask_places(frame.mask_logits[0, keep])[:, 0].argsort()]
+        logits = frame.mask_logits[0, keep]  # a point snaps to the kept mask highest there
+        top, best = logits.max(0)
+        cells = ((top >= 0) & (keep[best] != by_x[0])).nonzero()
+        assert len(cells)  # a cell on an object the pointer does not pick
+        row, col = [int(v) for v in cells[0]]
+        right = frame.mask_logits[0, keep[best[row, col]]]
+        hm = config.mask_size
+        click = point_queries([((col + 0.5) / hm, (row + 0.5) / hm)], hm)
+        h = torch.randn(1, config.llm_hidden)
+
+        def mask(question, m=model):
+            asked = Request(question, click, [''])
+            return m.seg_mask_logits(frame, h, TorchEngine(m, 'cpu'), None, asked)[0]
+        assert torch.equal(mask('Please segment <mark>.'), right)
+        left = frame.mask_logits[0, by_x[0]]  # the pointer's pick
+        assert torch.equal(mask('What is <mark>?'), left)
+        off = build_model(config.replace(prompt_pick=False), pretrained=False).eval()
+        off.load_state_dict(model.state_dict())
+        assert torch.equal(mask('Please segment <mark>.', off), left)

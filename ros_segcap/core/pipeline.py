@@ -25,9 +25,9 @@ from .options import check, live, option
 from .panoptic import panoptic_result
 from .preprocess import (InputGeometry, Letterbox, PromptQueries, check_image, letterbox,
                          prompt_queries, unletterbox)
-from .protocol import Engine, SegModel
+from .protocol import Engine, Request, SegModel
 from .refine import radius_px, refine
-from .tokens import MARK_TOKEN, REGION_TOKEN, check_prompt
+from .tokens import MARK_TOKEN, REGION_TOKEN, SEG_TOKEN, check_prompt
 from .types import InputError, SegCapResult, Timing, VisualPrompt
 
 LIVE_OPTIONS = live('pipeline')
@@ -135,11 +135,18 @@ class Pipeline:
             key = None if frame_key is None else (frame_key, id(frame))
             early: list[np.ndarray] = []
             states: list[torch.Tensor] = []  # the answer's [SEG] states so far
+            said: list[str] = []  # the answer's text so far
+
+            def heard(piece: str) -> bool:
+                said.append(piece)
+                return on_text is None or on_text(piece) is not False
 
             def on_seg(hidden: torch.Tensor) -> None:
                 with self._timed(timing, 'mask_decode'):
                     earlier = torch.stack(states) if states else None
-                    logits = self._mask_logits(frame, box, hidden[None], earlier, question)
+                    named = parse_answer(''.join(said) + f' {SEG_TOKEN}').phrases
+                    logits = self._mask_logits(frame, box, hidden[None], earlier,
+                                               Request(question, q, named))
                     probs = self.probabilities(logits, image, box)[0]
                 states.append(hidden)
                 early.append(probs)
@@ -147,7 +154,7 @@ class Pipeline:
                     on_state(hidden.detach(), probs)
                 if on_mask is not None:
                     on_mask(len(early) - 1, probs > self.settings.mask_threshold)
-            gen = self._generate(embeds, timing, on_text, prefix_len, key, on_seg, guide)
+            gen = self._generate(embeds, timing, heard, prefix_len, key, on_seg, guide)
             return self._finish(gen, early, timing)
 
     def panoptic(self, image: np.ndarray, frame_key: Optional[Hashable] = None
@@ -167,17 +174,18 @@ class Pipeline:
 
     def refind(self, image: np.ndarray, hidden: torch.Tensor,
                frame_key: Optional[Hashable] = None, timing: Optional[Timing] = None,
-               question: Optional[str] = None) -> np.ndarray:
+               phrases: Optional[list[str]] = None) -> np.ndarray:
         """[SEG] hidden states (n, H) kept from an answer -> their mask probabilities
         (n, H_img, W_img) on this frame: vision and the mask decoder only, no LLM
-        (question: the command answered, whose object a model may pick by its heads, as
-        in run)."""
+        (phrases: the answer's phrase of each state, which a model may match with its
+        heads, as in run)."""
         check_image(image)
         timing = timing if timing is not None else Timing()
         with self._lock, torch.no_grad():
             frame, box = self.encode(image, frame_key, timing)
             with self._timed(timing, 'mask_decode'):
-                logits = self._mask_logits(frame, box, hidden.to(self.device), None, question)
+                logits = self._mask_logits(frame, box, hidden.to(self.device), None,
+                                           Request(phrases=phrases))
                 return self.probabilities(logits, image, box)
 
     def _check(self, image, prompt: str, visual_prompt: Optional[VisualPrompt]) -> str:
@@ -207,12 +215,11 @@ class Pipeline:
 
     def _mask_logits(self, frame: FrameFeatures, box: Letterbox, hidden: torch.Tensor,
                      earlier: Optional[torch.Tensor] = None,
-                     question: Optional[str] = None) -> torch.Tensor:
+                     request: Optional[Request] = None) -> torch.Tensor:
         """[SEG] hidden states (n, H) -> mask logits (n, H_img, W_img) on the original image
-        (earlier: the answer's [SEG] states before them; question: the request; both as in
-        seg_mask_logits)."""
-        logits = self.model.seg_mask_logits(frame, hidden, self.engine, earlier,
-                                            question=question)
+        (earlier: the answer's [SEG] states before them; request: what was asked and said;
+        as in seg_mask_logits)."""
+        logits = self.model.seg_mask_logits(frame, hidden, self.engine, earlier, request)
         return unletterbox(logits, box)
 
     def _finish(self, gen, early: list[np.ndarray], timing: Timing) -> SegCapResult:

@@ -6,6 +6,7 @@ adapter (ros_segcap.backends). The Pipeline holds one of each and knows nothing 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Optional, Protocol
 
 import torch
@@ -13,6 +14,16 @@ import torch
 from .frames import DecoderOutput, FrameFeatures, FrameObjects
 from .guide import Guide
 from .preprocess import Letterbox, PromptQueries
+
+
+@dataclass(frozen=True)
+class Request:
+    """What [SEG] states answer: the question, its visual prompts (on the mask grid) and the
+    answer's phrase of each state so far, in order (core.answer.parse_answer)."""
+
+    question: Optional[str] = None
+    prompts: Optional[PromptQueries] = None
+    phrases: Optional[list[str]] = None
 
 
 class Engine(Protocol):
@@ -95,11 +106,11 @@ class SegModel(Protocol):
 
     def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor, engine: Engine,
                         earlier: Optional[torch.Tensor] = None,
-                        question: Optional[str] = None) -> torch.Tensor:
+                        request: Optional[Request] = None) -> torch.Tensor:
         """[SEG] hidden states (n, H) -> mask logits (n, Hm, Wm) on the model input;
         earlier: the same answer's [SEG] states before them (k, H), whose objects a family
-        may keep these from pointing at again; question: the request, whose object a family
-        may pick by its own heads."""
+        may keep these from pointing at again; request: what the states answer, whose
+        objects a family may pick by its own heads or the prompts."""
         ...
 
     def panoptic(self, frame: FrameFeatures) -> FrameObjects:

@@ -129,7 +129,7 @@ class Tracker:
         timing = Timing()
         live = [t for t in self.tracks if not t.lost]
         probs = self.pipeline.refind(image, torch.stack([t.hidden for t in live]), frame_key,
-                                     timing, self.command) if live else []
+                                     timing, [t.phrase for t in live]) if live else []
         threshold = self.pipeline.settings.mask_threshold
         masks = {t.id: p > threshold for t, p in zip(live, probs)}
         scores = {t.id: match_score(masks[t.id], t.mask) for t in live}

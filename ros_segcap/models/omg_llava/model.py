@@ -23,7 +23,7 @@ from torch import nn
 from ros_segcap.core.frames import DecoderOutput, FrameFeatures, FrameObjects
 from ros_segcap.core.guide import Guide, restrict
 from ros_segcap.core.preprocess import PROMPT_KIND_IDS, Letterbox, PromptQueries
-from ros_segcap.core.protocol import Engine
+from ros_segcap.core.protocol import Engine, Request
 
 from .config import OMGLlavaConfig
 from .convnext import ConvNeXtTrunk
@@ -227,9 +227,9 @@ class OMGLlavaModel(nn.Module):
 
     def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor, engine: Engine,
                         earlier: Optional[torch.Tensor] = None,
-                        question: Optional[str] = None) -> torch.Tensor:
+                        request: Optional[Request] = None) -> torch.Tensor:
         """[SEG] states (n, H) -> mask logits (n, Hm, Wm) from the engine's seg decoder
-        (each state decodes its own query: the answer's earlier states and the question do
+        (each state decodes its own query: the answer's earlier states and the request do
         not matter)."""
         queries = self.projector_text2vision(hidden.float())
         d = self.config.dim

@@ -98,10 +98,16 @@ class SegCapConfig:
     # at least the second (the phrase and its [SEG]); needs word_anchor (presence.py).
     # (0, 0) = the LLM decides alone (paper).
     presence_check: tuple[float, float] = (0.0, 0.0)
-    # plain requests: the [SEG] takes the object of the best P(kind) x P(colour) when that
-    # score is at least the first value and at least the second times the runner-up's
-    # (presence.py); needs word_anchor and seg_pointer. (0, 0) = the LLM's pointer (paper).
+    # a [SEG] whose phrase names one kind and at most one colour ("the red cup", "yellow
+    # apple") takes the object of the best P(kind) x P(colour) among those the answer has
+    # not taken, when that score is at least the first value and at least the second times
+    # the runner-up's (presence.py); needs word_anchor and seg_pointer. (0, 0) = the LLM's
+    # pointer alone (paper).
     plain_pick: tuple[float, float] = (0.0, 0.0)
+    # 'segment <mark>' / 'segment <region>' with one visual prompt: the [SEG] takes the
+    # prompt's own mask (the kept object a point falls on), and a second look also reads
+    # such snapped points' kinds (model.visual_prompts). False = the [SEG] decides (paper).
+    prompt_pick: bool = False
     # side of the crops of the second look (second_look.py): the kind of each kept object is
     # read again from a crop around its mask and joined to the decoder's. 0 = paper.
     second_look: int = 0
@@ -165,7 +171,7 @@ INT_RANGES = {'image_size': (32, MAX_IMAGE_SIZE), 'shuffle': (1, 4), 'dim': (8, 
               'lora_rank': (1, 512),
               'lora_alpha': (1, 4096)}
 BOOL_FIELDS = ('backbone_pretrained', 'fine_pool', 'token_norm', 'word_anchor', 'place_anchor',
-               'seg_pointer', 'colour_from_pool')
+               'seg_pointer', 'colour_from_pool', 'prompt_pick')
 # LlamaConfig sizes a random LLM may have (llm_config); the 7B paper model is the upper end
 LLM_RANGES = {'hidden_size': (8, 8192), 'intermediate_size': (1, 32768),
               'num_hidden_layers': (1, 80), 'num_attention_heads': (1, 128),
@@ -283,7 +289,7 @@ _REGISTRY: dict[str, SegCapConfig] = {
                                 colour_names=VARIED_COLOURS, fine_pool=True, token_norm=True,
                                 word_anchor=True, colour_from_pool=True, place_anchor=True,
                                 seg_pointer=True, proposals=8, presence_check=(0.01, 0.03),
-                                plain_pick=(0.05, 1.0), second_look=112),
+                                plain_pick=(0.05, 1.0), prompt_pick=True, second_look=112),
     'tiny-random': SegCapConfig(
         name='tiny-random', image_size=128, backbone_pretrained=False, dim=32,
         num_queries=8, decoder_layers=2, num_heads=4, ffn_dim=64, llm='random', llm_hidden=64,

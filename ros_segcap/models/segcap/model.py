@@ -15,7 +15,7 @@ from torch import nn
 from ros_segcap.core.frames import DecoderOutput, FrameFeatures, FrameObjects
 from ros_segcap.core.guide import Guide, Insert, starts_with
 from ros_segcap.core.preprocess import Letterbox, PromptQueries, point_queries
-from ros_segcap.core.protocol import Engine
+from ros_segcap.core.protocol import Engine, Request
 
 from .backbone import pixel_shuffle_tokens
 from .config import MARK_TOKEN, REGION_TOKEN, STUFF_NAMES, SegCapConfig
@@ -24,7 +24,8 @@ from .encoder import PixelDecoder, build_backbone, normalize_image
 from .guides import NEARER_QUESTION, TABLE, binary, nearer_start, place_words, table_mask
 from .llm import Generation, LanguageModel, build_language_model, load_tokenizer
 from .panoptic import frame_objects
-from .presence import clear_pick, first_tokens, object_scores, plain_target
+from .presence import (clear_pick, first_tokens, object_scores, plain_target,
+                       segments_the_prompt)
 from .prior import foreground_queries, mask_pool, perception_prior, query_scores
 from .projectors import PLACE_WORDS, Projectors
 from .second_look import SecondLook, fuse_kinds, mask_boxes, square_crops
@@ -145,32 +146,35 @@ class SegCapModel(nn.Module):
         The frame's queries attend to the whole image and were kept for their mask; a point
         query sees only a small window, so its mask often misses a small object or spills
         onto a look-alike. Boxes and masks keep their own queries. With a second look
-        (config.second_look) their kinds are read again from crops (looked_again), except
-        for snapped points: their token stays the frame's object token, which the answer's
-        [SEG] points back at. decode: as in with_proposals.
+        (config.second_look) their kinds are read again from crops (looked_again). So are
+        snapped points' with prompt_pick; without it a snapped point keeps its object's
+        token, which the [SEG] of 'segment <mark>' points back at. decode: as in
+        with_proposals.
         """
         out = (decode or self.decode_prompts)(frame, q.kinds, q.boxes, q.restrict)
         snapped = self._snapped_points(frame, q)
-        own = [i for i in range(q.kinds.shape[1]) if i not in snapped]
-        if frame.image is not None and own:  # a snapped point keeps its object's token
-            last = out.class_logits[-1].clone()
-            last[0, own] = self.looked_again(frame, last[0, own], out.mask_logits[-1][0, own])
-            out = replace(out, class_logits=out.class_logits[:-1] + [last])
-        if not snapped:
+        if snapped:
+            rows = torch.tensor(list(snapped), device=out.query_feat.device)
+            src = torch.tensor(list(snapped.values()), device=out.query_feat.device)
+
+            def put(mine: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+                mine = mine.clone()
+                mine[:, rows] = frames[:, src].to(mine.dtype)
+                return mine
+
+            out = DecoderOutput(
+                class_logits=out.class_logits[:-1] + [put(out.class_logits[-1],
+                                                          frame.class_logits)],
+                mask_logits=out.mask_logits[:-1] + [put(out.mask_logits[-1], frame.mask_logits)],
+                query_feat=put(out.query_feat, frame.query_feat),
+                query_pos=put(out.query_pos, frame.query_pos))
+        look = [i for i in range(q.kinds.shape[1])
+                if self.config.prompt_pick or i not in snapped]
+        if frame.image is None or not look:
             return out
-        rows = torch.tensor(list(snapped), device=out.query_feat.device)
-        src = torch.tensor(list(snapped.values()), device=out.query_feat.device)
-
-        def put(mine: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-            mine = mine.clone()
-            mine[:, rows] = frames[:, src].to(mine.dtype)
-            return mine
-
-        return DecoderOutput(
-            class_logits=out.class_logits[:-1] + [put(out.class_logits[-1], frame.class_logits)],
-            mask_logits=out.mask_logits[:-1] + [put(out.mask_logits[-1], frame.mask_logits)],
-            query_feat=put(out.query_feat, frame.query_feat),
-            query_pos=put(out.query_pos, frame.query_pos))
+        last = out.class_logits[-1].clone()
+        last[0, look] = self.looked_again(frame, last[0, look], out.mask_logits[-1][0, look])
+        return replace(out, class_logits=out.class_logits[:-1] + [last])
 
     def _snapped_points(self, frame: FrameFeatures, q: PromptQueries) -> dict[int, int]:
         """{prompt index: frame query} of the point prompts that fall on a kept object."""
@@ -274,22 +278,20 @@ class SegCapModel(nn.Module):
         return self.projectors.pointer_logits(hidden.to(tokens.dtype), tokens, places), keep
 
     def seg_masks(self, frame: FrameFeatures, hidden: torch.Tensor,
-                  first: Optional[int] = None) -> torch.Tensor:
+                  named: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
         """[SEG] states (G, H) of one answer, in order -> mask logits (G, Hm, Wm): with
         seg_pointer, the mask of the object each state points at among those the answer has
         not pointed at yet (distinct_picks; all -inf-like when the frame has no object),
-        else a decoded query. first: a kept query the first state takes whatever it points
-        at (plain_pick)."""
+        else a decoded query. named: per state, the kept objects' scores for its phrase (or
+        None), which pick the object instead when clear (plain_pick)."""
         if not self.config.seg_pointer:
             return self.decode_seg(frame, hidden).mask_logits[-1][0]
         scores, keep = self.seg_pointer(frame, hidden)
         if keep.numel() == 0:
             return frame.mask_logits.new_full((hidden.shape[0],) + frame.mask_logits.shape[-2:],
                                               -100.0)
-        if first is not None and bool((keep == first).any()):
-            scores = scores.clone()
-            scores[0] = torch.where(keep == first, 0.0, -torch.inf)
-        return frame.mask_logits[0, keep[distinct_picks(scores)]]
+        picks = distinct_picks(scores, named, self.config.plain_pick)
+        return frame.mask_logits[0, keep[picks]]
 
     def prompt_tokens(self, prompt_out: DecoderOutput,
                       frame: Optional[FrameFeatures] = None) -> torch.Tensor:
@@ -450,16 +452,18 @@ class SegCapModel(nn.Module):
         self._kept_memo = (weakref.ref(frame), (keep, class_probs, colour_probs))
         return keep, class_probs, colour_probs
 
-    def plain_pick(self, frame: FrameFeatures, question: Optional[str]) -> Optional[int]:
-        """The kept query a plain request's [SEG] takes when the heads are clear about one
-        object (config.plain_pick, presence.clear_pick); None: the LLM's pointer decides."""
-        if question is None or not self.config.plain_pick[0]:
+    def named_scores(self, frame: FrameFeatures, phrases: Optional[Sequence[str]]
+                     ) -> Optional[list[Optional[torch.Tensor]]]:
+        """Per [SEG] phrase ('the red cup', 'yellow apple'), the kept objects' P(kind) x
+        P(colour) (N_obj,) when it names one colour and kind of the vocabulary, else None
+        (presence.plain_target); None for no phrases or without config.plain_pick."""
+        if not phrases or not self.config.plain_pick[0]:
             return None
-        scored = self.plain_scores(frame, question)
-        if scored is None:
-            return None
-        pick = clear_pick(scored[1], *self.config.plain_pick)
-        return None if pick is None else int(scored[0][pick])
+        out: list[Optional[torch.Tensor]] = []
+        for phrase in phrases:
+            scored = self.plain_scores(frame, phrase) if phrase else None
+            out.append(None if scored is None else scored[1])
+        return out if any(x is not None for x in out) else None
 
     def question_embeds(self, frame: FrameFeatures, question: str,
                         regions: Optional[torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -475,18 +479,39 @@ class SegCapModel(nn.Module):
 
     def seg_mask_logits(self, frame: FrameFeatures, hidden: torch.Tensor, engine: Engine,
                         earlier: Optional[torch.Tensor] = None,
-                        question: Optional[str] = None) -> torch.Tensor:
+                        request: Optional[Request] = None) -> torch.Tensor:
         """[SEG] states (n, H) -> mask logits (n, Hm, Wm): the pointed object's mask with
         seg_pointer (no decoder run; not one that the answer's earlier [SEG] states (k, H)
-        took, seg_masks), else the [SEG] queries decoded by the engine. The first [SEG] of a
-        plain request takes the heads' object when they are clear (plain_pick)."""
+        took, seg_masks), else the [SEG] queries decoded by the engine. A [SEG] whose phrase
+        (request.phrases: one per earlier and new state) names a colour and a kind takes
+        the object the heads score best for it when they are clear (plain_pick); the first
+        [SEG] of 'segment <mark>' takes the prompt's own mask (prompt_mask)."""
+        request = request or Request()
+        k = 0 if earlier is None else earlier.shape[0]
+        own = self.prompt_mask(frame, request.question, request.prompts, engine) \
+            if k == 0 else None
         if self.config.seg_pointer:
-            if earlier is None or earlier.shape[0] == 0:
-                return self.seg_masks(frame, hidden, self.plain_pick(frame, question))
-            first = self.plain_pick(frame, question)
-            return self.seg_masks(frame, torch.cat([earlier, hidden]), first)[earlier.shape[0]:]
-        feat, pos = self.projectors.to_queries(hidden[None])
-        return engine.decode(frame, feat, pos).mask_logits[-1][0]
+            states = hidden if k == 0 else torch.cat([earlier, hidden])
+            named = self.named_scores(frame, request.phrases)
+            masks = self.seg_masks(frame, states, named)[k:]
+        else:
+            feat, pos = self.projectors.to_queries(hidden[None])
+            masks = engine.decode(frame, feat, pos).mask_logits[-1][0]
+        if own is None:
+            return masks
+        return torch.cat([own[None].to(masks.dtype), masks[1:]])
+
+    def prompt_mask(self, frame: FrameFeatures, question: Optional[str],
+                    prompts: Optional[PromptQueries], engine: Engine) -> Optional[torch.Tensor]:
+        """Mask logits (Hm, Wm) of the one visual prompt of a request that only asks to
+        segment it ('Please segment <mark>.', presence.segments_the_prompt) with
+        config.prompt_pick: the kept object a point falls on, else the prompt's decoded
+        query (visual_prompts); None otherwise."""
+        if not (self.config.prompt_pick and question and prompts is not None
+                and prompts.kinds.shape[1] == 1 and segments_the_prompt(question)):
+            return None
+        return self.visual_prompts(frame, prompts, self._prompt_decoder(engine)
+                                   ).mask_logits[-1][0, 0]
 
     def panoptic(self, frame: FrameFeatures) -> FrameObjects:
         """The frame's kept queries (its object tokens) whose best class is not void."""
@@ -551,16 +576,24 @@ def mask_places(mask_logits: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx, cy, (mass / (hm * wm)).sqrt()], -1).to(mask_logits.dtype)
 
 
-def distinct_picks(scores: torch.Tensor) -> torch.Tensor:
+def distinct_picks(scores: torch.Tensor,
+                   named: Optional[Sequence[Optional[torch.Tensor]]] = None,
+                   clear: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
     """Pointer scores (G, N) of one answer's [SEG]s -> the object index of each (G,): in
     order, each takes its best object among those not taken yet, and any object once all
     are taken. Two phrases of one answer name two objects ('the red cup and the red cup'
-    are both cups; a caption's second 'brown pear' is not the first one)."""
+    are both cups; a caption's second 'brown pear' is not the first one). named: per [SEG],
+    the objects' scores for its phrase (N,) or None; the best free one is taken instead
+    when it is clear (presence.clear_pick with clear = (min_score, min_ratio))."""
     taken = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
     picks = []
-    for row in scores:
+    for g, row in enumerate(scores):
         free = row.masked_fill(taken, -torch.inf) if not bool(taken.all()) else row
         pick = int(free.argmax())
+        heads = named[g] if named is not None and g < len(named) else None
+        if heads is not None and not bool(taken.all()):
+            best = clear_pick(heads.masked_fill(taken, 0.0), *clear)
+            pick = pick if best is None else best
         taken[pick] = True
         picks.append(pick)
     return torch.tensor(picks, dtype=torch.long, device=scores.device)

@@ -10,10 +10,12 @@ alone is not sure enough to make the answer say yes (measured: the model card). 
 the answer stays the LLM's. The thresholds are the model config's `presence_check` (both 0:
 no check).
 
-Which object the answer's [SEG] points at is the LLM's too, unless the heads are clear
-about one object: its score at least `plain_pick[0]` and at least `plain_pick[1]` times the
-runner-up's. Then the [SEG] takes that object (clear_pick; config `plain_pick`, (0, 0): the
-LLM's pointer always).
+The same scores pick objects for the phrases of any answer: a [SEG] whose phrase ("the red
+cup", a caption's "yellow apple") names one kind and at most one colour takes the object
+with the best score among those the answer has not taken yet, when the heads are clear: its
+score at least `plain_pick[0]` and at least `plain_pick[1]` times the runner-up's
+(clear_pick; config `plain_pick`, (0, 0): the LLM's pointer always). Otherwise the [SEG]
+points where the LLM's state points.
 """
 from __future__ import annotations
 
@@ -41,6 +43,16 @@ def plain_target(question: str, colours: Sequence[str], kinds: Sequence[str]
         if (not colour or colour in colours) and kind in kinds:
             return (colours.index(colour) if colour else None), kinds.index(kind)
     return None
+
+
+_PROMPTED = re.compile(r'(?:please\s+)?(?:segment|mask|show(?:\s+me)?)\s+(?:<mark>|<region>)'
+                       r'(?:\s+in\s+(?:this|the)\s+(?:image|picture|scene))?\s*[.?!]?')
+
+
+def segments_the_prompt(question: str) -> bool:
+    """Whether a question only asks to segment its one visual prompt: 'Please segment
+    <mark>.', 'segment <region>' (not 'What is <mark>?', not two prompts)."""
+    return _PROMPTED.fullmatch(question.strip().lower()) is not None
 
 
 def object_scores(class_probs: torch.Tensor, colour_probs: torch.Tensor,
