@@ -117,7 +117,6 @@ def test_red_cups_in_held_out_styles(pipeline):
     assert sum(p >= 0.5 for _, _, _, p, _ in rows) >= HELD_OUT_POINT_FOUND, report
 
 
-@pytest.mark.parametrize('styles', list(RED_CUP_SCENES))
 def test_the_heads_pick_the_red_cup_the_answer_names(pipeline):
     """With plain_pick, the [SEG] of "the red cup" takes the object the class and colour
     heads score best for it when they are clear; the LLM's pointer alone finds no more of
@@ -137,6 +136,7 @@ def test_the_heads_pick_the_red_cup_the_answer_names(pipeline):
     assert found[True] >= HELD_OUT_TEXT_FOUND and found[True] >= found[False], found
 
 
+@pytest.mark.parametrize('styles', list(RED_CUP_SCENES))
 def test_absent_object_gives_empty_result(pipeline, styles):
     """'the purple bottle', which none of the scenes has: no [SEG] and no mask, in every
     train-style scene and in all but ABSENT_MASKED of the held-out ones."""
