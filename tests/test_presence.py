@@ -60,13 +60,18 @@ def test_first_tokens_fix_only_clear_cases():
     assert first_tokens(0.9, 0.0, 0.0, no_id=7, yes_id=9) is None  # no check
 
 
-@pytest.mark.parametrize('value, needs', [((0.05, 0.01), 'absent_below <= present_above'),
-                                          ((-0.1, 0.2), '0 <= absent_below'),
-                                          ((0.1,), 'absent_below'),
-                                          ((0.01, 0.03), 'needs word_anchor')])
-def test_bad_presence_check_is_refused(value, needs):
-    with pytest.raises(ValueError, match='presence_check') as err:
-        SegCapConfig.from_dict({'name': 'x', 'presence_check': list(value)})
+@pytest.mark.parametrize('key, value, needs', [
+    ('presence_check', (0.05, 0.01), 'absent_below <= present_above'),
+    ('presence_check', (-0.1, 0.2), '0 <= absent_below'),
+    ('presence_check', (0.1,), 'absent_below'),
+    ('presence_check', (0.01, 0.03), 'needs word_anchor'),
+    ('plain_pick', (0.05, 0.5), 'min_ratio >= 1'),
+    ('plain_pick', (1.5, 1.0), 'min_score <= 1'),
+    ('plain_pick', (0.05,), 'min_score'),
+    ('plain_pick', (0.05, 1.0), 'needs word_anchor')])
+def test_bad_presence_check_or_plain_pick_is_refused(key, value, needs):
+    with pytest.raises(ValueError, match=key) as err:
+        SegCapConfig.from_dict({'name': 'x', key: list(value)})
     assert needs in str(err.value)
 
 

@@ -40,17 +40,23 @@ def test_mask_places_are_centre_and_size():
                                                       torch.tensor(4 / 64).sqrt()]))
 
 
-def test_seg_masks_are_the_pointed_objects_masks(tiny):
-    root, init = tiny
-    model = load_model(init).eval()
+def _pointing_left(model) -> None:
+    """Every [SEG] state points at the object with the smallest mask centre x."""
     proj = model.projectors
-    h = model.config.llm_hidden
-    with torch.no_grad():  # every [SEG] asks for the object with the smallest centre x
+    with torch.no_grad():
         for layer in (proj.seg_query, proj.seg_key, proj.seg_place):
             layer.weight.zero_()
             layer.bias.zero_()
         proj.seg_query.bias[0] = 10.0
         proj.seg_place.weight[0, 0] = -1.0
+
+
+def test_seg_masks_are_the_pointed_objects_masks(tiny):
+    root, init = tiny
+    model = load_model(init).eval()
+    h = model.config.llm_hidden
+    _pointing_left(model)
+    with torch.no_grad():
         frame = model.encode(torch.rand(1, 3, 128, 128) * 255)
         keep = model.kept_queries(frame)
         assert keep.numel() >= 2
@@ -172,17 +178,6 @@ def test_distinct_picks_take_each_object_once_while_any_is_left():
     assert distinct_picks(scores).tolist() == [0, 1, 2, 1]  # all taken: the best again
     assert distinct_picks(scores[:1]).tolist() == [0]
     assert distinct_picks(torch.zeros(0, 3)).tolist() == []
-
-
-def _pointing_left(model) -> None:
-    """Every [SEG] state points at the object with the smallest mask centre x."""
-    proj = model.projectors
-    with torch.no_grad():
-        for layer in (proj.seg_query, proj.seg_key, proj.seg_place):
-            layer.weight.zero_()
-            layer.bias.zero_()
-        proj.seg_query.bias[0] = 10.0
-        proj.seg_place.weight[0, 0] = -1.0
 
 
 def test_a_named_seg_takes_the_heads_object_when_they_are_clear(monkeypatch):
